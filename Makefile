@@ -1,0 +1,44 @@
+# `make train` and `make test` do all the set-up on a fresh machine, then their job.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+ARGS ?=
+
+.PHONY: setup data train test tensorboard lock clean
+
+setup: $(VENV)/.installed data
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST offline, from Debian's dataset-fashion-mnist package, when apt-get can be used.
+data:
+	@if [ -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+		apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || \
+		echo "Could not install dataset-fashion-mnist: train.py will try to download Fashion-MNIST instead"; \
+	else \
+		echo "For offline Fashion-MNIST run: sudo apt-get install dataset-fashion-mnist (else train.py downloads it)"; \
+	fi
+
+train: setup
+	$(BIN)/python train.py $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest $(ARGS)
+
+tensorboard: setup
+	$(BIN)/tensorboard --logdir outputs
+
+lock: $(VENV)/.installed
+	{ sed -n '1,2p' requirements.lock; $(BIN)/python -m pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,68 @@
+"""Callbacks that record what a run did, for metrics.json and TensorBoard."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.tensorboard.summary import hparams
+
+
+class RunRecord(L.Callback):
+    """Per-epoch metrics and the training throughput (training batches only, validation excluded)."""
+
+    def __init__(self):
+        self.history: list[dict[str, float]] = []
+        self.train_seconds = 0.0
+        self.train_samples = 0
+        self._started: float | None = None
+        self._epoch_seconds = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._started, self._epoch_seconds = time.perf_counter(), 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.train_samples += len(batch[1])
+
+    def _stop_clock(self) -> None:
+        if self._started is not None:
+            self._epoch_seconds, self._started = time.perf_counter() - self._started, None
+            self.train_seconds += self._epoch_seconds
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        # Inside fit, validation runs before the training epoch ends: stop the training clock here.
+        if not trainer.sanity_checking:
+            self._stop_clock()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._stop_clock()
+        row = {"epoch": trainer.current_epoch + 1, "train_seconds": round(self._epoch_seconds, 3)}
+        for key, value in sorted(trainer.callback_metrics.items()):
+            if key.startswith(("train/", "val/")) and not key.endswith("_step"):
+                row[key.removesuffix("_epoch")] = float(value)
+        self.history.append(row)
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.train_samples / self.train_seconds if self.train_seconds else 0.0
+
+
+def log_hparams(trainer: L.Trainer, params: dict, metrics: tuple[str, ...] = ("val/acc_best", "val/acc", "test/acc")) -> None:
+    """Write the run's hyperparameters to TensorBoard's HPARAMS tab, related to the metric tags the run logs."""
+    if not trainer.is_global_zero:
+        return
+    flat = {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in _flatten(params)}
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            writer = logger.experiment._get_file_writer()
+            for summary in hparams(flat, dict.fromkeys(metrics, 0.0)):
+                writer.add_summary(summary)
+
+
+def _flatten(params: dict, prefix: str = ""):
+    for key, value in params.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}/")
+        else:
+            yield f"{prefix}{key}", value

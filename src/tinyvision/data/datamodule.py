@@ -1,0 +1,290 @@
+"""LightningDataModules. Images travel as uint8; the device normalizes and augments whole batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from tinyvision.data import sources
+from tinyvision.data.augment import padding_ltrb, random_crop, random_horizontal_flip
+from tinyvision.data.batches import IndexSampler, TensorBatches
+from tinyvision.errors import ConfigError
+
+
+class ImageDataModule(L.LightningDataModule):
+    """What every dataset shares: its shape, normalization, batched augmentation and validation split."""
+
+    def __init__(
+        self,
+        channels: int,
+        image_size: int | Sequence[int],
+        num_classes: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        batch_size: int = 64,
+        eval_batch_size: int = 1024,
+        val_size: float | int = 0.1,
+        seed: int = 42,
+        augment: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.channels, self.num_classes = channels, num_classes
+        self.image_size = image_size if isinstance(image_size, int) else tuple(image_size)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.seed = val_size, seed
+        self.mean, self.std = _per_channel("mean", mean, channels), _per_channel("std", std, channels)
+        self.augment = {"crop_padding": None, "horizontal_flip": 0.0, **(augment or {})}
+        if self.augment["crop_padding"] is not None:
+            padding_ltrb(self.augment["crop_padding"])  # fails now on a malformed value
+        self.class_names: list[str] = [str(i) for i in range(num_classes)]
+        self._affine: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        size = self.image_size
+        return (size, size) if isinstance(size, int) else size
+
+    def val_count(self, train_size: int, what: str) -> int:
+        """The validation size as a count, checked against the training split it is carved from."""
+        size = self.val_size
+        count = max(1, round(size * train_size)) if isinstance(size, float) and 0 < size < 1 else size
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 < count < train_size:
+            raise ConfigError(
+                f"data.val_size={size} does not fit the training split of {what} ({train_size} images): "
+                f"use a count from 1 to {train_size - 1} or a fraction between 0 and 1 such as 0.1"
+            )
+        return count
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """uint8 N×C×H×W -> float, normalized with the dataset's mean and std: ``x/255`` then ``(x-mean)/std``."""
+        if images.device not in self._affine:
+            std, mean = torch.tensor(self.std), torch.tensor(self.mean)
+            scale = (1 / (255 * std)).view(1, -1, 1, 1).to(images.device)
+            shift = (-mean / std).view(1, -1, 1, 1).to(images.device)
+            self._affine[images.device] = (scale, shift)
+        scale, shift = self._affine[images.device]
+        return torch.addcmul(shift, images.float(), scale)
+
+    def augment_batch(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
+        if self.augment["crop_padding"] is not None:
+            images = random_crop(images, self.augment["crop_padding"], generator)
+        flip = float(self.augment["horizontal_flip"])
+        if flip > 0:
+            images = random_horizontal_flip(images, flip, generator)
+        return images
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        if self.trainer is not None and self.trainer.training:
+            images = self.augment_batch(images, self._augment_generator())
+        return self.preprocess(images), labels
+
+    def _augment_generator(self) -> torch.Generator | None:
+        return None
+
+    def _rank(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+
+def _per_channel(key: str, values: Sequence[float], channels: int) -> list[float]:
+    values = [float(v) for v in ([values] if isinstance(values, (int, float)) else values)]
+    if len(values) == 1:
+        return values * channels
+    if len(values) != channels:
+        raise ConfigError(
+            f"data.{key}={values} has {len(values)} values but data.channels={channels}: give one value or {channels}"
+        )
+    if key == "std" and min(values) <= 0:
+        raise ConfigError(f"data.std={values} must be positive")
+    return values
+
+
+class TensorDataModule(ImageDataModule):
+    """MNIST, Fashion-MNIST and CIFAR-10: each split decoded once into a uint8 tensor held in memory.
+
+    The tensors live on the training device when it is a GPU; batches are drawn by index, so there is
+    no per-image Python, PIL or transform call in the training loop. Channels and size are converted
+    once at load time when the config asks for other than the files hold (``data.channels=3`` on
+    Fashion-MNIST, ``data.image_size=32``).
+    """
+
+    def __init__(self, dataset: str, root: str, mirrors: Sequence[str] = (), download: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.dataset, self.root, self.mirrors, self.download = dataset, root, list(mirrors), download
+        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self._train_batches: TensorBatches | None = None
+
+    def prepare_data(self) -> None:
+        # Runs on one process only: fetches and extracts files, so ranks never download at once.
+        sources.load(self.dataset, self.root, self.mirrors, self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        data = sources.load(self.dataset, self.root, self.mirrors, download=False)
+        if len(data.classes) != self.num_classes:
+            raise ConfigError(
+                f"data.num_classes={self.num_classes} but {self.dataset} has {len(data.classes)} classes: "
+                f"set data.num_classes={len(data.classes)}"
+            )
+        self.class_names = data.classes
+        train_images, train_labels = self._adapt(data.train[0]), data.train[1]
+        val_count = self.val_count(len(train_images), self.dataset)
+        order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(self.seed))
+        val_index, train_index = order[:val_count], order[val_count:]
+        device = self._device()
+        self.splits = {
+            "train": (train_images[train_index].to(device), train_labels[train_index].to(device)),
+            "val": (train_images[val_index].to(device), train_labels[val_index].to(device)),
+            "test": (self._adapt(data.test[0]).to(device), data.test[1].to(device)),
+        }
+
+    def _device(self) -> torch.device:
+        if self.trainer is not None and self.trainer.strategy.root_device.type == "cuda":
+            return self.trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def _adapt(self, images: Tensor) -> Tensor:
+        """Convert channels and size once, on the whole split."""
+        if images.shape[1] != self.channels:
+            if self.channels == 1:
+                images = TF.rgb_to_grayscale(images)
+            elif images.shape[1] == 1:
+                images = images.expand(-1, self.channels, -1, -1).contiguous()
+            else:
+                raise ConfigError(
+                    f"data.channels={self.channels} cannot be made from {images.shape[1]}-channel images: use 1 or 3"
+                )
+        if tuple(images.shape[-2:]) != self.hw:
+            images = TF.resize(images, list(self.hw), antialias=True)
+        return images.contiguous()
+
+    def _loader(self, split: str, shuffle: bool) -> TensorBatches:
+        images, labels = self.splits[split]
+        rank, world_size = self._rank()
+        sampler = IndexSampler(len(images), shuffle, self.seed, rank, world_size, even=shuffle)
+        return TensorBatches(images, labels, self.batch_size if shuffle else self.eval_batch_size, sampler)
+
+    def train_dataloader(self) -> TensorBatches:
+        self._train_batches = self._loader("train", shuffle=True)
+        return self._train_batches
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._loader("test", shuffle=False)
+
+    def _augment_generator(self) -> torch.Generator | None:
+        return self._train_batches.generator if self._train_batches is not None else None
+
+
+class FolderDataModule(ImageDataModule):
+    """Any directory of images with one subfolder per class (seed 003's ants/bees).
+
+    With ``train/`` and ``test/`` subdirectories those are the splits; otherwise the test split is
+    carved from the whole folder (``test_size``). Images are decoded and resized per image with
+    torchvision.transforms.v2 in DataLoader workers; normalization and augmentation then run batched.
+    """
+
+    def __init__(self, root: str, test_size: float | int = 0.2, num_workers: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.root, self.test_size, self.num_workers = Path(root), test_size, num_workers
+        self.datasets: dict[str, torch.utils.data.Dataset] = {}
+
+    def _class_root(self, split: str = "train") -> Path:
+        if (self.root / "train").is_dir() and (self.root / "test").is_dir():
+            return self.root / split
+        return self.root
+
+    def prepare_data(self) -> None:
+        self.check_folder()
+
+    def check_folder(self) -> list[str]:
+        """Fail early, naming the folder, when the directory is missing or a class has no images."""
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        if not self.root.is_dir():
+            raise ConfigError(
+                f"data.root={self.root} does not exist: point data.root at a directory with one subfolder "
+                "of images per class (optionally inside train/ and test/)"
+            )
+        splits = ["train", "test"] if self._class_root() != self.root else [None]
+        classes: list[str] = []
+        for split in splits:
+            base = self.root / split if split else self.root
+            class_dirs = sorted(p for p in base.iterdir() if p.is_dir())
+            if not class_dirs:
+                raise ConfigError(f"data.root={base} has no class subfolders: put the images of each class in a subfolder")
+            for class_dir in class_dirs:
+                if not any(f.suffix.lower() in IMG_EXTENSIONS for f in class_dir.rglob("*") if f.is_file()):
+                    raise ConfigError(
+                        f"class folder {class_dir} holds no images (allowed: {', '.join(IMG_EXTENSIONS)}): "
+                        "add images or remove the folder"
+                    )
+            classes = classes or [p.name for p in class_dirs]
+        if len(classes) != self.num_classes:
+            raise ConfigError(
+                f"data.num_classes={self.num_classes} but {self.root} has {len(classes)} class folders: "
+                f"set data.num_classes={len(classes)}"
+            )
+        return classes
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        from torchvision import datasets
+        from torchvision.transforms import v2
+
+        self.class_names = self.check_folder()
+        transform = v2.Compose(
+            [
+                v2.ToImage(),
+                v2.Grayscale(1) if self.channels == 1 else v2.RGB(),
+                v2.Resize(list(self.hw), antialias=True),
+            ]
+        )
+        train_root = self._class_root("train")
+        full = datasets.ImageFolder(str(train_root), transform=transform)
+        generator = torch.Generator().manual_seed(self.seed)
+        if train_root == self.root:
+            test_count = round(self.test_size * len(full)) if isinstance(self.test_size, float) else self.test_size
+            order = torch.randperm(len(full), generator=generator).tolist()
+            test = torch.utils.data.Subset(full, order[:test_count])
+            full = torch.utils.data.Subset(full, order[test_count:])
+        else:
+            test = datasets.ImageFolder(str(self._class_root("test")), transform=transform)
+        val_count = self.val_count(len(full), str(self.root))
+        order = torch.randperm(len(full), generator=generator).tolist()
+        self.datasets = {
+            "train": torch.utils.data.Subset(full, order[val_count:]),
+            "val": torch.utils.data.Subset(full, order[:val_count]),
+            "test": test,
+        }
+
+    def _loader(self, split: str, shuffle: bool) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", shuffle=False)

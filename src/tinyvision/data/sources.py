@@ -1,0 +1,205 @@
+"""Find, fetch and decode MNIST, Fashion-MNIST and CIFAR-10 into uint8 tensors.
+
+Files are looked for in the torchvision layout under ``root`` first, then in mirror directories
+(Debian's ``dataset-fashion-mnist`` among the defaults), and only then downloaded by torchvision,
+which checks their MD5 sums. Mirror files are not checked against those sums (Debian recompresses
+the archives, so their sums differ); every file is checked for its format when it is decoded.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor
+from torchvision.datasets.mnist import read_image_file, read_label_file
+from torchvision.datasets.utils import extract_archive
+
+from tinyvision.errors import DataError
+
+
+@dataclass
+class Splits:
+    """Each split as (images uint8 N×C×H×W, labels int64 N), plus the class names."""
+
+    train: tuple[Tensor, Tensor]
+    test: tuple[Tensor, Tensor]
+    classes: list[str]
+
+
+IDX_DATASETS = {"mnist": torchvision.datasets.MNIST, "fashion": torchvision.datasets.FashionMNIST}
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+CIFAR_FILES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
+
+HOW_TO_GET = {
+    "mnist": "run once on a machine with internet (data.download=true fetches them through torchvision), "
+    "or copy the four files (.gz is fine) into {place}",
+    "fashion": "on Debian or Ubuntu run `apt-get install dataset-fashion-mnist` (files land in "
+    "/usr/share/datasets/fashion-mnist, a default mirror), run once with internet (data.download=true), "
+    "or copy the four files (.gz is fine) into {place}",
+    "cifar10": "run once on a machine with internet (data.download=true fetches them through torchvision), "
+    "or put cifar-10-python.tar.gz or its extracted cifar-10-batches-py folder into {place}",
+}
+
+
+def load(dataset: str, root: str | os.PathLike, mirrors: list[str], download: bool) -> Splits:
+    """Decode ``dataset`` (mnist, fashion or cifar10) once into tensors."""
+    if dataset in IDX_DATASETS:
+        return _load_idx(dataset, Path(root), [Path(m) for m in mirrors], download)
+    if dataset == "cifar10":
+        return _load_cifar10(Path(root), [Path(m) for m in mirrors], download)
+    raise DataError(f"data.dataset={dataset!r} is not known: choose mnist, fashion or cifar10")
+
+
+def _missing(dataset: str, files: list[str], places: list[Path], reason: str) -> DataError:
+    searched = ", ".join(str(place) for place in places)
+    fix = HOW_TO_GET[dataset].format(place=places[0])
+    return DataError(f"{dataset} files not found: {', '.join(files)}. Looked in: {searched}. {reason}To get them: {fix}.")
+
+
+def _load_idx(dataset: str, root: Path, mirrors: list[Path], download: bool) -> Splits:
+    cls = IDX_DATASETS[dataset]
+    raw = root / cls.__name__ / "raw"
+    stems = [stem for pair in IDX_FILES.values() for stem in pair]
+
+    def locate(stem: str) -> Path | None:
+        if (raw / stem).is_file():
+            return raw / stem
+        for mirror in mirrors:
+            if (mirror / stem).is_file():
+                return mirror / stem
+            archive = mirror / f"{stem}.gz"
+            if archive.is_file():
+                return _extract(archive, raw)
+        return None
+
+    found = {stem: locate(stem) for stem in stems}
+    missing = [stem for stem, path in found.items() if path is None]
+    reason = "Downloading is off (data.download=false). "
+    if missing and download:
+        try:
+            cls(str(root), train=True, download=True)
+            found = {stem: locate(stem) for stem in stems}
+            missing = [stem for stem, path in found.items() if path is None]
+        except Exception as error:  # torchvision raises RuntimeError, URLError or OSError here
+            reason = f"Downloading through torchvision failed: {error}. "
+    if missing:
+        raise _missing(dataset, missing, [raw, *mirrors], reason)
+
+    def read(split: str) -> tuple[Tensor, Tensor]:
+        image_path, label_path = (found[stem] for stem in IDX_FILES[split])
+        images = _read(image_path, read_image_file, "MNIST-format (idx3) image")
+        labels = _read(label_path, read_label_file, "MNIST-format (idx1) label")
+        if len(images) != len(labels):
+            raise DataError(f"{image_path} holds {len(images)} images but {label_path} holds {len(labels)} labels")
+        return images.unsqueeze(1), labels.long()
+
+    return Splits(train=read("train"), test=read("test"), classes=list(cls.classes))
+
+
+def _extract(archive: Path, destination: Path) -> Path:
+    """Decompress ``archive`` into ``destination`` through a temporary name, so no half file is left."""
+    partial = destination / ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        extract_archive(str(archive), str(partial))
+    except Exception as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise DataError(
+            f"{archive} cannot be extracted ({type(error).__name__}: {error}); it may be truncated: "
+            "replace it with a complete copy or remove it"
+        ) from error
+    for extracted in partial.iterdir():  # one file for a .gz, one folder for CIFAR-10's .tar.gz
+        target = destination / extracted.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(extracted, target)
+    partial.rmdir()
+    return target
+
+
+def _read(path: Path, reader, what: str) -> Tensor:
+    try:
+        return reader(str(path))
+    except Exception as error:
+        raise DataError(
+            f"{path} is not a valid {what} file ({type(error).__name__}: {error}); "
+            "it may be truncated: delete it and run again to fetch a fresh copy"
+        ) from error
+
+
+def _load_cifar10(root: Path, mirrors: list[Path], download: bool) -> Splits:
+    folder_name = torchvision.datasets.CIFAR10.base_folder
+    archive_name = torchvision.datasets.CIFAR10.filename
+    candidates = [root / folder_name, *(m / folder_name for m in mirrors), *mirrors]
+
+    def locate() -> Path | None:
+        for folder in candidates:
+            if all((folder / name).is_file() for name in CIFAR_FILES):
+                return folder
+        for mirror in mirrors:
+            archive = mirror / archive_name
+            if archive.is_file():
+                _extract(archive, root)
+                return root / folder_name
+        return None
+
+    folder = locate()
+    reason = "Downloading is off (data.download=false). "
+    if folder is None and download:
+        try:
+            torchvision.datasets.CIFAR10(str(root), train=False, download=True)
+            folder = locate()
+        except Exception as error:  # torchvision raises RuntimeError, URLError or OSError here
+            reason = f"Downloading through torchvision failed: {error}. "
+    if folder is None:
+        raise _missing("cifar10", [archive_name, *CIFAR_FILES], [root, *mirrors], reason)
+
+    train = [_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
+    meta = _unpickle(folder / "batches.meta")
+    try:
+        classes = [str(name) for name in meta["label_names"]]
+    except (KeyError, TypeError) as error:
+        raise DataError(f"{folder / 'batches.meta'} has no 'label_names' list: it is not a CIFAR-10 meta file") from error
+    images, labels = zip(*train)
+    return Splits(
+        train=(torch.cat(images), torch.cat(labels)), test=_read_cifar_batch(folder / "test_batch"), classes=classes
+    )
+
+
+def _unpickle(path: Path) -> dict:
+    # torchvision's CIFAR10 class insists on the official MD5 of every batch, so it cannot read other
+    # files in the same format; the format itself is a pickled dict, read here as torchvision does.
+    try:
+        with open(path, "rb") as handle:
+            return pickle.load(handle, encoding="latin1")
+    except Exception as error:
+        raise DataError(
+            f"{path} is not a valid CIFAR-10 python batch ({type(error).__name__}: {error}); "
+            "it may be truncated: delete the cifar-10-batches-py folder and run again to fetch a fresh copy"
+        ) from error
+
+
+def _read_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
+    entry = _unpickle(path)
+    try:
+        data = torch.as_tensor(entry["data"], dtype=torch.uint8)
+        labels = torch.as_tensor(entry.get("labels", entry.get("fine_labels")), dtype=torch.long)
+        images = data.reshape(-1, 3, 32, 32)  # rows hold 1024 red, then green, then blue values
+    except Exception as error:
+        raise DataError(
+            f"{path} is not a valid CIFAR-10 python batch ({type(error).__name__}: {error}); "
+            "delete the cifar-10-batches-py folder and run again to fetch a fresh copy"
+        ) from error
+    if len(images) != len(labels):
+        raise DataError(f"{path} holds {len(images)} images but {len(labels)} labels")
+    return images, labels

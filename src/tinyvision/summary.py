@@ -1,0 +1,36 @@
+"""What the console shows at the end of a run."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+log = logging.getLogger("tinyvision")
+
+
+def print_summary(metrics: dict[str, Any], console: Console | None = None) -> None:
+    """A short table: test accuracy, best validation accuracy, time and the run dir."""
+    console = console or Console()
+    table = Table(title="tinyvision run", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+
+    def percent(value):
+        return "-" if value is None else f"{100 * value:.2f}%"
+
+    table.add_row("test accuracy", percent(metrics.get("test/acc")))
+    table.add_row("best val accuracy", percent(metrics.get("val/acc_best")))
+    table.add_row("epochs", str(metrics.get("epochs")))
+    table.add_row("time", f"{metrics.get('wall_seconds', 0):.1f} s ({metrics.get('train_samples_per_second') or 0:,.0f} training images/s)")
+    table.add_row("run dir", str(metrics.get("run_dir")))
+    console.print(table)
+    log.info("test/acc=%s val/acc_best=%s run_dir=%s", metrics.get("test/acc"), metrics.get("val/acc_best"), metrics.get("run_dir"))
+
+
+def print_error(error: Exception, console: Console | None = None) -> None:
+    """One clear line for an error the user can fix, also kept in the run's log."""
+    log.error("%s", error)
+    (console or Console(stderr=True)).print(f"[bold red]error:[/] {error}", highlight=False)

@@ -1,0 +1,112 @@
+"""Small synthetic datasets written in the real on-disk formats, so the real readers run."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+IDX_NAMES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def class_images(labels: np.ndarray, size: int, channels: int, seed: int) -> np.ndarray:
+    """uint8 N×C×H×W images whose class is a bright square at a class-specific place: easy to learn."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 40, size=(len(labels), channels, size, size)).astype(np.uint8)
+    cell = size // 4
+    for i, label in enumerate(labels):
+        row, col = divmod(int(label) % 16, 4)
+        images[i, :, row * cell : (row + 1) * cell, col * cell : (col + 1) * cell] = 220
+    return images
+
+
+def write_idx_images(path: Path, images: np.ndarray) -> None:
+    """MNIST's idx3-ubyte: magic 0x00000803, then big-endian N, H, W, then the pixels."""
+    n, height, width = images.shape
+    path.write_bytes(struct.pack(">IIII", 0x0803, n, height, width) + images.tobytes())
+
+
+def write_idx_labels(path: Path, labels: np.ndarray) -> None:
+    """MNIST's idx1-ubyte: magic 0x00000801, then big-endian N, then one byte per label."""
+    path.write_bytes(struct.pack(">II", 0x0801, len(labels)) + labels.astype(np.uint8).tobytes())
+
+
+def write_idx_dataset(raw: Path, sizes=(400, 100), seed: int = 0, gz: bool = False) -> None:
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for (split, (image_name, label_name)), count in zip(IDX_NAMES.items(), sizes):
+        labels = rng.integers(0, 10, size=count)
+        images = class_images(labels, 28, 1, seed + count)[:, 0]
+        write_idx_images(raw / image_name, images)
+        write_idx_labels(raw / label_name, labels)
+        if gz:
+            for name in (image_name, label_name):
+                (raw / f"{name}.gz").write_bytes(gzip.compress((raw / name).read_bytes()))
+                (raw / name).unlink()
+
+
+def write_cifar10(folder: Path, per_batch: int = 60, test: int = 100, seed: int = 1) -> None:
+    """CIFAR-10's python format: pickled dicts with 'data' (N×3072 uint8, RGB planes) and 'labels'."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        count = test if name == "test_batch" else per_batch
+        labels = rng.integers(0, 10, size=count)
+        data = class_images(labels, 32, 3, int(rng.integers(1 << 30))).reshape(count, 3072)
+        with open(folder / name, "wb") as handle:
+            pickle.dump({"batch_label": name, "data": data, "labels": labels.tolist()}, handle)
+    meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
+    with open(folder / "batches.meta", "wb") as handle:
+        pickle.dump(meta, handle)
+
+
+def write_image_folder(root: Path, classes=("ants", "bees"), per_class: int = 24, seed: int = 2) -> None:
+    """One subfolder of PNG images per class, of mixed sizes, as seed 003's ants/bees."""
+    rng = np.random.default_rng(seed)
+    for index, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            size = int(rng.integers(36, 60))
+            pixels = class_images(np.array([index * 5]), size, 3, int(rng.integers(1 << 30)))[0]
+            Image.fromarray(pixels.transpose(1, 2, 0)).save(root / name / f"{i:03d}.png")
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_idx_dataset(root / "MNIST" / "raw", seed=0)
+    write_idx_dataset(root / "FashionMNIST" / "raw", seed=10)
+    write_cifar10(root / "cifar-10-batches-py")
+    write_image_folder(root / "ants_bees")
+    return root
+
+
+@pytest.fixture
+def make_config(data_root, tmp_path):
+    """Compose conf/train.yaml as train.py would, pointed at the synthetic data and a fresh run dir."""
+
+    def make(*overrides: str, run_dir: Path | None = None):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(
+                config_name="train",
+                overrides=[
+                    f"paths.data_dir={data_root}",
+                    f"paths.output_dir={run_dir or tmp_path / 'run'}",
+                    "callbacks=minimal",
+                    *overrides,
+                ],
+            )
+
+    return make

@@ -1,0 +1,100 @@
+"""Every option of every config group composes with the others and trains."""
+
+from __future__ import annotations
+
+import hydra.utils
+import lightning as L
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+
+from tinyvision.training import build, train
+
+MODELS = ["convnet", "mlp", "lenet", "cifar_net", "cifar_net_v3", "vgg16"]
+DATASETS = ["mnist", "fashion", "cifar10", "folder"]
+
+
+def data_overrides(dataset: str) -> list[str]:
+    overrides = [f"data={dataset}", "data.batch_size=8", "data.eval_batch_size=16", "data.val_size=16"]
+    if dataset == "folder":
+        overrides += ["data.root=${paths.data_dir}/ants_bees", "data.image_size=32", "data.num_workers=0"]
+    return overrides
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_trains_on_every_dataset(make_config, model, dataset):
+    cfg = make_config(f"model={model}", *data_overrides(dataset), "trainer=debug", "logger=none")
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert metrics["history"] and metrics["history"][0]["train/loss"] > 0
+
+
+@pytest.mark.parametrize("experiment", ["convnet_mnist", "mlp_mnist", "lenet_fashion", "cifar_net", "cifar_net_v3", "vgg16_cifar10"])
+def test_every_seed_experiment_composes_with_its_recipe(make_config, experiment):
+    cfg = make_config(f"experiment={experiment}")
+    recipes = {
+        "convnet_mnist": ("ConvNet", "mnist", "Adam", 512, 20),
+        "mlp_mnist": ("MLP", "mnist", "SGD", 64, 10),
+        "lenet_fashion": ("LeNet", "fashion", "SGD", 256, 10),
+        "cifar_net": ("CifarNet", "cifar10", "SGD", 64, 20),
+        "cifar_net_v3": ("CifarNetV3", "cifar10", "SGD", 32, 150),
+        "vgg16_cifar10": ("VGG16", "cifar10", "SGD", 64, 20),
+    }
+    model, dataset, optimizer, batch_size, epochs = recipes[experiment]
+    assert cfg.model._target_.endswith(model)
+    assert cfg.data.dataset == dataset
+    assert cfg.optimizer._target_.endswith(optimizer)
+    assert (cfg.data.batch_size, cfg.trainer.max_epochs) == (batch_size, epochs)
+
+
+def test_lenet_fashion_is_seed_002(make_config):
+    cfg = make_config("experiment=lenet_fashion")
+    assert cfg.optimizer.lr == 0.9 and list(cfg.data.mean) == [0.0] and list(cfg.data.std) == [1.0]
+
+
+def test_cifar_net_v3_is_seed_003(make_config):
+    cfg = make_config("experiment=cifar_net_v3")
+    assert list(cfg.data.augment.crop_padding) == [0, 2, 3, 4] and cfg.data.augment.horizontal_flip == 0.5
+    assert list(cfg.scheduler.milestones) == [8, 16, 24, 32] and cfg.scheduler.gamma == 0.5
+    assert cfg.optimizer.momentum == 0.9
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("scheduler", ["none", "step", "multistep", "cosine", "onecycle"])
+def test_every_optimizer_and_scheduler_steps(make_config, optimizer, scheduler):
+    cfg = make_config(
+        "model=mlp", f"optimizer={optimizer}", f"scheduler={scheduler}", "trainer=cpu", "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
+        "logger=none", "data.batch_size=8", "data.val_size=16",
+    )
+    metrics = train(cfg)
+    lrs = [row["train/lr"] for row in metrics["history"]]
+    assert len(lrs) == 2 and all(lr > 0 for lr in lrs)
+    if scheduler in ("step", "none"):  # StepLR decays only after 10 epochs
+        assert lrs[0] == pytest.approx(cfg.optimizer.lr)
+    if scheduler == "onecycle":  # stepped per batch: warming up from max_lr / 25
+        assert lrs[0] < cfg.optimizer.lr
+
+
+@pytest.mark.parametrize("trainer", ["default", "cpu", "gpu", "ddp", "debug"])
+def test_every_trainer_composes(make_config, trainer):
+    cfg = make_config(f"trainer={trainer}")
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    if trainer in ("default", "cpu", "debug") or (trainer == "gpu" and torch.cuda.is_available()):
+        assert isinstance(hydra.utils.instantiate(cfg.trainer, logger=False), L.Trainer)
+    if trainer == "ddp":
+        assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 2
+
+
+def test_unknown_option_lists_the_choices(make_config):
+    with pytest.raises(ConfigCompositionException, match="Available options in 'model'") as error:
+        make_config("model=lenett")
+    assert "lenet" in str(error.value) and "cifar_net_v3" in str(error.value)
+
+
+def test_lenet_on_cifar10_and_cifar_net_v3_on_mnist_take_their_shapes(make_config):
+    _, lenet = build(make_config("model=lenet", "data=cifar10"))
+    assert lenet.net.features[0].in_channels == 3
+    _, v3 = build(make_config("model=cifar_net_v3", "data=mnist"))
+    assert v3.net.features[0].in_channels == 1 and v3.net.classifier[1].in_features == 128 * 3 * 3
