@@ -17,9 +17,9 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except TinyVisionError as error:
+        print_error(error)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the sweep records the failed job and goes on with the others
-        print_error(error)
         sys.exit(2)
     print_summary(metrics)
     return metrics["val/acc_best"]

@@ -97,12 +97,12 @@ def data_root(tmp_path_factory) -> Path:
 def make_config(data_root, tmp_path):
     """Compose conf/train.yaml as train.py would, pointed at the synthetic data and a fresh run dir."""
 
-    def make(*overrides: str, run_dir: Path | None = None):
+    def make(*overrides: str, run_dir: Path | None = None, data_dir: Path | None = None):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             return compose(
                 config_name="train",
                 overrides=[
-                    f"paths.data_dir={data_root}",
+                    f"paths.data_dir={data_dir or data_root}",
                     f"paths.output_dir={run_dir or tmp_path / 'run'}",
                     "callbacks=minimal",
                     *overrides,

@@ -50,7 +50,7 @@ class ImageClassifier(L.LightningModule):
         self.train_acc(logits, labels)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
         return loss
 
     def _evaluate(self, batch, stage: str) -> None:

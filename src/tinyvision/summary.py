@@ -33,4 +33,4 @@ def print_summary(metrics: dict[str, Any], console: Console | None = None) -> No
 def print_error(error: Exception, console: Console | None = None) -> None:
     """One clear line for an error the user can fix, also kept in the run's log."""
     log.error("%s", error)
-    (console or Console(stderr=True)).print(f"[bold red]error:[/] {error}", highlight=False)
+    (console or Console(stderr=True, soft_wrap=True)).print(f"[bold red]error:[/] {error}", highlight=False)

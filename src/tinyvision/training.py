@@ -11,11 +11,12 @@ from typing import Any
 
 import hydra.utils
 import lightning as L
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from tinyvision import config
 from tinyvision.callbacks import RunRecord, log_hparams
-from tinyvision.errors import ConfigError
+from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.module import ImageClassifier
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,12 @@ DATA_INFO_KEYS = ("channels", "image_size", "num_classes", "mean", "std")
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ImageClassifier]:
     """The data module and the classifier a config describes; fails fast on values that cannot work."""
     config.check(cfg)
-    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    try:
+        datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    except InstantiationException as error:
+        if isinstance(error.__cause__, TinyVisionError):
+            raise error.__cause__ from None  # our message already names the key and the fix
+        raise
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data_info = {key: data[key] for key in DATA_INFO_KEYS}
     data_info["dataset"] = data.get("dataset", "folder")
