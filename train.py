@@ -1,6 +1,7 @@
 """Train an image classifier: python train.py model=lenet data=fashion [key=value ...]."""
 
 import sys
+import warnings
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -10,6 +11,10 @@ from omegaconf import DictConfig
 from tinyvision.errors import TinyVisionError
 from tinyvision.summary import print_error, print_summary
 from tinyvision.training import train
+
+
+# Lightning 2.6 calls a torch API that torch 2.14 deprecates; the warning is Lightning's, not the user's.
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

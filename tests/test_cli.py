@@ -71,6 +71,7 @@ def test_best_checkpoint_reloads_alone_and_gives_the_same_test_accuracy(single_r
     best = run_dir / "checkpoints" / "best.ckpt"
     raw = torch.load(best, map_location="cpu", weights_only=True)  # plain config: no pickled OmegaConf objects
     assert raw["hyper_parameters"]["data"]["channels"] == 1 and len(raw["class_names"]) == 10
+    assert raw["config"]["model"]["_target_"] == "tinyvision.models.LeNet" and raw["config"]["data"]["batch_size"] == 32
     classifier = ImageClassifier.load_from_checkpoint(best, map_location="cpu")
     data = classifier.hparams.data
     datamodule = TensorDataModule(dataset=data["dataset"], root=str(data_root), channels=data["channels"],

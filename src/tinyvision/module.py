@@ -34,6 +34,7 @@ class ImageClassifier(L.LightningModule):
         num_classes = data["num_classes"]
         self.net = build_model(model, data["channels"], num_classes, data["image_size"])
         self.class_names: list[str] = list(data.get("class_names") or range(num_classes))
+        self.run_config: dict[str, Any] | None = None  # the whole composed config, saved with each checkpoint
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -105,7 +106,10 @@ class ImageClassifier(L.LightningModule):
             self.class_names = list(datamodule.class_names)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["class_names"] = list(self.class_names)
+        checkpoint["class_names"] = [str(name) for name in self.class_names]
+        if self.run_config is not None:
+            checkpoint["config"] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.class_names = list(checkpoint.get("class_names", self.class_names))
+        self.run_config = checkpoint.get("config")

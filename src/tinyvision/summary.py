@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
 
 log = logging.getLogger("tinyvision")
 
 
+@rank_zero_only
 def print_summary(metrics: dict[str, Any], console: Console | None = None) -> None:
     """A short table: test accuracy, best validation accuracy, time and the run dir."""
     console = console or Console()
@@ -25,9 +28,17 @@ def print_summary(metrics: dict[str, Any], console: Console | None = None) -> No
     table.add_row("best val accuracy", percent(metrics.get("val/acc_best")))
     table.add_row("epochs", str(metrics.get("epochs")))
     table.add_row("time", f"{metrics.get('wall_seconds', 0):.1f} s ({metrics.get('train_samples_per_second') or 0:,.0f} training images/s)")
-    table.add_row("run dir", str(metrics.get("run_dir")))
+    table.add_row("run dir", _short(metrics.get("run_dir")))
     console.print(table)
     log.info("test/acc=%s val/acc_best=%s run_dir=%s", metrics.get("test/acc"), metrics.get("val/acc_best"), metrics.get("run_dir"))
+
+
+def _short(path: str | None) -> str:
+    """A run dir relative to the working directory when it lies inside it."""
+    if not path:
+        return "-"
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def print_error(error: Exception, console: Console | None = None) -> None:

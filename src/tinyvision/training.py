@@ -52,6 +52,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"run dir {run_dir} already holds a run: it is kept as it is; start a new run instead")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, classifier = build(cfg)
+    classifier.run_config = OmegaConf.to_container(cfg, resolve=True)
 
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]

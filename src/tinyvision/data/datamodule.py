@@ -124,7 +124,7 @@ class TensorDataModule(ImageDataModule):
 
     def prepare_data(self) -> None:
         # Runs on one process only: fetches and extracts files, so ranks never download at once.
-        sources.load(self.dataset, self.root, self.mirrors, self.download)
+        sources.fetch(self.dataset, self.root, self.mirrors, self.download)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:

@@ -50,13 +50,21 @@ HOW_TO_GET = {
 }
 
 
+def fetch(dataset: str, root: str | os.PathLike, mirrors: list[str], download: bool) -> dict[str, Path]:
+    """Make sure the files of ``dataset`` are on disk (extracting or downloading them); return their paths."""
+    if dataset in IDX_DATASETS:
+        return _fetch_idx(dataset, Path(root), [Path(m) for m in mirrors], download)
+    if dataset == "cifar10":
+        return _fetch_cifar10(Path(root), [Path(m) for m in mirrors], download)
+    raise DataError(f"data.dataset={dataset!r} is not known: choose mnist, fashion or cifar10")
+
+
 def load(dataset: str, root: str | os.PathLike, mirrors: list[str], download: bool) -> Splits:
     """Decode ``dataset`` (mnist, fashion or cifar10) once into tensors."""
+    files = fetch(dataset, root, mirrors, download)
     if dataset in IDX_DATASETS:
-        return _load_idx(dataset, Path(root), [Path(m) for m in mirrors], download)
-    if dataset == "cifar10":
-        return _load_cifar10(Path(root), [Path(m) for m in mirrors], download)
-    raise DataError(f"data.dataset={dataset!r} is not known: choose mnist, fashion or cifar10")
+        return Splits(train=_read_idx(files, "train"), test=_read_idx(files, "test"), classes=list(IDX_DATASETS[dataset].classes))
+    return _read_cifar10(files)
 
 
 def _missing(dataset: str, files: list[str], places: list[Path], reason: str) -> DataError:
@@ -65,7 +73,7 @@ def _missing(dataset: str, files: list[str], places: list[Path], reason: str) ->
     return DataError(f"{dataset} files not found: {', '.join(files)}. Looked in: {searched}. {reason}To get them: {fix}.")
 
 
-def _load_idx(dataset: str, root: Path, mirrors: list[Path], download: bool) -> Splits:
+def _fetch_idx(dataset: str, root: Path, mirrors: list[Path], download: bool) -> dict[str, Path]:
     cls = IDX_DATASETS[dataset]
     raw = root / cls.__name__ / "raw"
     stems = [stem for pair in IDX_FILES.values() for stem in pair]
@@ -93,16 +101,16 @@ def _load_idx(dataset: str, root: Path, mirrors: list[Path], download: bool) -> 
             reason = f"Downloading through torchvision failed: {error}. "
     if missing:
         raise _missing(dataset, missing, [raw, *mirrors], reason)
+    return found
 
-    def read(split: str) -> tuple[Tensor, Tensor]:
-        image_path, label_path = (found[stem] for stem in IDX_FILES[split])
-        images = _read(image_path, read_image_file, "MNIST-format (idx3) image")
-        labels = _read(label_path, read_label_file, "MNIST-format (idx1) label")
-        if len(images) != len(labels):
-            raise DataError(f"{image_path} holds {len(images)} images but {label_path} holds {len(labels)} labels")
-        return images.unsqueeze(1), labels.long()
 
-    return Splits(train=read("train"), test=read("test"), classes=list(cls.classes))
+def _read_idx(files: dict[str, Path], split: str) -> tuple[Tensor, Tensor]:
+    image_path, label_path = (files[stem] for stem in IDX_FILES[split])
+    images = _read(image_path, read_image_file, "MNIST-format (idx3) image")
+    labels = _read(label_path, read_label_file, "MNIST-format (idx1) label")
+    if len(images) != len(labels):
+        raise DataError(f"{image_path} holds {len(images)} images but {label_path} holds {len(labels)} labels")
+    return images.unsqueeze(1), labels.long()
 
 
 def _extract(archive: Path, destination: Path) -> Path:
@@ -137,7 +145,7 @@ def _read(path: Path, reader, what: str) -> Tensor:
         ) from error
 
 
-def _load_cifar10(root: Path, mirrors: list[Path], download: bool) -> Splits:
+def _fetch_cifar10(root: Path, mirrors: list[Path], download: bool) -> dict[str, Path]:
     folder_name = torchvision.datasets.CIFAR10.base_folder
     archive_name = torchvision.datasets.CIFAR10.filename
     candidates = [root / folder_name, *(m / folder_name for m in mirrors), *mirrors]
@@ -163,7 +171,11 @@ def _load_cifar10(root: Path, mirrors: list[Path], download: bool) -> Splits:
             reason = f"Downloading through torchvision failed: {error}. "
     if folder is None:
         raise _missing("cifar10", [archive_name, *CIFAR_FILES], [root, *mirrors], reason)
+    return {name: folder / name for name in CIFAR_FILES}
 
+
+def _read_cifar10(files: dict[str, Path]) -> Splits:
+    folder = files["batches.meta"].parent
     train = [_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
     meta = _unpickle(folder / "batches.meta")
     try:
