@@ -10,17 +10,27 @@ from torch.utils.tensorboard.summary import hparams
 
 
 class RunRecord(L.Callback):
-    """Per-epoch metrics and the training throughput (training batches only, validation excluded)."""
+    """Per-epoch metrics and timings: training throughput (training batches only), evaluation time."""
 
     def __init__(self):
         self.history: list[dict[str, float]] = []
         self.train_seconds = 0.0
         self.train_samples = 0
+        self.test_seconds = 0.0
         self._started: float | None = None
         self._epoch_seconds = 0.0
+        self._fit_started = self._eval_started = 0.0
+        self._val_seconds = 0.0
+        self._samples_before = 0
+        self._pending: dict[str, float] | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_started = time.perf_counter()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._add_pending_row(trainer)
         self._started, self._epoch_seconds = time.perf_counter(), 0.0
+        self._samples_before = self.train_samples
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self.train_samples += len(batch[1])
@@ -34,14 +44,40 @@ class RunRecord(L.Callback):
         # Inside fit, validation runs before the training epoch ends: stop the training clock here.
         if not trainer.sanity_checking:
             self._stop_clock()
+        self._eval_started = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._val_seconds = time.perf_counter() - self._eval_started
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._eval_started = time.perf_counter()
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self.test_seconds = time.perf_counter() - self._eval_started
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._stop_clock()
-        row = {"epoch": trainer.current_epoch + 1, "train_seconds": round(self._epoch_seconds, 3)}
+        self._pending = {
+            "epoch": trainer.current_epoch + 1,
+            "train_seconds": round(self._epoch_seconds, 3),
+            "train_samples": self.train_samples - self._samples_before,
+            "val_seconds": round(self._val_seconds, 3),
+            "fit_seconds": round(time.perf_counter() - self._fit_started, 3),  # since fit began, evaluation included
+        }
+
+    def _add_pending_row(self, trainer) -> None:
+        # The module logs the epoch's training metrics in its own on_train_epoch_end, which Lightning
+        # calls after this callback's: the row is completed at the next epoch start or at the end.
+        if self._pending is None:
+            return
+        row, self._pending = self._pending, None
         for key, value in sorted(trainer.callback_metrics.items()):
-            if key.startswith(("train/", "val/")) and not key.endswith("_step"):
-                row[key.removesuffix("_epoch")] = float(value)
+            if key.startswith(("train/", "val/", "test/")):
+                row[key] = float(value)
         self.history.append(row)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._add_pending_row(trainer)
 
     @property
     def samples_per_second(self) -> float:

@@ -33,46 +33,75 @@ class ImageClassifier(L.LightningModule):
         self.save_hyperparameters(logger=False)
         num_classes = data["num_classes"]
         self.net = build_model(model, data["channels"], num_classes, data["image_size"])
+        # NHWC convolutions are faster on CPUs (oneDNN) and GPUs (tensor cores); see BENCHMARKS.md.
+        self.channels_last = bool(model.get("channels_last", False))
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if model.get("compile", False):
+            self.net.compile()  # in place, so checkpoints keep the plain parameter names
         self.class_names: list[str] = list(data.get("class_names") or range(num_classes))
         self.run_config: dict[str, Any] | None = None  # the whole composed config, saved with each checkpoint
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        for stage in ("train", "val", "test"):
+            setattr(self, f"{stage}_loss", MeanMetric())
+            setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro"))
         self.val_acc_best = MaxMetric()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    # Metrics accumulate every step and are logged once an epoch: each self.log call costs Lightning
+    # about a millisecond, which per step would be a tenth of a small model's epoch on a CPU.
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        self.train_acc(logits, labels)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        getattr(self, f"{stage}_loss").update(loss.detach(), weight=len(labels))
+        getattr(self, f"{stage}_acc").update(logits.detach(), labels)
         return loss
 
-    def _evaluate(self, batch, stage: str) -> None:
-        images, labels = batch
-        logits = self(images)
+    def _log_epoch(self, stage: str) -> torch.Tensor | None:
         loss, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
-        loss.update(F.cross_entropy(logits, labels), weight=len(labels))
-        accuracy.update(logits, labels)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        if accuracy.update_count == 0:
+            return None
+        value = accuracy.compute()
+        self.log(f"{stage}/loss", loss.compute(), prog_bar=stage != "train", sync_dist=True)
+        self.log(f"{stage}/acc", value, prog_bar=True, sync_dist=True)
+        loss.reset()
+        accuracy.reset()
+        return value
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")
+        if batch_idx % self.trainer.log_every_n_steps == 0:
+            self.log("loss", loss, prog_bar=True, logger=False)  # a live value for the progress bar
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        # Logged as the epoch begins: by its end an epoch-wise scheduler has already stepped.
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], sync_dist=True)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # A second validation loader is the test split, evaluated every epoch for accuracy curves.
+        self._step(batch, "val" if dataloader_idx == 0 else "test")
 
     def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            self.val_acc_best(self.val_acc.compute())
+        accuracy = self._log_epoch("val")
+        self._log_epoch("test")
+        if accuracy is not None and not self.trainer.sanity_checking:
+            self.val_acc_best(accuracy)
             self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        self._step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (list, tuple)) else batch

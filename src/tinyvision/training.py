@@ -78,6 +78,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "wall_seconds": round(seconds, 2),
         "train_seconds": round(record.train_seconds, 2) if record else None,
         "train_samples_per_second": round(record.samples_per_second, 1) if record else None,
+        "test_seconds": round(record.test_seconds, 3) if record else None,
         "best_checkpoint": best,
         "run_dir": str(run_dir),
         "history": history,

@@ -32,8 +32,10 @@ class ImageDataModule(L.LightningDataModule):
         val_size: float | int = 0.1,
         seed: int = 42,
         augment: dict[str, Any] | None = None,
+        test_every_epoch: bool = False,
     ):
         super().__init__()
+        self.test_every_epoch = test_every_epoch
         self.channels, self.num_classes = channels, num_classes
         self.image_size = image_size if isinstance(image_size, int) else tuple(image_size)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -78,6 +80,21 @@ class ImageDataModule(L.LightningDataModule):
         if flip > 0:
             images = random_horizontal_flip(images, flip, generator)
         return images
+
+    def _loader(self, split: str, shuffle: bool):
+        raise NotImplementedError
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        """The validation split, followed by the test split when ``test_every_epoch`` (for accuracy curves)."""
+        if self.test_every_epoch:
+            return [self._loader("val", shuffle=False), self._loader("test", shuffle=False)]
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
@@ -177,12 +194,6 @@ class TensorDataModule(ImageDataModule):
         self._train_batches = self._loader("train", shuffle=True)
         return self._train_batches
 
-    def val_dataloader(self) -> TensorBatches:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> TensorBatches:
-        return self._loader("test", shuffle=False)
-
     def _augment_generator(self) -> torch.Generator | None:
         return self._train_batches.generator if self._train_batches is not None else None
 
@@ -279,12 +290,3 @@ class FolderDataModule(ImageDataModule):
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
-
-    def train_dataloader(self):
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self):
-        return self._loader("test", shuffle=False)

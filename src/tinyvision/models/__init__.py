@@ -20,7 +20,7 @@ __all__ = ["MLP", "VGG16", "CifarNet", "CifarNetV3", "ConvNet", "LeNet", "build_
 
 def build_model(model: dict[str, Any], in_channels: int, num_classes: int, image_size) -> nn.Module:
     """Instantiate the architecture described by a ``conf/model`` entry for data of the given shape."""
-    settings = {key: value for key, value in model.items() if key not in {"name", "compile"}}
+    settings = {key: value for key, value in model.items() if key not in {"compile", "channels_last"}}
     try:
         return hydra.utils.instantiate(
             settings, in_channels=in_channels, num_classes=num_classes, image_size=image_size, _convert_="all"
