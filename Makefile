@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 ARGS ?=
 
-.PHONY: setup data train test tensorboard lock clean
+.PHONY: setup data train test bench tensorboard lock clean
 
 setup: $(VENV)/.installed data
 
@@ -32,6 +32,9 @@ train: setup
 
 test: setup
 	$(BIN)/python -m pytest $(ARGS)
+
+bench: setup
+	$(BIN)/python bench/bench.py $(ARGS)
 
 tensorboard: setup
 	$(BIN)/tensorboard --logdir outputs

@@ -188,7 +188,7 @@ def run_tinyvision(workload: str, epochs: int, data_dir: str, device: str, targe
         metrics = train(cfg)
     # "elapsed" is the time since fit began, validation, per-epoch test and checkpoints included.
     rows = [{"epoch": row["epoch"], "train_seconds": row["train_seconds"], "eval_seconds": metrics["test_seconds"],
-             "samples": round(row["train_seconds"] * metrics["train_samples_per_second"]),
+             "samples": row["train_samples"],
              "test_acc": row.get("test/acc", metrics["test/acc"]), "elapsed": row["fit_seconds"]}
             for row in metrics["history"]]
     return {"epochs": rows, "peak_mib": peak_memory_mib(device)}
