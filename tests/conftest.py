@@ -93,6 +93,14 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory) -> Path:
+    """A data dir whose 'mnist' is the ten synthetic stroke shapes."""
+    root = tmp_path_factory.mktemp("shapes")
+    write_shape_digits(root / "MNIST" / "raw")
+    return root
+
+
 @pytest.fixture
 def make_config(data_root, tmp_path):
     """Compose conf/train.yaml as train.py would, pointed at the synthetic data and a fresh run dir."""
@@ -110,3 +118,50 @@ def make_config(data_root, tmp_path):
             )
 
     return make
+
+
+def draw_shape(label: int, canvas: tuple[int, int], box: tuple[int, int, int, int], ink: int, background: int,
+               width: int) -> Image.Image:
+    """A grey image with one of ten distinct stroke shapes (our stand-in for the ten digits) in ``box``."""
+    from PIL import ImageDraw
+
+    image = Image.new("L", canvas, background)
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = box
+    mid_x, mid_y = (left + right) // 2, (top + bottom) // 2
+    shapes = {
+        0: lambda: draw.ellipse(box, outline=ink, width=width),
+        1: lambda: draw.line([(mid_x, top), (mid_x, bottom)], fill=ink, width=width),
+        2: lambda: draw.line([(left, mid_y), (right, mid_y)], fill=ink, width=width),
+        3: lambda: (draw.line([(left, top), (right, bottom)], fill=ink, width=width),
+                    draw.line([(left, bottom), (right, top)], fill=ink, width=width)),
+        4: lambda: (draw.line([(mid_x, top), (mid_x, bottom)], fill=ink, width=width),
+                    draw.line([(left, mid_y), (right, mid_y)], fill=ink, width=width)),
+        5: lambda: draw.rectangle(box, outline=ink, width=width),
+        6: lambda: draw.polygon([(mid_x, top), (right, bottom), (left, bottom)], outline=ink, width=width),
+        7: lambda: draw.line([(left, top), (left, bottom), (right, bottom)], fill=ink, width=width, joint="curve"),
+        8: lambda: (draw.ellipse((left, top, right, mid_y), outline=ink, width=width),
+                    draw.ellipse((left, mid_y, right, bottom), outline=ink, width=width)),
+        9: lambda: draw.line([(left, bottom), (right, top)], fill=ink, width=width),
+    }
+    shapes[label]()
+    return image
+
+
+def write_shape_digits(raw: Path, sizes=(1200, 300), seed: int = 3) -> None:
+    """An MNIST-format set of the ten shapes, made as MNIST's digits were: white strokes drawn large
+    with varied size and width, cropped, scaled into a 20×20 box and centred by centre of mass in 28×28."""
+    from tinyvision.inference import centred_like_mnist
+
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for (image_name, label_name), count in zip(IDX_NAMES.values(), sizes):
+        labels = rng.integers(0, 10, size=count)
+        images = []
+        for label in labels:
+            width, height = (int(v) for v in rng.integers(36, 60, size=2))
+            left, top = (int(v) for v in rng.integers(2, 10, size=2))
+            image = draw_shape(int(label), (72, 72), (left, top, left + width, top + height), 255, 0, int(rng.integers(3, 7)))
+            images.append(centred_like_mnist(image, (28, 28), box=0.72, by_mass=True))
+        write_idx_images(raw / image_name, np.stack(images))
+        write_idx_labels(raw / label_name, labels)

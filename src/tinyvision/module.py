@@ -41,6 +41,8 @@ class ImageClassifier(L.LightningModule):
             self.net.compile()  # in place, so checkpoints keep the plain parameter names
         self.class_names: list[str] = list(data.get("class_names") or range(num_classes))
         self.run_config: dict[str, Any] | None = None  # the whole composed config, saved with each checkpoint
+        height, width = (data["image_size"],) * 2 if isinstance(data["image_size"], int) else data["image_size"]
+        self.example_input_array = torch.zeros(1, data["channels"], height, width)  # for the TensorBoard graph
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_loss", MeanMetric())
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro"))
@@ -54,13 +56,13 @@ class ImageClassifier(L.LightningModule):
     # Metrics accumulate every step and are logged once an epoch: each self.log call costs Lightning
     # about a millisecond, which per step would be a tenth of a small model's epoch on a CPU.
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
+    def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         getattr(self, f"{stage}_loss").update(loss.detach(), weight=len(labels))
         getattr(self, f"{stage}_acc").update(logits.detach(), labels)
-        return loss
+        return loss, logits
 
     def _log_epoch(self, stage: str) -> torch.Tensor | None:
         loss, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
@@ -74,7 +76,7 @@ class ImageClassifier(L.LightningModule):
         return value
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, "train")
+        loss, _ = self._step(batch, "train")
         if batch_idx % self.trainer.log_every_n_steps == 0:
             self.log("loss", loss, prog_bar=True, logger=False)  # a live value for the progress bar
         return loss
@@ -86,9 +88,9 @@ class ImageClassifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
 
-    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         # A second validation loader is the test split, evaluated every epoch for accuracy curves.
-        self._step(batch, "val" if dataloader_idx == 0 else "test")
+        return self._step(batch, "val" if dataloader_idx == 0 else "test")[1].detach()  # logits, for callbacks
 
     def on_validation_epoch_end(self) -> None:
         accuracy = self._log_epoch("val")

@@ -84,12 +84,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "history": history,
     }
     if trainer.is_global_zero:
-        _write_json(run_dir / "metrics.json", metrics)
+        write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
+def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     """Write through a temporary name so a kill never leaves half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".json.partial")
     partial.write_text(json.dumps(payload, indent=2) + "\n")

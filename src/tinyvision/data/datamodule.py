@@ -97,6 +97,8 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if not isinstance(batch, (list, tuple)):
+            return batch  # the model's example input (for the TensorBoard graph), already a float tensor
         images, labels = batch
         if self.trainer is not None and self.trainer.training:
             images = self.augment_batch(images, self._augment_generator())

@@ -1,0 +1,84 @@
+"""Test a checkpoint: python eval.py ckpt_path=outputs/runs/.../checkpoints/best.ckpt [data=...]."""
+
+import sys
+import warnings
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+from tinyvision.errors import TinyVisionError
+from tinyvision.inference import datamodule_for, load_classifier
+from tinyvision.pictures import confusion_figure
+from tinyvision.summary import print_error
+from tinyvision.training import write_json
+
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except TinyVisionError as error:
+        print_error(error)
+        sys.exit(2)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    classifier = load_classifier(cfg.ckpt_path)
+    data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
+    datamodule = datamodule_for(classifier, data, cfg.paths.data_dir)
+    datamodule.eval_batch_size = cfg.batch_size
+    datamodule.setup("test")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    classifier.to(device)
+    predictions, labels = [], []
+    with torch.inference_mode():
+        for images, batch_labels in datamodule.test_dataloader():
+            logits = classifier(datamodule.preprocess(images.to(device)))  # the normalization it was trained with
+            predictions.append(logits.argmax(1).cpu())
+            labels.append(batch_labels.cpu())
+    predictions, labels = torch.cat(predictions), torch.cat(labels)
+    names = [str(n) for n in (datamodule.class_names or classifier.class_names)]
+    matrix = multiclass_confusion_matrix(predictions, labels, num_classes=len(names))
+    per_class = (matrix.diag() / matrix.sum(1).clamp(min=1)).tolist()
+    accuracy = matrix.diag().sum().item() / max(matrix.sum().item(), 1)
+    run_dir = cfg.paths.output_dir
+    metrics = {
+        "ckpt_path": str(cfg.ckpt_path),
+        "dataset": getattr(datamodule, "dataset", "folder"),
+        "test/acc": accuracy,
+        "images": len(labels),
+        "per_class_acc": dict(zip(names, per_class)),
+        "confusion_matrix": matrix.tolist(),
+        "class_names": names,
+    }
+    write_json(f"{run_dir}/metrics.json", metrics)
+    figure = confusion_figure(matrix, names, f"test accuracy {accuracy:.2%}")
+    figure.savefig(f"{run_dir}/confusion_matrix.png", dpi=120)
+    show(metrics, matrix, run_dir)
+    return metrics
+
+
+def show(metrics: dict, matrix: torch.Tensor, run_dir: str) -> None:
+    console = Console()
+    names = metrics["class_names"]
+    console.print(f"[bold]test accuracy[/] {metrics['test/acc']:.2%} on {metrics['images']:,} images of {metrics['dataset']}")
+    per_class = Table("class", "accuracy", "images", title="per class", title_justify="left")
+    for name, value, count in zip(names, metrics["per_class_acc"].values(), matrix.sum(1).tolist()):
+        per_class.add_row(name, f"{value:.2%}", str(count))
+    console.print(per_class)
+    confusion = Table("true \\ predicted", *[str(i) for i in range(len(names))], title="confusion matrix",
+                      title_justify="left")
+    for index, (name, row) in enumerate(zip(names, matrix.tolist())):
+        confusion.add_row(f"{index} {name}", *[f"[bold]{v}[/]" if i == index else str(v) for i, v in enumerate(row)])
+    console.print(confusion)
+    console.print(f"written: {run_dir}/metrics.json, {run_dir}/confusion_matrix.png")
+
+
+if __name__ == "__main__":
+    main()

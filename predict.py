@@ -1,0 +1,79 @@
+"""Classify image files: python predict.py ckpt_path=PATH inputs=FILE_OR_DIR [output=predictions.json]."""
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from tinyvision.errors import TinyVisionError
+from tinyvision.inference import find_images, load_classifier, prepare_image, preparation_style
+from tinyvision.summary import print_error
+from tinyvision.training import write_json
+
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    try:
+        rows = predict(cfg)
+    except TinyVisionError as error:
+        print_error(error)
+        sys.exit(2)
+    if any("error" in row for row in rows):
+        sys.exit(1)
+
+
+def predict(cfg: DictConfig) -> list[dict]:
+    classifier = load_classifier(cfg.ckpt_path)
+    data = classifier.hparams.data
+    style = preparation_style(data.get("dataset")) if cfg.style == "auto" else cfg.style
+    files = find_images(cfg.inputs)
+    if not files:
+        raise TinyVisionError(f"inputs={cfg.inputs} holds no image files (PNG, JPEG, BMP, ...)")
+    mean = torch.tensor(data["mean"]).view(-1, 1, 1)
+    std = torch.tensor(data["std"]).view(-1, 1, 1)
+    names = [str(n) for n in classifier.class_names]
+    rows = []
+    for path in files:
+        try:
+            image = prepare_image(path, data, style)
+        except Exception as error:  # unreadable, missing or not an image: report it and go on
+            rows.append({"file": str(path), "error": f"{type(error).__name__}: {error}"})
+            continue
+        with torch.inference_mode():
+            probabilities = classifier((image.float() / 255 - mean).div(std).unsqueeze(0)).softmax(1)[0]
+        top = probabilities.topk(min(cfg.top_k, len(names)))
+        rows.append({
+            "file": str(path),
+            "class": names[top.indices[0]],
+            "probability": round(top.values[0].item(), 4),
+            "top": [{"class": names[i], "probability": round(p, 4)} for p, i in zip(top.values.tolist(), top.indices.tolist())],
+        })
+    base = Path(cfg.inputs) if Path(cfg.inputs).is_dir() else Path(cfg.inputs).parent
+    show(rows, base)
+    if cfg.output:
+        write_json(cfg.output, {"ckpt_path": str(cfg.ckpt_path), "predictions": rows})
+    return rows
+
+
+def show(rows: list[dict], base: Path) -> None:
+    table = Table("file", "class", "probability", "top", title=f"predictions for {base}", title_justify="left")
+    for row in rows:
+        name = os.path.relpath(row["file"], base)
+        if "error" in row:
+            table.add_row(name, "[red]error[/]", "", f"[red]{row['error']}[/]")
+        else:
+            top = ", ".join(f"{t['class']} {t['probability']:.2f}" for t in row["top"])
+            table.add_row(name, row["class"], f"{row['probability']:.3f}", top)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

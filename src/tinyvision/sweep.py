@@ -1,0 +1,113 @@
+"""The summary of a multirun: every job ranked by best validation accuracy, failures with their error."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+FAILURE_FILE = "failure.json"
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job folder: its overrides, status, metrics or error, ranked best first."""
+    rows = []
+    for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()), key=lambda p: p.name):
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        row: dict[str, Any] = {"job": job.name, "overrides": overrides, "run_dir": str(job)}
+        if (job / "metrics.json").is_file():
+            metrics = json.loads((job / "metrics.json").read_text())
+            row.update(status="done", **{key: metrics.get(key) for key in ("val/acc_best", "test/acc", "epochs", "wall_seconds")})
+        elif (job / FAILURE_FILE).is_file():
+            row.update(status="failed", error=json.loads((job / FAILURE_FILE).read_text())["error"])
+        else:
+            row.update(status="unfinished")
+        rows.append(row)
+    varying = _varying_overrides([row["overrides"] for row in rows])
+    for row in rows:
+        row["overrides"] = " ".join(o for o in row["overrides"] if o in varying) or " ".join(row["overrides"])
+    return sorted(rows, key=lambda r: (r["status"] != "done", -(r.get("val/acc_best") or 0.0)))
+
+
+def _varying_overrides(all_overrides: list[list[str]]) -> set[str]:
+    """Overrides that are not the same in every job: what the sweep varied."""
+    common = set.intersection(*(set(o) for o in all_overrides)) if all_overrides else set()
+    return {o for overrides in all_overrides for o in overrides if o not in common}
+
+
+def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """summary.csv, summary.md and summary.png in the sweep folder."""
+    columns = ["rank", "job", "status", "overrides", "val/acc_best", "test/acc", "epochs", "wall_seconds", "run_dir", "error"]
+    with open(sweep_dir / "summary.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for rank, row in enumerate(rows, 1):
+            writer.writerow({"rank": rank, **row})
+    lines = ["| rank | job | overrides | best val acc | test acc | epochs | seconds | run dir |", "|---:|---|---|---:|---:|---:|---:|---|"]
+    failed = [row for row in rows if row["status"] != "done"]
+    for rank, row in enumerate((r for r in rows if r["status"] == "done"), 1):
+        lines.append(f"| {rank} | {row['job']} | `{row['overrides']}` | {row['val/acc_best']:.4f} | {row['test/acc']:.4f} | "
+                     f"{row['epochs']} | {row['wall_seconds']:.1f} | {row['run_dir']} |")
+    if failed:
+        lines += ["", "Failed jobs:", ""] + [f"- job {r['job']} (`{r['overrides']}`): {r.get('error', r['status'])}" for r in failed]
+    (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir.name}\n\n" + "\n".join(lines) + "\n")
+    _plot(sweep_dir / "summary.png", [r for r in rows if r["status"] == "done"])
+
+
+def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['job']}: {r['overrides']}"[:60] for r in rows][::-1]
+    figure, axes = plt.subplots(figsize=(8, 1 + 0.4 * len(rows)))
+    positions = range(len(rows))
+    axes.barh([p + 0.2 for p in positions], [r["val/acc_best"] for r in rows][::-1], height=0.4, label="best val acc")
+    axes.barh([p - 0.2 for p in positions], [r["test/acc"] for r in rows][::-1], height=0.4, label="test acc")
+    axes.set_yticks(list(positions), labels, fontsize=8)
+    axes.set_xlabel("accuracy")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def print_summary(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
+    table = Table("rank", "job", "overrides", "best val acc", "test acc", "seconds", title=f"sweep {sweep_dir}", title_justify="left")
+    done = [r for r in rows if r["status"] == "done"]
+    for rank, row in enumerate(done, 1):
+        table.add_row(str(rank), row["job"], row["overrides"], f"{row['val/acc_best']:.4f}", f"{row['test/acc']:.4f}", f"{row['wall_seconds']:.1f}")
+    for row in rows:
+        if row["status"] != "done":
+            table.add_row("-", row["job"], row["overrides"], f"[red]{row['status']}[/]", "", "", end_section=False)
+            table.add_row("", "", f"[red]{row.get('error', '')}[/]", "", "", "")
+    Console().print(table)
+    print(f"summary: {sweep_dir / 'summary.md'}, {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.png'}")
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a multirun, write and print the summary; exit 1 if any job failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = collect(sweep_dir)
+        if not rows:
+            return
+        write_summary(sweep_dir, rows)
+        print_summary(rows, sweep_dir)
+        if any(row["status"] != "done" for row in rows):
+            sys.exit(1)
