@@ -42,7 +42,8 @@ class ImageClassifier(L.LightningModule):
         self.class_names: list[str] = list(data.get("class_names") or range(num_classes))
         self.run_config: dict[str, Any] | None = None  # the whole composed config, saved with each checkpoint
         height, width = (data["image_size"],) * 2 if isinstance(data["image_size"], int) else data["image_size"]
-        self.example_input_array = torch.zeros(1, data["channels"], height, width)  # for the TensorBoard graph
+        if not model.get("compile", False):  # a compiled net cannot be traced for the TensorBoard graph
+            self.example_input_array = torch.zeros(1, data["channels"], height, width)
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_loss", MeanMetric())
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro"))
