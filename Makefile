@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 ARGS ?=
 
-.PHONY: setup data train test bench tensorboard lock clean
+.PHONY: setup data train test bench reproduce tensorboard lock clean
 
 setup: $(VENV)/.installed data
 
@@ -35,6 +35,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/bench.py $(ARGS)
+
+reproduce: setup
+	$(BIN)/python bench/reproduce.py $(ARGS)
 
 tensorboard: setup
 	$(BIN)/tensorboard --logdir outputs

@@ -181,10 +181,13 @@ def run_tinyvision(workload: str, epochs: int, data_dir: str, device: str, targe
             f"data.test_every_epoch={target is not None}", *overrides,
         ])
         if target is not None:
-            cfg.callbacks.stop_at_target = {
-                "_target_": "lightning.pytorch.callbacks.EarlyStopping", "monitor": "test/acc", "mode": "max",
-                "stopping_threshold": target, "patience": epochs,
-            }
+            from omegaconf import open_dict
+
+            with open_dict(cfg):
+                cfg.callbacks.stop_at_target = {
+                    "_target_": "lightning.pytorch.callbacks.EarlyStopping", "monitor": "test/acc", "mode": "max",
+                    "stopping_threshold": target, "patience": epochs,
+                }
         metrics = train(cfg)
     # "elapsed" is the time since fit began, validation, per-epoch test and checkpoints included.
     rows = [{"epoch": row["epoch"], "train_seconds": row["train_seconds"], "eval_seconds": metrics["test_seconds"],
@@ -212,7 +215,7 @@ def measure(variant: str, workload: str, args, epochs: int, overrides=(), target
     batch = WORKLOADS[workload][2]
     command = [sys.executable, __file__, "--child", variant, "--workload", workload, "--epochs", str(epochs),
                "--data-dir", args.data_dir, "--device", args.device]
-    command += [f"--override={o.replace('BATCH', str(batch))}" for o in overrides]
+    command += [f"--override={o.replace('BATCH', str(batch))}" for o in [*args.extra, *overrides]]
     if target is not None:
         command += ["--target", str(target)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
@@ -257,6 +260,7 @@ def main() -> None:
     parser.add_argument("--workload", default="lenet")
     parser.add_argument("--target", type=float)
     parser.add_argument("--override", action="append", default=[])
+    parser.add_argument("--extra", action="append", default=[], help="an override for every tinyvision run")
     args = parser.parse_args()
     if args.child:
         return child(argparse.Namespace(**{**vars(args), "variant": args.child}))

@@ -1,0 +1,40 @@
+"""The benchmark and the reproduction scripts run end to end on tiny settings (no timing is asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_benchmark_runs_end_to_end(data_root, tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    result = subprocess.run(
+        [sys.executable, "bench/bench.py", "--repeats", "1", "--epochs", "1", "--workloads", "lenet",
+         "--options", "channels_last", "--target-epochs", "1", "--data-dir", str(data_root), "--out", str(out),
+         "--extra", "data.val_size=50"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = out.read_text()
+    for row in ("| lenet | tutorial |", "| lenet | raw |", "| lenet | tinyvision |", "| lenet | channels_last |"):
+        assert row in report
+    assert "Time to the seed's 0.804" in report and "| tutorial |" in report
+
+
+def test_reproduce_writes_results_with_curves(data_root, tmp_path):
+    out = tmp_path / "RESULTS.md"
+    result = subprocess.run(
+        [sys.executable, "bench/reproduce.py", "--tiny", "--experiments", "lenet_fashion,cifar_net_v3",
+         "--data-dir", str(data_root), "--out", str(out), "--runs", str(tmp_path / "runs")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = out.read_text()
+    assert "## lenet_fashion" in report and "| tutorial | 0.168 |" in report
+    assert "## cifar_net_v3 — on Fashion-MNIST" in report and "python train.py experiment=cifar_net_v3" in report
+    for name in ("lenet_fashion", "cifar_net_v3"):
+        assert (tmp_path / "results" / f"{name}.png").stat().st_size > 1000
+        assert f"](results/{name}.png)" in report
+    assert len(list((tmp_path / "runs").glob("*/*/metrics.json"))) == 2
