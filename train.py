@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from tinyvision.errors import TinyVisionError
 from tinyvision.summary import print_error, print_summary
 from tinyvision.sweep import FAILURE_FILE
-from tinyvision.training import train, write_json
+from tinyvision.training import config_for_resume, train, write_json
 
 # Lightning 2.6 calls a torch API that torch 2.14 deprecates; the warning is Lightning's, not the user's.
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
@@ -24,6 +24,8 @@ log = logging.getLogger("tinyvision")
 def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        if cfg.get("resume"):
+            cfg = config_for_resume(cfg, list(HydraConfig.get().overrides.task))
         metrics = train(cfg)
     except TinyVisionError as error:
         print_error(error)

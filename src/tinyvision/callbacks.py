@@ -65,19 +65,42 @@ class RunRecord(L.Callback):
             "fit_seconds": round(time.perf_counter() - self._fit_started, 3),  # since fit began, evaluation included
         }
 
-    def _add_pending_row(self, trainer) -> None:
+    def _completed_pending_row(self, trainer) -> dict | None:
         # The module logs the epoch's training metrics in its own on_train_epoch_end, which Lightning
-        # calls after this callback's: the row is completed at the next epoch start or at the end.
+        # calls after this callback's: the row is completed at the next epoch start, at the end, or
+        # when a checkpoint is written after the epoch.
         if self._pending is None:
-            return
-        row, self._pending = self._pending, None
+            return None
+        row = dict(self._pending)
         for key, value in sorted(trainer.callback_metrics.items()):
             if key.startswith(("train/", "val/", "test/")):
                 row[key] = float(value)
-        self.history.append(row)
+        return row
+
+    def _add_pending_row(self, trainer) -> None:
+        row = self._completed_pending_row(trainer)
+        if row is not None:
+            self.history.append(row)
+            self._pending = None
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._add_pending_row(trainer)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._trainer = trainer  # state_dict() needs it to complete a row still waiting for its metrics
+
+    def state_dict(self) -> dict:
+        # With a checkpoint, so that a resumed run's metrics.json holds the epochs before the stop.
+        pending = self._completed_pending_row(self._trainer) if getattr(self, "_trainer", None) else None
+        history = self.history + ([pending] if pending else [])
+        return {"history": history, "train_seconds": self.train_seconds, "train_samples": self.train_samples}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.state.fn != "fit":
+            return  # testing a checkpoint must not roll the record back to that checkpoint's time
+        self.history = list(state_dict["history"])
+        self.train_seconds, self.train_samples = state_dict["train_seconds"], state_dict["train_samples"]
 
     @property
     def samples_per_second(self) -> float:

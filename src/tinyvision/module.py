@@ -41,6 +41,7 @@ class ImageClassifier(L.LightningModule):
             self.net.compile()  # in place, so checkpoints keep the plain parameter names
         self.class_names: list[str] = list(data.get("class_names") or range(num_classes))
         self.run_config: dict[str, Any] | None = None  # the whole composed config, saved with each checkpoint
+        self._epoch_lr: float | None = None
         height, width = (data["image_size"],) * 2 if isinstance(data["image_size"], int) else data["image_size"]
         if not model.get("compile", False):  # a compiled net cannot be traced for the TensorBoard graph
             self.example_input_array = torch.zeros(1, data["channels"], height, width)
@@ -48,6 +49,9 @@ class ImageClassifier(L.LightningModule):
             setattr(self, f"{stage}_loss", MeanMetric())
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro"))
         self.val_acc_best = MaxMetric()
+        # Checkpoints keep the running training metrics and the best so far, for a run resumed mid-epoch.
+        for metric in (self.train_loss, self.train_acc, self.val_acc_best):
+            metric.persistent(True)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last and images.dim() == 4:
@@ -77,16 +81,16 @@ class ImageClassifier(L.LightningModule):
         return value
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if batch_idx == 0:  # train/lr is the rate an epoch starts with; saved in checkpoints for a resume
+            self._epoch_lr = self.optimizers().param_groups[0]["lr"]
         loss, _ = self._step(batch, "train")
         if batch_idx % self.trainer.log_every_n_steps == 0:
             self.log("loss", loss, prog_bar=True, logger=False)  # a live value for the progress bar
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        # Logged as the epoch begins: by its end an epoch-wise scheduler has already stepped.
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], sync_dist=True)
-
     def on_train_epoch_end(self) -> None:
+        if self._epoch_lr is not None:
+            self.log("train/lr", self._epoch_lr, sync_dist=True)
         self._log_epoch("train")
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
@@ -139,9 +143,11 @@ class ImageClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["class_names"] = [str(name) for name in self.class_names]
+        checkpoint["epoch_lr"] = self._epoch_lr
         if self.run_config is not None:
             checkpoint["config"] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.class_names = list(checkpoint.get("class_names", self.class_names))
+        self._epoch_lr = checkpoint.get("epoch_lr")
         self.run_config = checkpoint.get("config")

@@ -11,6 +11,7 @@ from typing import Any
 
 import hydra.utils
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
@@ -45,23 +46,102 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ImageClassifier]:
     return datamodule, classifier
 
 
+def last_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a resumed run continues from, or a message saying why there is none."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"resume={run_dir} does not exist: give the folder of a run under outputs/")
+    if (run_dir / "metrics.json").is_file():
+        raise ConfigError(f"resume={run_dir} finished already (it has metrics.json): there is nothing to resume")
+    path = run_dir / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(
+            f"resume={run_dir} has no checkpoints/last.ckpt: the run stopped before its first checkpoint "
+            "(written after every epoch and every callbacks.last_checkpoint.every_n_train_steps steps); start it anew"
+        )
+    return path
+
+
+def config_for_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The config to resume ``cfg.resume`` with: the run's own when the command gives nothing else,
+    else the command's, which must then equal the run's (a difference is refused, naming the keys)."""
+    run_dir = Path(cfg.resume)
+    checkpoint = load_checkpoint_file(last_checkpoint(run_dir))
+    saved = checkpoint.get("config")
+    if saved is None:
+        raise ConfigError(f"{run_dir / 'checkpoints' / 'last.ckpt'} holds no tinyvision config: it cannot be resumed")
+    given = [o for o in overrides if o.lstrip("+~").split("=")[0] not in ("resume",) and not o.startswith("hydra.")]
+    if given:
+        differences = _differences(saved, OmegaConf.to_container(cfg, resolve=True))
+        if differences:
+            raise ConfigError(
+                f"resume={run_dir} was started with other settings than this command: {'; '.join(differences[:8])}. "
+                f"Resume with `python train.py resume={run_dir}` alone (it takes the run's own settings), or start a new run"
+            )
+    resumed = OmegaConf.create(saved)
+    resumed.resume = str(run_dir)
+    resumed.paths.output_dir = str(run_dir)
+    return resumed
+
+
+def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Keys whose values differ, as 'key: run value -> command value' (paths and resume are ignored)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        found = []
+        for key in sorted(set(saved) | set(current)):
+            name = f"{prefix}{key}"
+            if name in ("resume", "paths"):
+                continue
+            found += _differences(saved.get(key, "<absent>"), current.get(key, "<absent>"), f"{name}.")
+        return found
+    return [] if saved == current else [f"{prefix.rstrip('.')}: {saved} in the run -> {current} in this command"]
+
+
+def load_checkpoint_file(path: Path) -> dict[str, Any]:
+    """torch.load with weights_only, failing with a message that names a truncated or foreign file."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as error:
+        raise ConfigError(
+            f"{path} cannot be read ({type(error).__name__}: {error}); it may be truncated or not a checkpoint"
+        ) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"{path} is not a Lightning checkpoint (it has no state_dict)")
+    return checkpoint
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train, test on the best checkpoint, write metrics.json into the run dir and return its contents."""
+    """Train, test on the best checkpoint, write metrics.json into the run dir and return its contents.
+
+    With ``cfg.resume`` set to a run dir, training continues there from its last checkpoint."""
     run_dir = Path(cfg.paths.output_dir)
-    if (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists():
+    resume_from = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else None
+    if resume_from is None and ((run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists()):
         raise ConfigError(f"run dir {run_dir} already holds a run: it is kept as it is; start a new run instead")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, classifier = build(cfg)
     classifier.run_config = OmegaConf.to_container(cfg, resolve=True)
 
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
+    logger_options = {}
+    if resume_from is not None:
+        # Events the stopped run wrote after its last checkpoint are dropped, so curves have no repeated steps.
+        logger_options["purge_step"] = load_checkpoint_file(resume_from)["global_step"]
+    loggers = [
+        hydra.utils.instantiate(c, **(logger_options if "TensorBoardLogger" in c.get("_target_", "") else {}))
+        for c in cfg.get("logger", {}).values() if c is not None
+    ]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    log_hparams(trainer, OmegaConf.to_container(cfg, resolve=True))
+    if resume_from is None:
+        log_hparams(trainer, OmegaConf.to_container(cfg, resolve=True))
 
     started = time.perf_counter()
-    trainer.fit(classifier, datamodule=datamodule)
-    checkpoint = trainer.checkpoint_callback
+    trainer.fit(classifier, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     test = trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     seconds = time.perf_counter() - started

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -50,13 +51,22 @@ class TensorBatches:
 
     ``generator`` is re-seeded from (seed, epoch, rank) at the start of each pass, for augmentation
     that is repeatable whatever happened before. ``sampler`` is where Lightning finds ``set_epoch``.
+
+    It is resumable (Lightning's ``state_dict``/``load_state_dict`` protocol): a checkpoint records
+    the epoch, how many of its batches were trained and the augmentation generator's state, and the
+    next pass starts with the batch after them (or with the next epoch), so a resumed run sees exactly
+    the batches it would have. ``progress`` returns (batches trained in this pass, whether the pass is
+    complete); Lightning fetches one batch ahead, so the count handed out would be one too many.
     """
 
     batch_sampler = None  # read by Lightning's loader inspection: batches are made here, not by a sampler
 
-    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, sampler: IndexSampler):
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, sampler: IndexSampler,
+                 progress: Callable[[], tuple[int, bool]] | None = None):
         self.images, self.labels, self.batch_size, self.sampler = images, labels, batch_size, sampler
         self.generator = torch.Generator(device=images.device)
+        self.progress = progress
+        self._resume: dict | None = None
 
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
@@ -65,5 +75,23 @@ class TensorBatches:
         sampler = self.sampler
         self.generator.manual_seed(epoch_seed(sampler.seed, sampler.epoch, sampler.rank, 1))
         order = sampler.indices().to(self.images.device)
-        for batch in order.split(self.batch_size):
+        skip = 0
+        if self._resume is not None and self._resume["epoch"] == sampler.epoch:
+            skip = self._resume["batches"]
+            self.generator.set_state(self._resume["generator"].to(self.generator.get_state().device))
+        self._resume = None
+        for batch in order.split(self.batch_size)[skip:]:
             yield self.images[batch], self.labels[batch]
+
+    def state_dict(self) -> dict:
+        batches, complete = self.progress() if self.progress is not None else (0, False)
+        return {"epoch": self.sampler.epoch, "batches": batches, "complete": complete,
+                "generator": self.generator.get_state().cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        # Lightning iterates once before it sets the epoch of a resumed run: set it here.
+        if state["complete"]:
+            self.sampler.set_epoch(state["epoch"] + 1)
+        else:
+            self.sampler.set_epoch(state["epoch"])
+            self._resume = state

@@ -194,7 +194,15 @@ class TensorDataModule(ImageDataModule):
 
     def train_dataloader(self) -> TensorBatches:
         self._train_batches = self._loader("train", shuffle=True)
+        self._train_batches.progress = self._train_progress
         return self._train_batches
+
+    def _train_progress(self) -> tuple[int, bool]:
+        # Checkpoints are written after a batch's step: it counts as trained (Lightning resumes after it).
+        if self.trainer is None:
+            return 0, False
+        trained = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return trained, trained >= self.trainer.num_training_batches
 
     def _augment_generator(self) -> torch.Generator | None:
         return self._train_batches.generator if self._train_batches is not None else None

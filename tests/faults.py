@@ -1,0 +1,60 @@
+"""Faults for the fault suite, injected from outside the run's config (a resumed run takes the run's
+own config, which must stay clean):
+
+    python tests/faults.py kill-at-step N train.py ARGS...      # SIGKILL after training step N
+    python tests/faults.py nan-at-step N train.py ARGS...       # a NaN weight before training step N+1
+    python tests/faults.py kill-during-save N train.py ARGS...  # SIGKILL halfway through the N-th checkpoint write
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import runpy
+import signal
+import sys
+
+import torch
+
+from tinyvision.module import ImageClassifier
+
+
+def kill_at_step(step: int) -> None:
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.trainer.global_step == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    ImageClassifier.on_train_batch_end = on_train_batch_end
+
+
+def nan_at_step(step: int) -> None:
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.trainer.global_step == step:
+            with torch.no_grad():
+                next(self.parameters()).view(-1)[0] = float("nan")
+
+    ImageClassifier.on_train_batch_start = on_train_batch_start
+
+
+def kill_during_save(nth: int) -> None:
+    real_save, calls = torch.save, {"n": 0}
+
+    def save(obj, f, *args, **kwargs):
+        if hasattr(f, "write") and not isinstance(f, io.BytesIO):
+            calls["n"] += 1
+            if calls["n"] == nth:
+                buffer = io.BytesIO()
+                real_save(obj, buffer, *args, **kwargs)
+                f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(obj, f, *args, **kwargs)
+
+    torch.save = save
+
+
+if __name__ == "__main__":
+    mode, number, script, *args = sys.argv[1:]
+    {"kill-at-step": kill_at_step, "nan-at-step": nan_at_step, "kill-during-save": kill_during_save}[mode](int(number))
+    sys.argv = [script, *args]
+    runpy.run_path(script, run_name="__main__")

@@ -1,0 +1,132 @@
+"""The fault suite: kills, resumes, a diverging loss, DDP, and a changed config, each as a user meets them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT
+
+# cifar_net_v3 (dropout, BatchNorm) with crop and flip, so the random state and augmentation are tested too.
+RUN = ["model=cifar_net_v3", "data=mnist", "data.batch_size=32", "data.val_size=50", "trainer.max_epochs=3",
+       "data.augment.crop_padding=2", "data.augment.horizontal_flip=0.5", "optimizer.lr=0.003",
+       "callbacks.last_checkpoint.every_n_train_steps=4", "~callbacks.progress_bar", "~callbacks.model_summary"]
+
+
+def train(*args: str, fault: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
+    prefix = ["tests/faults.py", fault[0], str(fault[1])] if fault else []
+    return subprocess.run([sys.executable, *prefix, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_root, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("faults") / "whole"
+    result = train(*RUN, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def assert_same_run(run_dir: Path, reference: Path) -> None:
+    mine, theirs = weights(run_dir), weights(reference)
+    assert mine.keys() == theirs.keys()
+    for key in theirs:
+        assert torch.equal(mine[key], theirs[key]), f"{key} differs"
+    mine_metrics, their_metrics = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference))
+    for key in ("test/acc", "test/loss", "val/acc_best", "epochs"):
+        assert mine_metrics[key] == their_metrics[key], key
+    strip = lambda rows: [{k: v for k, v in row.items() if "seconds" not in k and k != "train_samples"} for row in rows]
+    assert strip(mine_metrics["history"]) == strip(their_metrics["history"])
+    for tag in ("train/loss", "val/acc"):
+        assert scalars(run_dir, tag) == scalars(reference, tag), f"{tag}: repeated or missing steps"
+
+
+@pytest.mark.parametrize("kill_step", [6, 17])  # mid-epoch 1 (last checkpoint at step 4), mid-epoch 2 (at 16)
+def test_sigkill_then_resume_equals_the_uninterrupted_run(uninterrupted, data_root, tmp_path, kill_step):
+    run_dir = tmp_path / "run"
+    killed = train(*RUN, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}", fault=("kill-at-step", kill_step))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (run_dir / "metrics.json").exists()
+    resumed = train(f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(run_dir, uninterrupted)
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and list((run_dir / ".hydra").glob("resume_*"))
+
+
+def test_kill_during_a_checkpoint_write_leaves_a_loadable_checkpoint(uninterrupted, data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    # Writes: last at steps 4 and 8, best after validation, last at the end of epoch 1 (step 11): that 4th
+    # write is cut in half by SIGKILL.
+    killed = train(*RUN, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}", fault=("kill-during-save", 4))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 8  # the previous checkpoint, whole
+    resumed = train(f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(run_dir, uninterrupted)
+
+
+def test_resume_with_a_changed_config_is_refused(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    train(*RUN, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}", fault=("kill-at-step", 5))
+    result = train(*RUN, "optimizer.lr=0.5", f"paths.data_dir={data_root}", f"resume={run_dir}")
+    assert result.returncode == 2
+    assert f"resume={run_dir} was started with other settings than this command" in result.stderr
+    assert "optimizer.lr: 0.003 in the run -> 0.5 in this command" in result.stderr
+
+
+def test_resume_without_a_checkpoint_is_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    result = train(f"resume={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert f"resume={tmp_path / 'run'} has no checkpoints/last.ckpt: the run stopped before its first checkpoint" in result.stderr
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    result = train(*RUN, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}", fault=("nan-at-step", 6))
+    assert result.returncode == 2
+    assert "error: the training loss became nan at step 7 (epoch 1, batch 7); the last finite loss was" in result.stderr
+    assert "Likely causes: a learning rate too high (optimizer.lr=0.003" in result.stderr
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 4
+    assert all(torch.isfinite(t).all() for k, t in checkpoint["state_dict"].items() if k.startswith("net."))
+
+
+def test_ddp_on_two_cpu_processes(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    result = train("model=lenet", "data=mnist", "data.batch_size=32", "data.val_size=50", "trainer.max_epochs=2",
+                   "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", f"paths.data_dir={data_root}",
+                   f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and len(metrics["history"]) == 2
+    # 350 images split over two ranks: 175 each, in 6 batches of up to 32 (one process would take 11).
+    assert scalars(run_dir, "val/acc")[-1][0] == 2 * 6 - 1
+    assert [p.name for p in run_dir.iterdir() if p.name == "tensorboard"] == ["tensorboard"]
+    assert result.stdout.count("test accuracy") == 1  # one summary, from rank zero
+
+
+def test_deterministic_is_reset_between_jobs(make_config, tmp_path):
+    from tinyvision.training import train as train_in_process
+
+    quick = ("trainer=debug", "logger=none", "model=mlp", "data.val_size=16")
+    train_in_process(make_config(*quick, "trainer.deterministic=true", run_dir=tmp_path / "first"))
+    assert torch.are_deterministic_algorithms_enabled()
+    train_in_process(make_config(*quick, run_dir=tmp_path / "second"))  # the next job of a sweep
+    assert not torch.are_deterministic_algorithms_enabled()
