@@ -146,7 +146,7 @@ def main() -> None:
         ]
         if args.device == "cpu" and experiment.cpu_budget and not args.tiny:
             lines.append(f"- budget on this CPU: `{' '.join(experiment.cpu_budget)}` instead of the recipe's length "
-                         "(`python bench/reproduce.py --device gpu` runs it in full)")
+                         f"(`python bench/reproduce.py --device gpu --experiments {experiment.name}` runs it in full)")
         if moved:
             lines.append(f"- on the recipe's own dataset (needs internet once): `{experiment.original}`")
         lines += ["", "| epoch | " + " | ".join(str(i) for i in range(1, len(curve) + 1)) + " |",

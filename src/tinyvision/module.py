@@ -33,7 +33,7 @@ class ImageClassifier(L.LightningModule):
         self.save_hyperparameters(logger=False)
         num_classes = data["num_classes"]
         self.net = build_model(model, data["channels"], num_classes, data["image_size"])
-        # NHWC convolutions are faster on CPUs (oneDNN) and GPUs (tensor cores); see BENCHMARKS.md.
+        # NHWC convolutions: measured faster on this CPU (BENCHMARKS.md), and the format tensor cores prefer.
         self.channels_last = bool(model.get("channels_last", False))
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
