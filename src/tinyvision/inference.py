@@ -3,8 +3,6 @@ training images were made."""
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 from tinyvision.errors import ConfigError
 from tinyvision.module import ImageClassifier
+from tinyvision.training import load_checkpoint_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -24,14 +23,10 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise ConfigError(f"ckpt_path={path} does not exist: give the path of a .ckpt file from a run's checkpoints/ folder")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as error:
-        raise ConfigError(
-            f"ckpt_path={path} cannot be read ({type(error).__name__}: {error}); it may be truncated or not a "
-            "checkpoint: use best.ckpt or last.ckpt from a finished run"
-        ) from error
-    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-    if not {"model", "data", "optimizer"} <= set(hparams) or "state_dict" not in checkpoint:
+        checkpoint = load_checkpoint_file(path)
+    except ConfigError as error:
+        raise ConfigError(f"ckpt_path={error}: use best.ckpt or last.ckpt from a finished run") from error
+    if not {"model", "data", "optimizer"} <= set(checkpoint.get("hyper_parameters", {})):
         raise ConfigError(f"ckpt_path={path} is not a tinyvision checkpoint (it has no model and data settings)")
     classifier = ImageClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
     classifier.eval()
