@@ -23,6 +23,7 @@ class RunRecord(L.Callback):
         self._val_seconds = 0.0
         self._samples_before = 0
         self._pending: dict[str, float] | None = None
+        self._trainer: L.Trainer | None = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._fit_started = time.perf_counter()
@@ -91,13 +92,12 @@ class RunRecord(L.Callback):
 
     def state_dict(self) -> dict:
         # With a checkpoint, so that a resumed run's metrics.json holds the epochs before the stop.
-        pending = self._completed_pending_row(self._trainer) if getattr(self, "_trainer", None) else None
+        pending = self._completed_pending_row(self._trainer) if self._trainer is not None else None
         history = self.history + ([pending] if pending else [])
         return {"history": history, "train_seconds": self.train_seconds, "train_samples": self.train_samples}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        trainer = getattr(self, "_trainer", None)
-        if trainer is not None and trainer.state.fn != "fit":
+        if self._trainer is not None and self._trainer.state.fn != "fit":
             return  # testing a checkpoint must not roll the record back to that checkpoint's time
         self.history = list(state_dict["history"])
         self.train_seconds, self.train_samples = state_dict["train_seconds"], state_dict["train_samples"]
