@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from tinyvision.errors import TinyVisionError
+from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.summary import print_error, print_summary
 from tinyvision.sweep import FAILURE_FILE
 from tinyvision.training import config_for_resume, train, write_json
@@ -21,12 +21,18 @@ log = logging.getLogger("tinyvision")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> dict:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        if cfg.get("hparams_search") is not None and not multirun:
+            choice = HydraConfig.get().runtime.choices.get("hparams_search")
+            raise ConfigError(
+                f"hparams_search={choice} runs an Optuna study of many runs: add -m (python train.py -m "
+                f"hparams_search={choice}); to train once with a study's best parameters, use the command in its best.yaml"
+            )
         if cfg.get("resume"):
             cfg = config_for_resume(cfg, list(HydraConfig.get().overrides.task))
-        metrics = train(cfg)
+        metrics = train(cfg, sweep_job=multirun)
     except TinyVisionError as error:
         print_error(error)
         if not multirun:
@@ -37,14 +43,19 @@ def main(cfg: DictConfig) -> float | None:
             raise
         log.exception("job failed")
         return record_failure(cfg, error)
-    print_summary(metrics)
-    return metrics["val/acc_best"]
+    if metrics.get("status") == "pruned":
+        log.info("pruned after %d epochs (best val acc %s): %s", metrics["epochs"], metrics["val/acc_best"], metrics["run_dir"])
+    else:
+        print_summary(metrics)
+    # What a sweeper reads: the Optuna sweeper optimizes one of these metrics; Hydra's basic one ignores it.
+    return {"status": "done", **{key: value for key, value in metrics.items() if key != "history"}}
 
 
-def record_failure(cfg: DictConfig, error: Exception) -> None:
+def record_failure(cfg: DictConfig, error: Exception) -> dict[str, str]:
     """In a sweep a failed job is recorded in its folder and the others go on; the summary lists it."""
     message = str(error) if isinstance(error, TinyVisionError) else f"{type(error).__name__}: {error}"
     write_json(Path(cfg.paths.output_dir) / FAILURE_FILE, {"error": message})
+    return {"status": "failed", "error": message}
 
 
 if __name__ == "__main__":

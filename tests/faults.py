@@ -4,6 +4,7 @@ own config, which must stay clean):
     python tests/faults.py kill-at-step N train.py ARGS...      # SIGKILL after training step N
     python tests/faults.py nan-at-step N train.py ARGS...       # a NaN weight before training step N+1
     python tests/faults.py kill-during-save N train.py ARGS...  # SIGKILL halfway through the N-th checkpoint write
+    python tests/faults.py kill-in-trial N train.py -m ARGS...  # SIGKILL the sweep at trial N's 2nd training step
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ def nan_at_step(step: int) -> None:
     ImageClassifier.on_train_batch_start = on_train_batch_start
 
 
+def kill_in_trial(number: int) -> None:
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        trial = (getattr(self, "run_config", None) or {}).get("hparams_search", {}).get("trial")
+        if trial == number and self.trainer.global_step == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    ImageClassifier.on_train_batch_end = on_train_batch_end
+
+
 def kill_during_save(nth: int) -> None:
     real_save, calls = torch.save, {"n": 0}
 
@@ -55,6 +65,8 @@ def kill_during_save(nth: int) -> None:
 
 if __name__ == "__main__":
     mode, number, script, *args = sys.argv[1:]
-    {"kill-at-step": kill_at_step, "nan-at-step": nan_at_step, "kill-during-save": kill_during_save}[mode](int(number))
+    faults = {"kill-at-step": kill_at_step, "nan-at-step": nan_at_step, "kill-during-save": kill_during_save,
+              "kill-in-trial": kill_in_trial}
+    faults[mode](int(number))
     sys.argv = [script, *args]
     runpy.run_path(script, run_name="__main__")

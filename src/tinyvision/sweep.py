@@ -1,4 +1,5 @@
-"""The summary of a multirun: every job ranked by best validation accuracy, failures with their error."""
+"""The summary of a multirun: every job ranked by best validation accuracy, failures with their error,
+and for an Optuna sweep the study's result."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 FAILURE_FILE = "failure.json"
+PRUNED_FILE = "pruned.json"  # written by a trial of an Optuna sweep that its pruner stopped
+STUDY_RESULT = "study.yaml"  # written by the Optuna sweeper at the end of a study
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -27,6 +30,10 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         if (job / "metrics.json").is_file():
             metrics = json.loads((job / "metrics.json").read_text())
             row.update(status="done", **{key: metrics.get(key) for key in ("val/acc_best", "test/acc", "epochs", "wall_seconds")})
+        elif (job / PRUNED_FILE).is_file():
+            pruned = json.loads((job / PRUNED_FILE).read_text())
+            row.update(status="pruned", error=f"pruned after epoch {pruned['epochs']} (val acc {_fmt(pruned.get('val/acc'))})",
+                       **{key: pruned.get(key) for key in ("val/acc_best", "epochs", "wall_seconds")})
         elif (job / FAILURE_FILE).is_file():
             row.update(status="failed", error=json.loads((job / FAILURE_FILE).read_text())["error"])
         else:
@@ -58,9 +65,30 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
         lines.append(f"| {rank} | {row['job']} | `{row['overrides']}` | {row['val/acc_best']:.4f} | {row['test/acc']:.4f} | "
                      f"{row['epochs']} | {row['wall_seconds']:.1f} | {row['run_dir']} |")
     if failed:
-        lines += ["", "Failed jobs:", ""] + [f"- job {r['job']} (`{r['overrides']}`): {r.get('error', r['status'])}" for r in failed]
-    (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir.name}\n\n" + "\n".join(lines) + "\n")
+        lines += ["", "Jobs that did not finish:", ""]
+        lines += [f"- job {r['job']} ({r['status']}, `{r['overrides']}`): {r.get('error', r['status'])}" for r in failed]
+    study = _study_section(sweep_dir)
+    (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir.name}\n\n" + study + "\n".join(lines) + "\n")
     _plot(sweep_dir / "summary.png", [r for r in rows if r["status"] == "done"])
+
+
+def _study_section(sweep_dir: Path) -> str:
+    """The Optuna study's result, when the sweep was one: best trial, trial counts, plots."""
+    if not (sweep_dir / STUDY_RESULT).is_file():
+        return ""
+    study = yaml.safe_load((sweep_dir / STUDY_RESULT).read_text())
+    counts = ", ".join(f"{n} {state}" for state, n in study["trials"].items())
+    lines = [f"Optuna study `{study['study_name']}`: {study['direction']} {study['metric']}; trials: {counts}.", ""]
+    best = study.get("best")
+    if best:
+        lines += [f"Best: trial {best['trial']}, {best['metric']} = {best['value']:.4f}, with `{' '.join(best['overrides'])}` "
+                  f"(best.yaml). Train it again: `{best['command']}`", ""]
+    lines += [f"![{name}]({path})" for name, path in study["plots"].items() if path.endswith(".png")]
+    return "\n".join(lines) + "\n\n"
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -90,7 +118,11 @@ def print_summary(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
     for rank, row in enumerate(done, 1):
         table.add_row(str(rank), row["job"], row["overrides"], f"{row['val/acc_best']:.4f}", f"{row['test/acc']:.4f}", f"{row['wall_seconds']:.1f}")
     for row in rows:
-        if row["status"] != "done":
+        if row["status"] == "pruned":
+            table.add_row("-", row["job"], row["overrides"], f"[yellow]{_fmt(row['val/acc_best'])} pruned[/]", "", f"{row['wall_seconds']:.1f}",
+                          end_section=False)
+            table.add_row("", "", f"[yellow]{row['error']}[/]", "", "", "")
+        elif row["status"] != "done":
             table.add_row("-", row["job"], row["overrides"], f"[red]{row['status']}[/]", "", "", end_section=False)
             table.add_row("", "", f"[red]{row.get('error', '')}[/]", "", "", "")
     Console().print(table)
@@ -98,7 +130,8 @@ def print_summary(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: after a multirun, write and print the summary; exit 1 if any job failed."""
+    """Hydra callback: after a multirun, write and print the summary; exit 1 if any job failed (in an Optuna
+    study, only if no trial completed)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -109,5 +142,9 @@ class SweepSummary(Callback):
             return
         write_summary(sweep_dir, rows)
         print_summary(rows, sweep_dir)
-        if any(row["status"] != "done" for row in rows):
+        if (sweep_dir / STUDY_RESULT).is_file():
+            # In a study, failed and pruned trials are results; it fails only when no trial completed.
+            if not any(row["status"] == "done" for row in rows):
+                sys.exit(1)
+        elif any(row["status"] != "done" for row in rows):
             sys.exit(1)

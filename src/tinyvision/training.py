@@ -19,6 +19,7 @@ from tinyvision import config
 from tinyvision.callbacks import RunRecord, log_hparams
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.module import ImageClassifier
+from tinyvision.sweep import PRUNED_FILE
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +115,12 @@ def load_checkpoint_file(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
     """Train, test on the best checkpoint, write metrics.json into the run dir and return its contents.
 
-    With ``cfg.resume`` set to a run dir, training continues there from its last checkpoint."""
+    With ``cfg.resume`` set to a run dir, training continues there from its last checkpoint. A job of an
+    Optuna sweep (``cfg.hparams_search.trial`` set) reports to its trial each epoch; when the pruner stops
+    it, pruned.json is written instead of metrics.json and its contents are returned."""
     run_dir = Path(cfg.paths.output_dir)
     resume_from = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else None
     if resume_from is None and ((run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists()):
@@ -127,6 +130,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     classifier.run_config = OmegaConf.to_container(cfg, resolve=True)
 
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    search = cfg.get("hparams_search")
+    pruning = None
+    if search is not None and search.get("trial") is not None:
+        from tinyvision.search import pruning_callback
+
+        pruning = pruning_callback(search)
+        callbacks.append(pruning)
     logger_options = {}
     if resume_from is not None:
         # Events the stopped run wrote after its last checkpoint are dropped, so curves have no repeated steps.
@@ -136,11 +146,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for c in cfg.get("logger", {}).values() if c is not None
     ]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if sweep_job:
+        _refuse_relaunching_strategy(trainer, cfg.trainer.get("strategy"))
     if resume_from is None:
         log_hparams(trainer, OmegaConf.to_container(cfg, resolve=True))
 
-    started = time.perf_counter()
-    trainer.fit(classifier, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    started, started_at = time.perf_counter(), time.time()
+    pruned_error = _trial_pruned() if pruning is not None else ()
+    try:
+        trainer.fit(classifier, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        if pruning is not None:
+            pruning.check_pruned()  # under DDP the callback stops every rank, then the trial is pruned here
+    except pruned_error as pruned:
+        return _record_pruned(trainer, run_dir, str(pruned), time.perf_counter() - started)
     checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     test = trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
@@ -156,6 +174,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val/loss": history[-1].get("val/loss") if history else None,
         "epochs": trainer.current_epoch,
         "wall_seconds": round(seconds, 2),
+        "started_at": round(started_at, 3),  # Unix time: when fit began and when the test ended
+        "finished_at": round(time.time(), 3),
         "train_seconds": round(record.train_seconds, 2) if record else None,
         "train_samples_per_second": round(record.samples_per_second, 1) if record else None,
         "test_seconds": round(record.test_seconds, 3) if record else None,
@@ -166,6 +186,51 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _trial_pruned() -> type[Exception]:
+    import optuna
+
+    return optuna.TrialPruned
+
+
+def _record_pruned(trainer: L.Trainer, run_dir: Path, message: str, seconds: float) -> dict[str, Any]:
+    """pruned.json: the epochs a pruned trial ran, with the metric values it reported."""
+    record = next((c for c in trainer.callbacks if isinstance(c, RunRecord)), None)
+    history = list(record.history) if record else []
+    val_acc = trainer.callback_metrics.get("val/acc")
+    accuracies = [row["val/acc"] for row in history if "val/acc" in row] + ([float(val_acc)] if val_acc is not None else [])
+    result = {
+        "status": "pruned",
+        "message": message,
+        "epochs": trainer.current_epoch + 1,
+        "val/acc": accuracies[-1] if accuracies else None,
+        "val/acc_best": max(accuracies, default=None),
+        "wall_seconds": round(seconds, 2),
+        "run_dir": str(run_dir),
+        "history": history,
+    }
+    if trainer.is_global_zero:
+        write_json(run_dir / PRUNED_FILE, result)
+    log.info("trial pruned after epoch %d: %s", result["epochs"], message)
+    return result
+
+
+def _refuse_relaunching_strategy(trainer: L.Trainer, strategy: Any) -> None:
+    """In a sweep job, refuse a strategy that starts its other ranks by running the command line again."""
+    # Lightning's launcher for strategy=ddp has no public name; it re-runs sys.argv, sweep and all.
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if isinstance(launcher, _SubprocessScriptLauncher) and not (environment and environment.creates_processes_externally):
+        raise ConfigError(
+            f"trainer.strategy={strategy} with {trainer.num_devices} devices cannot run inside a "
+            "multirun (-m): Lightning starts the other ranks by running this command again, -m included, so every rank "
+            "would run the whole sweep. Train DDP runs one at a time without -m; sweep with one process per trial "
+            "(hydra/launcher=joblib runs trials in parallel on one machine); or on a cluster use hydra/launcher=slurm, "
+            "where SLURM starts one task per device and DDP works inside each trial"
+        )
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:

@@ -1,0 +1,224 @@
+"""Optuna sweeps as a user runs them: a study, pruning, a crash and its resumption, parallel trials, failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from conftest import ROOT
+from tinyvision.errors import ConfigError
+from tinyvision.search import search_space, split_overrides, trial_overrides
+
+SEEDS = ["lenet_fashion", "convnet_mnist", "mlp_mnist", "cifar_net", "cifar_net_v3", "vgg16_cifar10"]
+# Trials of a ConvNet on the synthetic stroke shapes: learnable in an epoch or two, about a second each.
+TRIAL = ["model=convnet", "data=mnist", "data.batch_size=32", "data.val_size=100", "callbacks=minimal", "logger=none"]
+LR = "optimizer.lr=tag(log, interval(0.001, 0.01))"
+
+
+def sweep(*args: str, fault: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
+    prefix = ["tests/faults.py", fault[0], str(fault[1])] if fault else []
+    return subprocess.run([sys.executable, *prefix, "train.py", "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def trials(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name="optuna", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    return study.get_trials(deepcopy=False)
+
+
+def test_search_space_is_written_in_hydra_sweep_syntax():
+    space = search_space({
+        "optimizer.lr": "tag(log, interval(1e-4, 1e-1))",
+        "model.width": "int(interval(8, 64))",
+        "optimizer": "choice(adam, sgd)",
+        "data.batch_size": "range(32, 257, 32)",
+    })
+    assert space["optimizer.lr"] == FloatDistribution(1e-4, 1e-1, log=True)
+    assert space["model.width"] == IntDistribution(8, 64)
+    assert space["optimizer"] == CategoricalDistribution(["adam", "sgd"])
+    assert space["data.batch_size"] == IntDistribution(32, 256, step=32)
+    fixed, from_command = split_overrides(["hparams_search=optuna", "model=convnet", "optimizer.momentum=0.5,0.9"])
+    assert fixed == ["hparams_search=optuna", "model=convnet"]
+    assert from_command == {"optimizer.momentum": CategoricalDistribution([0.5, 0.9])}
+    assert trial_overrides({"optimizer.lr": 1e-05, "optimizer": "sgd", "model.freeze_features": True, "data.root": "a b"}) == [
+        "optimizer.lr=1e-05", "optimizer=sgd", "model.freeze_features=true", "data.root='a b'"]
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"optimizer.lr": "0.1"}, "optimizer.lr=0.1 is not a range to search"),
+    ({"optimizer.lr": "interval(0.1, 0.01)"}, "interval(0.1, 0.01) is empty"),
+    ({"optimizer.lr": "tag(log, interval(0, 1))"}, "must start above 0"),
+    ({"optimizer.lr": "interval(0.1"}, "hparams_search.params"),
+])
+def test_a_search_space_that_cannot_work_is_refused_naming_it(params, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        search_space(params)
+
+
+@pytest.mark.parametrize("name", SEEDS)
+def test_every_seed_search_composes_and_tries_the_seed_recipe_first(make_config, name):
+    cfg = make_config(f"hparams_search={name}")
+    assert cfg.hparams_search.params and cfg.hparams_search.direction == "maximize"
+    space = search_space(cfg.hparams_search.params)
+    recipe = dict(cfg.hparams_search.enqueue[0])
+    assert set(recipe) == set(space)
+    for key, value in recipe.items():  # the recipe lies inside the space
+        distribution = space[key]
+        inside = value in distribution.choices if isinstance(distribution, CategoricalDistribution) else distribution.low <= value <= distribution.high
+        assert inside, (key, value, distribution)
+    experiment = make_config(f"experiment={name}")
+    assert cfg.model == experiment.model and cfg.optimizer == experiment.optimizer  # the search starts from the experiment
+
+
+def test_search_needs_multirun(shapes_root, tmp_path):
+    result = subprocess.run([sys.executable, "train.py", "hparams_search=lenet_fashion", f"paths.data_dir={shapes_root}",
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "add -m (python train.py -m hparams_search=lenet_fashion)" in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.fixture(scope="module")
+def study_of_4(shapes_root, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    sweep_dir = tmp_path_factory.mktemp("search") / "study"
+    result = sweep("hparams_search=optuna", LR, *TRIAL, "trainer.max_epochs=2", "hparams_search.n_trials=4",
+                   f"paths.data_dir={shapes_root}", f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return sweep_dir, result
+
+
+def test_a_study_of_4_trials_writes_the_best_trial(study_of_4):
+    sweep_dir, result = study_of_4
+    ended = trials(sweep_dir)
+    assert [t.state for t in ended] == [TrialState.COMPLETE] * 4
+    assert all(0.001 <= t.params["optimizer.lr"] <= 0.01 for t in ended)
+    assert len({t.params["optimizer.lr"] for t in ended}) == 4
+    values = {}
+    for trial in ended:  # each trial's value is what its own run wrote, and its run dir is named after it
+        metrics = json.loads((sweep_dir / str(trial.number) / "metrics.json").read_text())
+        assert trial.value == metrics["val/acc_best"] and len(trial.intermediate_values) == 2
+        assert yaml.safe_load((sweep_dir / str(trial.number) / ".hydra" / "config.yaml").read_text())["hparams_search"]["trial"] == trial.number
+        values[trial.number] = trial.value
+    best = yaml.safe_load((sweep_dir / "best.yaml").read_text())
+    assert best["value"] == max(values.values()) and values[best["trial"]] == best["value"]
+    assert best["overrides"] == [f"optimizer.lr={best['params']['optimizer.lr']!r}"]
+    assert best["command"].startswith("python train.py model=convnet") and "hparams_search" not in best["command"]
+    assert f"best trial {best['trial']}" in result.stdout
+    for plot in ("optimization_history.png", "param_importances.png", "intermediate_values.png"):
+        assert (sweep_dir / plot).stat().st_size > 1000
+    summary = (sweep_dir / "summary.md").read_text()
+    assert "Optuna study `optuna`: maximize val/acc_best; trials: 4 complete." in summary and "(best.yaml)" in summary
+
+
+def test_the_best_command_trains_the_best_trial_again(study_of_4, shapes_root, tmp_path):
+    sweep_dir, _ = study_of_4
+    best = yaml.safe_load((sweep_dir / "best.yaml").read_text())
+    args = best["command"].split()[2:]
+    result = subprocess.run([sys.executable, "train.py", *args, f"hydra.run.dir={tmp_path / 'again'}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["val/acc_best"] == pytest.approx(best["value"], abs=1e-6)
+
+
+def test_the_pruner_stops_a_bad_trial_and_its_run_dir_says_so(shapes_root, tmp_path):
+    sweep_dir = tmp_path / "pruned"
+    result = sweep(
+        "hparams_search=optuna", "optimizer.lr=choice(0.003, 1e-7)", *TRIAL, "trainer.max_epochs=3", "hparams_search.n_trials=3",
+        "hparams_search.enqueue=[{optimizer.lr: 0.003}, {optimizer.lr: 0.003}, {optimizer.lr: 1e-7}]",
+        "hparams_search.pruner.n_startup_trials=2", "hparams_search.pruner.n_warmup_steps=0",
+        f"paths.data_dir={shapes_root}", f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    good, also_good, bad = trials(sweep_dir)
+    assert (good.state, also_good.state, bad.state) == (TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED)
+    assert bad.params == {"optimizer.lr": 1e-7} and len(bad.intermediate_values) < 3
+    pruned = json.loads((sweep_dir / "2" / "pruned.json").read_text())
+    assert pruned["status"] == "pruned" and pruned["epochs"] == len(bad.intermediate_values)
+    assert pruned["val/acc"] == pytest.approx(bad.intermediate_values[pruned["epochs"] - 1])
+    assert not (sweep_dir / "2" / "metrics.json").exists()
+    assert "pruned after epoch" in (sweep_dir / "summary.md").read_text()
+
+
+def test_a_study_killed_after_2_trials_resumes_to_the_requested_total(shapes_root, tmp_path):
+    sweep_dir = tmp_path / "killed"
+    args = ["hparams_search=optuna", LR, *TRIAL, "trainer.max_epochs=1", "hparams_search.n_trials=4", f"paths.data_dir={shapes_root}"]
+    killed = sweep(*args, f"hydra.sweep.dir={sweep_dir}", fault=("kill-in-trial", 2))
+    assert killed.returncode == -9
+    before = trials(sweep_dir)
+    assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING]
+    finished = {n: (sweep_dir / str(n) / "metrics.json").read_bytes() for n in (0, 1)}
+
+    # Resuming with another search space is refused and changes nothing.
+    other = sweep(*args[:1], "optimizer.lr=tag(log, interval(0.001, 0.1))", *args[2:], f"hparams_search.resume={sweep_dir}")
+    assert other.returncode == 2 and "was searched with other settings than this command" in other.stderr
+    assert [t.state for t in trials(sweep_dir)] == [t.state for t in before]
+
+    resumed = sweep(*args, f"hparams_search.resume={sweep_dir}")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = trials(sweep_dir)
+    states = [t.state for t in after]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    interrupted, retry = after[2], after[3]
+    assert interrupted.user_attrs["interrupted"] and interrupted.user_attrs["retried_as"] == 3
+    assert retry.params == interrupted.params and retry.user_attrs["retry_of"] == 2
+    for number, contents in finished.items():  # finished trials were not run again
+        assert (sweep_dir / str(number) / "metrics.json").read_bytes() == contents
+    assert "interrupted" in json.loads((sweep_dir / "2" / "failure.json").read_text())["error"]
+    assert yaml.safe_load((sweep_dir / "study.yaml").read_text())["trials"] == {"complete": 4, "fail": 1}
+    assert len({t.params["optimizer.lr"] for t in after}) == 4  # the resumed sampler did not replay the first draws
+
+
+def test_joblib_runs_two_trials_at_once(shapes_root, tmp_path):
+    sweep_dir = tmp_path / "parallel"
+    result = sweep("hparams_search=optuna", LR, *TRIAL, "trainer.max_epochs=3", "hparams_search.n_trials=2",
+                   "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"paths.data_dir={shapes_root}", f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    first, second = (json.loads((sweep_dir / n / "metrics.json").read_text()) for n in ("0", "1"))
+    assert first["started_at"] < second["finished_at"] and second["started_at"] < first["finished_at"]  # they overlap
+    assert all(len(t.intermediate_values) == 3 for t in trials(sweep_dir))  # both reported to the study from their process
+
+
+def test_submitit_local_runs_trials_as_separate_jobs(shapes_root, tmp_path):
+    sweep_dir = tmp_path / "submitit"
+    result = sweep("hparams_search=optuna", LR, *TRIAL, "trainer.max_epochs=2", "hparams_search.n_trials=2", "hparams_search.n_jobs=2",
+                   "hydra/launcher=submitit_local", f"paths.data_dir={shapes_root}", f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert [t.state for t in trials(sweep_dir)] == [TrialState.COMPLETE] * 2
+    assert all(len(t.intermediate_values) == 2 for t in trials(sweep_dir))
+    assert list((sweep_dir / ".submitit").iterdir())  # submitit's own job folders
+    assert (sweep_dir / "best.yaml").is_file()
+
+
+def test_a_failing_trial_is_recorded_with_its_error_and_the_study_goes_on(shapes_root, tmp_path):
+    sweep_dir = tmp_path / "failing"
+    result = sweep(
+        "hparams_search=optuna", "optimizer=sgd", "optimizer.lr=choice(0.01, 1e9)", *TRIAL, "trainer.max_epochs=1",
+        "hparams_search.n_trials=3", "hparams_search.enqueue=[{optimizer.lr: 1e9}, {optimizer.lr: 0.01}, {optimizer.lr: 0.01}]",
+        f"paths.data_dir={shapes_root}", f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]  # a study fails only when no trial completes
+    diverged, *rest = trials(sweep_dir)
+    assert diverged.state == TrialState.FAIL and "the training loss became nan" in diverged.user_attrs["error"]
+    assert [t.state for t in rest] == [TrialState.COMPLETE] * 2
+    assert "the training loss became nan" in json.loads((sweep_dir / "0" / "failure.json").read_text())["error"]
+    assert yaml.safe_load((sweep_dir / "best.yaml").read_text())["trial"] in (1, 2)
+
+
+def test_ddp_inside_a_multirun_is_refused_with_the_way_out(shapes_root, tmp_path):
+    sweep_dir = tmp_path / "ddp"
+    result = subprocess.run([sys.executable, "train.py", "-m", *TRIAL, "trainer=ddp", "trainer.accelerator=cpu", "trainer.max_epochs=1",
+                             f"paths.data_dir={shapes_root}", f"hydra.sweep.dir={sweep_dir}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    error = json.loads((sweep_dir / "0" / "failure.json").read_text())["error"]
+    assert "trainer.strategy=ddp with 2 devices cannot run inside a multirun" in error
+    assert "hydra/launcher=joblib" in error and "hydra/launcher=slurm" in error
+    assert not (sweep_dir / "0" / "checkpoints").exists()
