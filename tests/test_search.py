@@ -10,12 +10,13 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from conftest import ROOT
 from tinyvision.errors import ConfigError
-from tinyvision.search import search_space, split_overrides, trial_overrides
+from tinyvision.search import instantiate, search_space, split_overrides, trial_overrides
 
 SEEDS = ["lenet_fashion", "convnet_mnist", "mlp_mnist", "cifar_net", "cifar_net_v3", "vgg16_cifar10"]
 # Trials of a ConvNet on the synthetic stroke shapes: learnable in an epoch or two, about a second each.
@@ -75,6 +76,27 @@ def test_every_seed_search_composes_and_tries_the_seed_recipe_first(make_config,
         assert inside, (key, value, distribution)
     experiment = make_config(f"experiment={name}")
     assert cfg.model == experiment.model and cfg.optimizer == experiment.optimizer  # the search starts from the experiment
+
+
+@pytest.mark.parametrize("choice", ["hparams_search/pruner=median", "hparams_search/pruner=halving", "hparams_search/pruner=none",
+                                    "hparams_search/sampler=tpe", "hparams_search/sampler=random"])
+def test_every_pruner_and_sampler_option_builds(make_config, choice):
+    cfg = make_config("hparams_search=lenet_fashion", choice)
+    pruner, sampler = instantiate(cfg.hparams_search.pruner), instantiate(cfg.hparams_search.sampler)
+    group, name = choice.split("/")[1].split("=")
+    built = {"median": "MedianPruner", "halving": "SuccessiveHalvingPruner", "none": "NopPruner", "tpe": "TPESampler",
+             "random": "RandomSampler"}[name]
+    assert type(pruner if group == "pruner" else sampler).__name__ == built
+
+
+def test_slurm_launcher_runs_one_task_per_device():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=cifar_net_v3", "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 1)
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
 
 
 def test_search_needs_multirun(shapes_root, tmp_path):

@@ -1,51 +1,21 @@
-"""Hydra sweeper driving an Optuna study with its ask/tell API.
+"""The Hydra sweeper: ``hydra/sweeper=optuna`` (conf/hydra/sweeper/optuna.yaml) names this class.
 
-Each round asks ``n_jobs`` trials, launches them as one batch of Hydra jobs through the configured launcher
-(basic, joblib, submitit), and tells the study what each job returned. Jobs reach their trial through the
-study's storage (an SQLite file in the sweep dir by default) to report each epoch and be pruned. Written here
-because the released hydra-optuna-sweeper pins optuna<3 and can neither prune nor resume."""
+Hydra imports every module of its plugin packages at each start, except those whose names begin with an
+underscore: the study code, which needs optuna and Lightning, is in _study.py and imported only to sweep."""
 
 from __future__ import annotations
 
-import logging
-import math
-import os
-import sys
-import time
-from pathlib import Path
 from typing import Any
 
-from typing import TYPE_CHECKING
-
 from hydra.core.plugins import Plugins
-from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
-
-if TYPE_CHECKING:
-    import optuna
-
-# Hydra imports every plugin module at each start: optuna and tinyvision are imported only when sweeping.
-optuna = study_tools = TrialState = ConfigError = None
-log = logging.getLogger(__name__)
-
-
-def _import_study_tools() -> None:
-    global optuna, study_tools, TrialState, ConfigError
-    import optuna
-    from optuna.trial import TrialState
-
-    from tinyvision import search as study_tools
-    from tinyvision.errors import ConfigError
-
-# Overrides that may change between a sweep and its resumption without changing what is searched.
-RESUMABLE_CHANGES = ("hparams_search.resume", "hparams_search.n_trials", "hparams_search.n_jobs")
+from omegaconf import DictConfig
 
 
 class OptunaSweeper(Sweeper):
     def __init__(self, search: DictConfig) -> None:
-        self.search = search
+        self.search = search  # the hparams_search node
         self.config: DictConfig | None = None
         self.launcher = None
 
@@ -56,213 +26,7 @@ class OptunaSweeper(Sweeper):
             config=config, hydra_context=hydra_context, task_function=task_function
         )
 
-    def sweep(self, arguments: list[str]) -> optuna.Study:
-        _import_study_tools()
-        from tinyvision.errors import TinyVisionError
-        from tinyvision.summary import print_error
+    def sweep(self, arguments: list[str]) -> Any:
+        from ._study import Study
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        try:
-            return self._sweep(arguments)
-        except TinyVisionError as error:
-            print_error(error)
-            sys.exit(2)
-
-    def _sweep(self, arguments: list[str]) -> optuna.Study:
-        search = OmegaConf.to_container(self.search, resolve=True)
-        study_tools.check_monitor(search)
-        fixed, command_space = study_tools.split_overrides(arguments)
-        space = {**study_tools.search_space(search.get("params")), **command_space}
-        if not space:
-            raise ConfigError(
-                "nothing to search: hparams_search.params is empty and the command gives no range. "
-                f"Give one, e.g. 'optimizer.lr=tag(log, interval(1e-4, 1e-1))' (ranges: {study_tools.SYNTAX})"
-            )
-        sweep_dir = Path(self.config.hydra.sweep.dir).resolve()
-        study = self._open_study(search, sweep_dir, fixed, space)
-        self._retry_interrupted(study, sweep_dir)
-
-        n_trials = int(search["n_trials"])
-        n_jobs = int(search.get("n_jobs") or 1)
-        n_jobs = os.cpu_count() or 1 if n_jobs == -1 else max(1, n_jobs)
-        # What every job gets besides its parameters: the pinned sweep dir (so jobs recomposed in another
-        # process or on another machine land in it) and where its trial lives.
-        common = [o for o in fixed if not _key(o).startswith("hparams_search.resume")]
-        common += [
-            f"hydra.sweep.dir={sweep_dir}",
-            f"hparams_search.storage={study_tools.quote(search['storage_url'])}",
-            f"hparams_search.study_name={study_tools.quote(study.study_name)}",
-        ]
-        started = time.perf_counter()
-        while (done := len(study_tools.counted_trials(study))) < n_trials:
-            batch = [study.ask(space) for _ in range(min(n_jobs, n_trials - done))]
-            for trial in batch:
-                trial.set_user_attr("run_dir", str(sweep_dir / str(trial.number)))
-            for run in _consecutive(batch):
-                overrides = [common + study_tools.trial_overrides(t.params) + [f"hparams_search.trial={t.number}"] for t in run]
-                log.info("trials %s: %s", ", ".join(str(t.number) for t in run), [study_tools.trial_overrides(t.params) for t in run])
-                returns = self.launcher.launch(overrides, initial_job_idx=run[0].number)
-                for trial, result in zip(run, returns):
-                    self._tell(study, trial, result, search["metric"])
-        best = study_tools.write_results(study, sweep_dir, search["metric"], self._rerun_command(fixed))
-        _print_best(study, best, sweep_dir, time.perf_counter() - started)
-        return study
-
-    def _open_study(self, search: dict, sweep_dir: Path, fixed: list[str], space: dict) -> optuna.Study:
-        resume = search.get("resume")
-        name = search.get("study_name") or self.config.hydra.runtime.choices.get("hparams_search") or "tinyvision"
-        if resume:
-            if not sweep_dir.is_dir():
-                raise ConfigError(f"hparams_search.resume={resume} does not exist: give the folder of a sweep under outputs/multirun/")
-        url = search.get("storage") or study_tools.default_storage(sweep_dir)
-        search["storage_url"] = url
-        if url == study_tools.default_storage(sweep_dir):
-            if resume and not (sweep_dir / study_tools.STUDY_FILE).is_file():
-                raise ConfigError(f"hparams_search.resume={resume} holds no {study_tools.STUDY_FILE}: it is not the folder of an Optuna sweep")
-            if not resume and (sweep_dir / study_tools.STUDY_FILE).is_file():
-                raise ConfigError(
-                    f"{sweep_dir} already holds a study ({study_tools.STUDY_FILE}); it is kept as it is. "
-                    f"Continue it with hparams_search.resume={sweep_dir}, or start a new sweep"
-                )
-            sweep_dir.mkdir(parents=True, exist_ok=True)
-        storage = study_tools.open_storage(url)
-        options = dict(
-            study_name=name, storage=storage, direction=search["direction"],
-            sampler=study_tools.instantiate(search.get("sampler")), pruner=study_tools.instantiate(search.get("pruner")),
-        )
-        searched = {key: optuna.distributions.distribution_to_json(d) for key, d in sorted(space.items())}
-        kept = sorted(o for o in fixed if not _key(o).startswith(RESUMABLE_CHANGES))
-        if resume:
-            try:
-                study = optuna.load_study(**{k: v for k, v in options.items() if k != "direction"})
-            except KeyError:
-                raise ConfigError(f"hparams_search.resume={resume}: {url} holds no study named {name!r}") from None
-            _refuse_other_search(study, resume, searched, kept, search)
-            sampler = dict(search.get("sampler") or {})
-            if sampler.get("seed") is not None:
-                # The same seed would draw the first session's points again; offset it by the trials so far.
-                sampler["seed"] = int(sampler["seed"]) + len(study.get_trials(deepcopy=False))
-                study.sampler = study_tools.instantiate(sampler)
-            _keep_previous(sweep_dir / "multirun.yaml")
-            log.info("resuming study %r in %s: %d trials ended", name, sweep_dir, len(study_tools.counted_trials(study)))
-            return study
-        try:
-            study = optuna.create_study(**options)
-        except optuna.exceptions.DuplicatedStudyError:
-            raise ConfigError(
-                f"study {name!r} exists already in {url}: continue it with hparams_search.resume=<its sweep dir>, "
-                "or give another hparams_search.study_name"
-            ) from None
-        study.set_user_attr("search_space", searched)
-        study.set_user_attr("fixed_overrides", kept)
-        study.set_user_attr("metric", search["metric"])
-        for params in search.get("enqueue") or []:
-            study.enqueue_trial(dict(params))
-        return study
-
-    def _retry_interrupted(self, study: optuna.Study, sweep_dir: Path) -> None:
-        """Trials still running in the storage were cut off with the sweep: mark them failed and ask their
-        parameters again first. Their folders stay as they were, with a note of what happened."""
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            # Optuna's public API sets attributes only through a live Trial; the storage call is what it uses.
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-            retry = study.get_trials(deepcopy=False)[-1].number
-            for key, value in (("interrupted", True), ("retried_as", retry), ("error", "interrupted: the sweep stopped while it ran")):
-                study._storage.set_trial_user_attr(trial._trial_id, key, value)
-            study.tell(trial.number, state=TrialState.FAIL)
-            run_dir = sweep_dir / str(trial.number)
-            if run_dir.is_dir() and not (run_dir / "metrics.json").exists():
-                from tinyvision.sweep import FAILURE_FILE
-                from tinyvision.training import write_json
-
-                write_json(run_dir / FAILURE_FILE, {"error": "interrupted: the sweep stopped while this trial ran; "
-                                                             "its parameters were asked again when the sweep resumed"})
-            log.warning("trial %d was running when the sweep stopped: marked failed, its parameters asked again", trial.number)
-
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn, metric: str) -> None:
-        outcome = result._return_value if result.status == JobStatus.COMPLETED else None
-        if result.status != JobStatus.COMPLETED:
-            error = result._return_value
-            outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
-        elif not isinstance(outcome, dict):
-            outcome = {"status": "done", metric: outcome}
-        if outcome.get("status") == "pruned":
-            study.tell(trial, state=TrialState.PRUNED)
-            log.info("trial %d pruned after %s epochs", trial.number, outcome.get("epochs"))
-            return
-        value = outcome.get(metric)
-        if outcome.get("status") == "failed" or not isinstance(value, (int, float)) or not math.isfinite(value):
-            error = outcome.get("error") or f"the job returned no finite {metric} (got {value!r})"
-            trial.set_user_attr("error", error)
-            study.tell(trial, state=TrialState.FAIL)
-            log.warning("trial %d failed: %s", trial.number, error)
-            return
-        study.tell(trial, float(value))
-
-    def _rerun_command(self, fixed: list[str]) -> list[str]:
-        """The overrides that train the best trial again as a single run (the search's own keys left out)."""
-        command = [o for o in fixed if not _key(o).startswith("hparams_search")]
-        experiment = self.config.hydra.runtime.choices.get("experiment")
-        if experiment and not any(_key(o) == "experiment" for o in command):
-            command.insert(0, f"experiment={experiment}")
-        return command
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def _consecutive(trials: list[optuna.Trial]) -> list[list[optuna.Trial]]:
-    """Trials in runs of consecutive numbers: a launch numbers its jobs from its first one, so each job's
-    folder is named after its trial."""
-    runs: list[list[optuna.Trial]] = []
-    for trial in sorted(trials, key=lambda t: t.number):
-        if runs and runs[-1][-1].number + 1 == trial.number:
-            runs[-1].append(trial)
-        else:
-            runs.append([trial])
-    return runs
-
-
-def _refuse_other_search(study: optuna.Study, resume: str, searched: dict, kept: list[str], search: dict) -> None:
-    before = study.user_attrs
-    differences = []
-    if before.get("search_space") != searched:
-        differences.append(f"search space {sorted(before.get('search_space', {}))} -> {sorted(searched)}"
-                            if set(before.get("search_space", {})) != set(searched) else "the ranges of the search space")
-    previous = before.get("fixed_overrides", [])
-    if previous != kept:
-        gone, added = [o for o in previous if o not in kept], [o for o in kept if o not in previous]
-        differences.append(f"overrides {' '.join(gone) or '(none)'} -> {' '.join(added) or '(none)'}")
-    if before.get("metric") != search["metric"]:
-        differences.append(f"hparams_search.metric {before.get('metric')} -> {search['metric']}")
-    if differences:
-        raise ConfigError(
-            f"hparams_search.resume={resume} was searched with other settings than this command: {'; '.join(differences)}. "
-            "Resume with the command that started the sweep plus hparams_search.resume=... "
-            "(hparams_search.n_trials may change), or start a new sweep"
-        )
-
-
-def _keep_previous(path: Path) -> None:
-    """Hydra rewrites multirun.yaml at each launch: keep the one of the session that is resumed."""
-    if path.is_file():
-        path.replace(path.with_name(f"multirun_{time.strftime('%Y-%m-%d_%H-%M-%S')}.yaml"))
-
-
-def _print_best(study: optuna.Study, best: dict[str, Any] | None, sweep_dir: Path, seconds: float) -> None:
-    from rich.console import Console
-
-    console = Console()
-    states = {s.name.lower(): sum(t.state == s for t in study.get_trials(deepcopy=False)) for s in TrialState}
-    counts = ", ".join(f"{n} {state}" for state, n in states.items() if n)
-    if best is None:
-        console.print(f"[bold red]study {study.study_name}: no trial completed[/] ({counts}); see {sweep_dir / 'study.yaml'}")
-        return
-    params = " ".join(best["overrides"])
-    console.print(
-        f"[bold]best trial {best['trial']}[/]: {best['metric']}={best['value']:.4f} with {params}\n"
-        f"  trials: {counts}; {seconds:.1f} s this session\n"
-        f"  best.yaml, study.yaml and plots in {sweep_dir}\n  train it again: {best['command']}",
-        highlight=False,
-    )
+        return Study(self.search, self.config, self.launcher).run(arguments)
