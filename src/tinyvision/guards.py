@@ -111,4 +111,4 @@ class LastCheckpoint(Checkpoint):
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, for resume

@@ -161,7 +161,7 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
         return _record_pruned(trainer, run_dir, str(pruned), time.perf_counter() - started)
     checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-    test = trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    test = trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)[0]
     seconds = time.perf_counter() - started
 
     record = next((c for c in trainer.callbacks if isinstance(c, RunRecord)), None)
