@@ -26,6 +26,7 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()), key=lambda p: p.name):
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        overrides = [o for o in overrides if not o.startswith("hparams_search.trial=")]  # an Optuna trial's job number is its trial's
         row: dict[str, Any] = {"job": job.name, "overrides": overrides, "run_dir": str(job)}
         if (job / "metrics.json").is_file():
             metrics = json.loads((job / "metrics.json").read_text())

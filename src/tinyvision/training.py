@@ -132,7 +132,7 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     search = cfg.get("hparams_search")
     pruning = None
-    if search is not None and search.get("trial") is not None:
+    if sweep_job and search is not None and search.get("trial") is not None:  # not when a trial's run dir is resumed alone
         from tinyvision.search import pruning_callback
 
         pruning = pruning_callback(search)
