@@ -11,12 +11,13 @@ import optuna
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from conftest import ROOT
 from tinyvision.errors import ConfigError
-from tinyvision.search import instantiate, search_space, split_overrides, trial_overrides
+from tinyvision.search import check_settings, search_space, split_overrides, trial_overrides
 
 SEEDS = ["lenet_fashion", "convnet_mnist", "mlp_mnist", "cifar_net", "cifar_net_v3", "vgg16_cifar10"]
 # Trials of a ConvNet on the synthetic stroke shapes: learnable in an epoch or two, about a second each.
@@ -61,6 +62,23 @@ def test_search_space_is_written_in_hydra_sweep_syntax():
 def test_a_search_space_that_cannot_work_is_refused_naming_it(params, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         search_space(params)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"metric": "val/accuracy"}, "hparams_search.metric=val/accuracy is not allowed: use one of val/acc_best, val/acc"),
+    ({"prune_on": "val/acc_best"}, "hparams_search.prune_on=val/acc_best is not allowed"),
+    ({"direction": "minimize"}, "hparams_search.metric=val/acc_best goes the other way than hparams_search.direction=minimize"),
+    ({"metric": "val/loss", "direction": "minimize"}, "hparams_search.prune_on=val/acc goes the other way"),
+    ({"direction": "up"}, "hparams_search.direction=up is not allowed: write maximize or minimize"),
+    ({"n_trials": 0}, "hparams_search.n_trials=0 is not allowed: it must be a whole number, 1 or more"),
+    ({"n_jobs": 0}, "hparams_search.n_jobs=0 is not allowed: it must be a whole number, 1 or more (or -1"),
+])
+def test_study_settings_that_would_waste_the_study_are_refused(make_config, change, message):
+    search = {**dict(make_config("hparams_search=lenet_fashion").hparams_search), "n_jobs": 1}
+    check_settings(search)  # the shipped settings pass
+    with pytest.raises(ConfigError) as refused:
+        check_settings({**search, **change})
+    assert message in str(refused.value)
 
 
 @pytest.mark.parametrize("name", SEEDS)
@@ -135,6 +153,7 @@ def test_a_study_of_4_trials_writes_the_best_trial(study_of_4):
     assert f"best trial {best['trial']}" in result.stdout
     for plot in ("optimization_history.png", "param_importances.png", "intermediate_values.png"):
         assert (sweep_dir / plot).stat().st_size > 1000
+    assert yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hparams_search"]["n_trials"] == 4
     summary = (sweep_dir / "summary.md").read_text()
     assert "Optuna study `optuna`: maximize val/acc_best; trials: 4 complete." in summary and "(best.yaml)" in summary
 
@@ -196,6 +215,7 @@ def test_a_study_killed_after_2_trials_resumes_to_the_requested_total(shapes_roo
     assert "interrupted" in json.loads((sweep_dir / "2" / "failure.json").read_text())["error"]
     assert yaml.safe_load((sweep_dir / "study.yaml").read_text())["trials"] == {"complete": 4, "fail": 1}
     assert len({t.params["optimizer.lr"] for t in after}) == 4  # the resumed sampler did not replay the first draws
+    assert len(list(sweep_dir.glob("multirun_*.yaml"))) == 1 and (sweep_dir / "multirun.yaml").is_file()  # both sessions' configs
 
 
 def test_joblib_runs_two_trials_at_once(shapes_root, tmp_path):

@@ -17,16 +17,19 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.errors import OverrideParseException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from tinyvision.errors import ConfigError
+from tinyvision.files import write_atomic
 from tinyvision.sweep import STUDY_RESULT
 
 STUDY_FILE = "optuna.db"
 BEST_FILE = "best.yaml"
 ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss")  # what a run's metrics.json holds
+PRUNE_ON = ("val/acc", "val/loss", None)  # logged every validation epoch; None: no reports, no pruning
 SYNTAX = "choice(a, b), interval(low, high), tag(log, interval(low, high)), int(interval(low, high)) or range(low, high, step)"
 
 
@@ -115,23 +118,27 @@ def default_storage(sweep_dir: Path) -> str:
     return f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
 
 
-def instantiate(node: Any) -> Any:
-    """A sampler or pruner from its ``_target_`` config (None stays None)."""
-    if node is None:
-        return None
-    return hydra.utils.instantiate(OmegaConf.create(OmegaConf.to_container(node, resolve=True)) if isinstance(node, DictConfig) else node)
-
-
-def check_monitor(search: Mapping[str, Any]) -> None:
-    """Refuse a pruning metric that goes the other way than the study (pruning would keep the worst trials)."""
-    monitor, direction = search.get("prune_on"), search.get("direction", "maximize")
+def check_settings(search: Mapping[str, Any]) -> None:
+    """Refuse settings that would spend a whole study for nothing: an unknown metric (every trial would
+    fail after training), a pruning metric that goes the other way than the study (pruning would keep
+    the worst trials), no trials."""
+    direction = search.get("direction")
     if direction not in ("maximize", "minimize"):
         raise ConfigError(f"hparams_search.direction={direction} is not allowed: write maximize or minimize")
-    if monitor and ("loss" in monitor) == (direction == "maximize"):
-        raise ConfigError(
-            f"hparams_search.prune_on={monitor} goes the other way than hparams_search.direction={direction}: "
-            f"prune on val/acc when maximizing accuracy, on val/loss when minimizing a loss"
-        )
+    for key, allowed in (("metric", METRICS), ("prune_on", PRUNE_ON)):
+        value = search.get(key)
+        if value not in allowed:
+            raise ConfigError(f"hparams_search.{key}={value} is not allowed: use one of {', '.join(map(str, allowed))}")
+        if value and ("loss" in value) == (direction == "maximize"):
+            raise ConfigError(
+                f"hparams_search.{key}={value} goes the other way than hparams_search.direction={direction}: "
+                f"use val/acc or val/acc_best when maximizing accuracy, val/loss when minimizing a loss"
+            )
+    for key, least in (("n_trials", 1), ("n_jobs", -1)):
+        value = search.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least or value == 0:
+            raise ConfigError(f"hparams_search.{key}={value} is not allowed: it must be a whole number, 1 or more"
+                              + (" (or -1: one per CPU core)" if key == "n_jobs" else ""))
 
 
 # ---------------------------------------------------------------------------------------------- trial side
@@ -145,7 +152,7 @@ def pruning_callback(search: DictConfig):
     from optuna_integration import PyTorchLightningPruningCallback
 
     study = optuna.load_study(
-        study_name=search.study_name, storage=open_storage(search.storage), pruner=instantiate(search.get("pruner"))
+        study_name=search.study_name, storage=open_storage(search.storage), pruner=hydra.utils.instantiate(search.get("pruner"))
     )
     try:
         # Optuna has no public lookup of a trial by number; the storage method is the one its own trials use.
@@ -167,8 +174,8 @@ def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=ENDED) if not t.user_attrs.get("interrupted")]
 
 
-def write_results(study: optuna.Study, sweep_dir: Path, metric: str, command: list[str]) -> dict[str, Any] | None:
-    """best.yaml, study.yaml and Optuna's plots in the sweep dir; returns the best trial's record."""
+def write_results(study: optuna.Study, sweep_dir: Path, metric: str, command: list[str]) -> dict[str, Any]:
+    """best.yaml, study.yaml and Optuna's plots in the sweep dir; returns what study.yaml holds."""
     trials = study.get_trials(deepcopy=False)
     states = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -197,7 +204,7 @@ def write_results(study: optuna.Study, sweep_dir: Path, metric: str, command: li
         "trial_list": [_trial_record(t) for t in trials],
     }
     _write_yaml(sweep_dir / STUDY_RESULT, study_record)
-    return best
+    return study_record
 
 
 def _trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -211,9 +218,7 @@ def _trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
 
 
 def _write_yaml(path: Path, payload: dict[str, Any]) -> None:
-    partial = path.with_suffix(".yaml.partial")
-    partial.write_text(yaml.safe_dump(_plain(payload), sort_keys=False))
-    partial.replace(path)
+    write_atomic(path, yaml.safe_dump(_plain(payload), sort_keys=False))
 
 
 def _plain(value: Any) -> Any:
@@ -238,13 +243,13 @@ def _plot(study: optuna.Study, sweep_dir: Path) -> dict[str, str]:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as plots
 
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     written = {}
     for name, draw, needs in (
         ("optimization_history", plots.plot_optimization_history, 1),
         ("param_importances", plots.plot_param_importances, 2),
         ("intermediate_values", plots.plot_intermediate_values, 1),
     ):
-        complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
         if len(complete) < needs or (name == "param_importances" and not _varied(complete)):
             written[name] = f"not drawn: needs {needs} complete trials with varied parameters"
             continue

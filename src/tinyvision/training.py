@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from tinyvision import config
 from tinyvision.callbacks import RunRecord, log_hparams
 from tinyvision.errors import ConfigError, TinyVisionError
+from tinyvision.files import write_atomic
 from tinyvision.module import ImageClassifier
 from tinyvision.sweep import PRUNED_FILE
 
@@ -131,8 +131,11 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
 
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     search = cfg.get("hparams_search")
-    pruning = None
-    if sweep_job and search is not None and search.get("trial") is not None:  # not when a trial's run dir is resumed alone
+    pruning, trial_pruned = None, ()  # () catches nothing outside an Optuna trial
+    # A trial of an Optuna sweep reports to its study; not when its run dir is resumed alone, nor with prune_on: null.
+    if sweep_job and search is not None and search.get("trial") is not None and search.get("prune_on"):
+        from optuna import TrialPruned as trial_pruned
+
         from tinyvision.search import pruning_callback
 
         pruning = pruning_callback(search)
@@ -152,13 +155,12 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
         log_hparams(trainer, OmegaConf.to_container(cfg, resolve=True))
 
     started, started_at = time.perf_counter(), time.time()
-    pruned_error = _trial_pruned() if pruning is not None else ()
     try:
         trainer.fit(classifier, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         if pruning is not None:
             pruning.check_pruned()  # under DDP the callback stops every rank, then the trial is pruned here
-    except pruned_error as pruned:
-        return _record_pruned(trainer, run_dir, str(pruned), time.perf_counter() - started)
+    except trial_pruned:
+        return _record_pruned(trainer, run_dir, time.perf_counter() - started)
     checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     test = trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)[0]
@@ -188,13 +190,7 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
     return metrics
 
 
-def _trial_pruned() -> type[Exception]:
-    import optuna
-
-    return optuna.TrialPruned
-
-
-def _record_pruned(trainer: L.Trainer, run_dir: Path, message: str, seconds: float) -> dict[str, Any]:
+def _record_pruned(trainer: L.Trainer, run_dir: Path, seconds: float) -> dict[str, Any]:
     """pruned.json: the epochs a pruned trial ran, with the metric values it reported."""
     record = next((c for c in trainer.callbacks if isinstance(c, RunRecord)), None)
     history = list(record.history) if record else []
@@ -202,7 +198,6 @@ def _record_pruned(trainer: L.Trainer, run_dir: Path, message: str, seconds: flo
     accuracies = [row["val/acc"] for row in history if "val/acc" in row] + ([float(val_acc)] if val_acc is not None else [])
     result = {
         "status": "pruned",
-        "message": message,
         "epochs": trainer.current_epoch + 1,
         "val/acc": accuracies[-1] if accuracies else None,
         "val/acc_best": max(accuracies, default=None),
@@ -212,7 +207,6 @@ def _record_pruned(trainer: L.Trainer, run_dir: Path, message: str, seconds: flo
     }
     if trainer.is_global_zero:
         write_json(run_dir / PRUNED_FILE, result)
-    log.info("trial pruned after epoch %d: %s", result["epochs"], message)
     return result
 
 
@@ -234,9 +228,4 @@ def _refuse_relaunching_strategy(trainer: L.Trainer, strategy: Any) -> None:
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write through a temporary name so a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(partial, path)
+    write_atomic(path, json.dumps(payload, indent=2) + "\n")

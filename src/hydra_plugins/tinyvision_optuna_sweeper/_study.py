@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import hydra.utils
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
@@ -48,7 +49,7 @@ class Study:
 
     def _sweep(self, arguments: list[str]) -> optuna.Study:
         search = OmegaConf.to_container(self.search, resolve=True)
-        study_tools.check_monitor(search)
+        study_tools.check_settings(search)
         fixed, command_space = study_tools.split_overrides(arguments)
         space = {**study_tools.search_space(search.get("params")), **command_space}
         if not space:
@@ -57,19 +58,20 @@ class Study:
                 f"Give one, e.g. 'optimizer.lr=tag(log, interval(1e-4, 1e-1))' (ranges: {study_tools.SYNTAX})"
             )
         sweep_dir = Path(self.config.hydra.sweep.dir).resolve()
-        study = self._open_study(search, sweep_dir, fixed, space)
+        url = search.get("storage") or study_tools.default_storage(sweep_dir)
+        study = self._open_study(search, sweep_dir, url, fixed, space)
         self._retry_interrupted(study, sweep_dir)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # as Hydra's own sweeper does
 
-        n_trials = int(search["n_trials"])
-        n_jobs = int(search.get("n_jobs") or 1)
-        n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else max(1, n_jobs)
+        n_trials = search["n_trials"]
+        n_jobs = (os.cpu_count() or 1) if search["n_jobs"] == -1 else search["n_jobs"]
         # What every job gets besides its parameters: the pinned sweep dir (so jobs recomposed in another
         # process or on another machine land in it) and where its trial lives.
         set_here = ("hparams_search.resume", "hparams_search.storage", "hparams_search.study_name", "hparams_search.trial")
         common = [o for o in fixed if _key(o) not in set_here]
         common += [
             f"hydra.sweep.dir={sweep_dir}",
-            f"hparams_search.storage={study_tools.quote(search['storage_url'])}",
+            f"hparams_search.storage={study_tools.quote(url)}",
             f"hparams_search.study_name={study_tools.quote(study.study_name)}",
         ]
         started = time.perf_counter()
@@ -83,18 +85,16 @@ class Study:
                 returns = self.launcher.launch(overrides, initial_job_idx=run[0].number)
                 for trial, result in zip(run, returns):
                     self._tell(study, trial, result, search["metric"])
-        best = study_tools.write_results(study, sweep_dir, search["metric"], self._rerun_command(fixed))
-        _print_best(study, best, sweep_dir, time.perf_counter() - started)
+        result = study_tools.write_results(study, sweep_dir, search["metric"], self._rerun_command(fixed))
+        _print_result(result, sweep_dir, time.perf_counter() - started)
         return study
 
-    def _open_study(self, search: dict, sweep_dir: Path, fixed: list[str], space: dict) -> optuna.Study:
+    def _open_study(self, search: dict, sweep_dir: Path, url: str, fixed: list[str], space: dict) -> optuna.Study:
         resume = search.get("resume")
         name = search.get("study_name") or self.config.hydra.runtime.choices.get("hparams_search") or "tinyvision"
         if resume:
             if not sweep_dir.is_dir():
                 raise ConfigError(f"hparams_search.resume={resume} does not exist: give the folder of a sweep under outputs/multirun/")
-        url = search.get("storage") or study_tools.default_storage(sweep_dir)
-        search["storage_url"] = url
         if url == study_tools.default_storage(sweep_dir):
             if resume and not (sweep_dir / study_tools.STUDY_FILE).is_file():
                 raise ConfigError(f"hparams_search.resume={resume} holds no {study_tools.STUDY_FILE}: it is not the folder of an Optuna sweep")
@@ -105,28 +105,21 @@ class Study:
                 )
             sweep_dir.mkdir(parents=True, exist_ok=True)
         storage = study_tools.open_storage(url)
-        options = dict(
-            study_name=name, storage=storage, direction=search["direction"],
-            sampler=study_tools.instantiate(search.get("sampler")), pruner=study_tools.instantiate(search.get("pruner")),
-        )
+        options = dict(study_name=name, storage=storage, pruner=hydra.utils.instantiate(search.get("pruner")))
         searched = {key: optuna.distributions.distribution_to_json(d) for key, d in sorted(space.items())}
         kept = sorted(o for o in fixed if not _key(o).startswith(RESUMABLE_CHANGES))
         if resume:
             try:
-                study = optuna.load_study(**{k: v for k, v in options.items() if k != "direction"})
+                study = optuna.load_study(**options)
             except KeyError:
                 raise ConfigError(f"hparams_search.resume={resume}: {url} holds no study named {name!r}") from None
             _refuse_other_search(study, resume, searched, kept, search)
-            sampler = dict(search.get("sampler") or {})
-            if sampler.get("seed") is not None:
-                # The same seed would draw the first session's points again; offset it by the trials so far.
-                sampler["seed"] = int(sampler["seed"]) + len(study.get_trials(deepcopy=False))
-                study.sampler = study_tools.instantiate(sampler)
+            study.sampler = _sampler(search.get("sampler"), len(study.get_trials(deepcopy=False)))
             _keep_previous(sweep_dir / "multirun.yaml")
             log.info("resuming study %r in %s: %d trials ended", name, sweep_dir, len(study_tools.counted_trials(study)))
             return study
         try:
-            study = optuna.create_study(**options)
+            study = optuna.create_study(**options, direction=search["direction"], sampler=_sampler(search.get("sampler"), 0))
         except optuna.exceptions.DuplicatedStudyError:
             raise ConfigError(
                 f"study {name!r} exists already in {url}: continue it with hparams_search.resume=<its sweep dir>, "
@@ -156,12 +149,13 @@ class Study:
             log.warning("trial %d was running when the sweep stopped: marked failed, its parameters asked again", trial.number)
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn, metric: str) -> None:
-        outcome = result._return_value if result.status == JobStatus.COMPLETED else None
-        if result.status != JobStatus.COMPLETED:
+        if result.status == JobStatus.COMPLETED:
+            outcome = result.return_value
+            if not isinstance(outcome, dict):  # a task function that returns the metric alone
+                outcome = {"status": "done", metric: outcome}
+        else:  # an exception the task function did not catch; JobReturn keeps it as the return value
             error = result._return_value
             outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
-        elif not isinstance(outcome, dict):
-            outcome = {"status": "done", metric: outcome}
         if outcome.get("status") == "pruned":
             study.tell(trial, state=TrialState.PRUNED)
             log.info("trial %d pruned after %s epochs", trial.number, outcome.get("epochs"))
@@ -220,20 +214,27 @@ def _refuse_other_search(study: optuna.Study, resume: str, searched: dict, kept:
         )
 
 
+def _sampler(config: dict | None, trials_so_far: int) -> optuna.samplers.BaseSampler | None:
+    """The sampler; a resumed study's seed is offset by its trials, or it would draw the first session's points again."""
+    if config and config.get("seed") is not None:
+        config = {**config, "seed": int(config["seed"]) + trials_so_far}
+    return hydra.utils.instantiate(config)
+
+
 def _keep_previous(path: Path) -> None:
-    """Hydra rewrites multirun.yaml at each launch: keep the one of the session that is resumed."""
+    """Keep the multirun.yaml of the session that is resumed; the resumed one writes its own."""
     if path.is_file():
         path.replace(path.with_name(f"multirun_{time.strftime('%Y-%m-%d_%H-%M-%S')}.yaml"))
 
 
-def _print_best(study: optuna.Study, best: dict[str, Any] | None, sweep_dir: Path, seconds: float) -> None:
+def _print_result(result: dict[str, Any], sweep_dir: Path, seconds: float) -> None:
     from rich.console import Console
 
     console = Console()
-    states = {s.name.lower(): sum(t.state == s for t in study.get_trials(deepcopy=False)) for s in TrialState}
-    counts = ", ".join(f"{n} {state}" for state, n in states.items() if n)
+    counts = ", ".join(f"{n} {state}" for state, n in result["trials"].items())
+    best = result["best"]
     if best is None:
-        console.print(f"[bold red]study {study.study_name}: no trial completed[/] ({counts}); see {sweep_dir / 'study.yaml'}")
+        console.print(f"[bold red]study {result['study_name']}: no trial completed[/] ({counts}); see {sweep_dir / 'study.yaml'}")
         return
     params = " ".join(best["overrides"])
     console.print(
