@@ -28,17 +28,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The two seed recipes, on Fashion-MNIST: name -> (experiment, architecture, batch, optimizer, lr, mean, std)
+# The seed recipes, on Fashion-MNIST: name -> (experiment, architecture, batch, optimizer, lr, mean, std)
 WORKLOADS = {
     "lenet": ("lenet_fashion", "LeNet", 256, "SGD", 0.9, 0.0, 1.0),  # seed 002
     "convnet": ("convnet_mnist", "ConvNet", 512, "Adam", 0.001, 0.1307, 0.3081),  # seed 000, on Fashion-MNIST
+    # seed 003 §12.3 (SGD 0.01 momentum 0.9, crop [0,2,3,4] + flip) on CIFAR-shaped data: Fashion-MNIST made
+    # 3×32×32 at load time (CIFAR-10 itself cannot be downloaded on the benchmark machines)
+    "cifar_v3_b32": ("cifar_net_v3", "CifarNetV3", 32, "SGD-momentum", 0.01, 0.0, 1.0),
+    "cifar_v3_b512": ("cifar_net_v3", "CifarNetV3", 512, "SGD-momentum", 0.01, 0.0, 1.0),
 }
-# Speed options of the tinyvision path, each measured on and off: name -> (overrides when on, when off)
+CIFAR_SHAPED = ["data=fashion", "data.channels=3", "data.image_size=32"]  # tinyvision overrides for cifar_v3_*
+CIFAR_CROP = [0, 2, 3, 4]
+# Speed options of the tinyvision path, each measured on and off: name -> (overrides when on, when off).
+# An empty list is the defaults (channels_last on, 32-bit, no compile, evaluation at the training batch
+# size): that state reuses the plain tinyvision measurement of the same repeat instead of running it again.
 OPTIONS = {
-    "channels_last": (["model.channels_last=true"], ["model.channels_last=false"]),
-    "bf16-mixed": (["trainer.precision=bf16-mixed"], ["trainer.precision=32-true"]),
-    "compile": (["model.compile=true"], ["model.compile=false"]),
-    "eval batch 1024": (["data.eval_batch_size=1024"], ["data.eval_batch_size=BATCH"]),
+    "channels_last": ([], ["model.channels_last=false"]),
+    "bf16-mixed": (["trainer.precision=bf16-mixed"], []),
+    "compile": (["model.compile=true"], []),
+    "eval batch 1024": (["data.eval_batch_size=1024"], []),
+    "all three": (["trainer.precision=bf16-mixed", "model.compile=true"],  # channels_last is on by default
+                  ["model.channels_last=false"]),
 }
 
 
@@ -53,18 +63,24 @@ def peak_memory_mib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def make_model(architecture: str, device: str):
+def cifar_shaped(workload: str) -> bool:
+    return workload.startswith("cifar_")
+
+
+def make_model(architecture: str, device: str, channels: int = 1, size: int = 28):
     import torch
 
     from tinyvision import models
 
     torch.manual_seed(0)
-    return getattr(models, architecture)(in_channels=1, num_classes=10, image_size=28).to(device)
+    return getattr(models, architecture)(in_channels=channels, num_classes=10, image_size=size).to(device)
 
 
 def make_optimizer(name: str, lr: float, params):
     import torch
 
+    if name == "SGD-momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
     return torch.optim.SGD(params, lr=lr) if name == "SGD" else torch.optim.Adam(params, lr=lr)
 
 
@@ -123,28 +139,45 @@ def run_tutorial(workload: str, epochs: int, data_dir: str, device: str, target:
 
 
 def run_raw(workload: str, epochs: int, data_dir: str, device: str, target: float | None) -> dict:
-    """Preloaded, normalized tensors, in the channels_last format that tinyvision uses by default."""
-    import torch
+    """Preloaded, normalized tensors, in the channels_last format that tinyvision uses by default.
 
+    For the CIFAR-shaped workloads the images stay uint8 and each batch is cropped, flipped and
+    normalized on the device, as a hand-written GPU loop with augmentation would do it."""
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+
+    from tinyvision.data.augment import random_crop, random_horizontal_flip
     from tinyvision.data.sources import load
 
     _, architecture, batch, optimizer_name, lr, mean, std = WORKLOADS[workload]
     splits = load("fashion", data_dir, [], download=False)
+    augmented = cifar_shaped(workload)
 
     def prepare(images):
+        if augmented:  # 3×32×32 uint8, as data.channels=3 data.image_size=32 makes it
+            return TF.resize(images, [32, 32], antialias=True).expand(-1, 3, -1, -1).contiguous().to(device)
         return ((images.float() / 255 - mean) / std).to(device).contiguous(memory_format=torch.channels_last)
+
+    def to_input(images, train: bool):
+        if not augmented:
+            return images
+        if train:
+            images = random_horizontal_flip(random_crop(images, CIFAR_CROP), 0.5)
+        return ((images.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
 
     train_x, train_y = prepare(splits.train[0]), splits.train[1].to(device)
     test_x, test_y = prepare(splits.test[0]), splits.test[1].to(device)
-    model = make_model(architecture, device).to(memory_format=torch.channels_last)
+    shape = (3, 32) if augmented else (1, 28)
+    model = make_model(architecture, device, *shape).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(optimizer_name, lr, model.parameters())
 
     def train_epoch():
         order = torch.randperm(len(train_x), device=device)
-        return loop(model, optimizer, ((train_x[i], train_y[i]) for i in order.split(batch)), device)
+        return loop(model, optimizer, ((to_input(train_x[i], True), train_y[i]) for i in order.split(batch)), device)
 
     def evaluate():
-        return accuracy(model, ((test_x[i:i + 1024], test_y[i:i + 1024]) for i in range(0, len(test_x), 1024)), device)
+        return accuracy(model, ((to_input(test_x[i:i + 1024], False), test_y[i:i + 1024])
+                                for i in range(0, len(test_x), 1024)), device)
 
     return epochs_of(train_epoch, evaluate, epochs, device, target)
 
@@ -176,9 +209,11 @@ def run_tinyvision(workload: str, epochs: int, data_dir: str, device: str, targe
     experiment, *_, = WORKLOADS[workload]
     with tempfile.TemporaryDirectory() as run_dir, initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[
-            f"experiment={experiment}", "data=fashion", f"paths.data_dir={data_dir}", f"paths.output_dir={run_dir}",
+            f"experiment={experiment}", "data=fashion", f"data.batch_size={WORKLOADS[workload][2]}",
+            f"paths.data_dir={data_dir}", f"paths.output_dir={run_dir}",
             f"trainer.max_epochs={epochs}", f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
-            f"data.test_every_epoch={target is not None}", *overrides,
+            f"data.test_every_epoch={target is not None}", *(CIFAR_SHAPED if cifar_shaped(workload) else []),
+            *overrides,
         ])
         if target is not None:
             from omegaconf import open_dict
@@ -222,8 +257,11 @@ def measure(variant: str, workload: str, args, epochs: int, overrides=(), target
     lines = [line for line in result.stdout.splitlines() if line.startswith("BENCH ")]
     if result.returncode != 0 or not lines:
         raise RuntimeError(f"{variant}/{workload} failed:\n{result.stderr[-4000:]}")
-    print(f"  {variant:<28} {workload:<8} done", flush=True)
-    return json.loads(lines[-1][len("BENCH "):])
+    measured = json.loads(lines[-1][len("BENCH "):])
+    last = measured["epochs"][-1]
+    print(f"  {variant:<10} {workload:<14} {' '.join(overrides):<60} {last['samples'] / last['train_seconds']:>10,.0f} "
+          f"images/s  eval {last['eval_seconds']:.2f} s", flush=True)
+    return measured
 
 
 def summarize(results: list[dict]) -> dict:
@@ -252,6 +290,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs per measurement; the last one is reported")
     parser.add_argument("--workloads", default="lenet,convnet")
     parser.add_argument("--options", default=",".join(OPTIONS), help="speed options to measure on and off")
+    parser.add_argument("--options-workloads", help="the workloads the options are measured on (default: all)")
     parser.add_argument("--target-epochs", type=int, default=10, help="epochs allowed to reach 0.804 (0: skip)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--data-dir", default=os.environ.get("TINYVISION_DATA_DIR", str(ROOT / "data")))
@@ -268,25 +307,34 @@ def main() -> None:
     ensure_data(args.data_dir)
     workloads = args.workloads.split(",")
     options = [o for o in args.options.split(",") if o]
+    options_workloads = args.options_workloads.split(",") if args.options_workloads else workloads
     runs: dict[tuple, list] = {}
     started = time.time()
     for repeat in range(1, args.repeats + 1):
         print(f"repeat {repeat}/{args.repeats}", flush=True)
         for workload in workloads:
-            for variant in ("tutorial", "raw", "tinyvision"):
+            for variant in variants(workload):
                 runs.setdefault((variant, workload), []).append(measure(variant, workload, args, args.epochs))
-            for option in options:
-                on, off = OPTIONS[option]
-                for state, overrides in (("on", on), ("off", off)):
-                    key = (f"tinyvision {option} {state}", workload)
-                    runs.setdefault(key, []).append(measure("tinyvision", workload, args, args.epochs, overrides))
+            done = {(): runs[("tinyvision", workload)][-1]}  # this repeat's measurements by their overrides
+            for option in options if workload in options_workloads else ():
+                for state, overrides in zip(("on", "off"), OPTIONS[option]):
+                    if tuple(overrides) not in done:
+                        done[tuple(overrides)] = measure("tinyvision", workload, args, args.epochs, overrides)
+                    runs.setdefault((f"tinyvision {option} {state}", workload), []).append(done[tuple(overrides)])
+        if repeat < args.repeats:  # a report after every repeat: a benchmark stopped early still leaves one
+            write_report(args, workloads, options, options_workloads, runs, {}, time.time() - started, repeat)
     target_runs = {}
     if args.target_epochs:
         print("time to 0.804 test accuracy, seed-002 recipe", flush=True)
         for variant in ("tutorial", "tinyvision"):
             target_runs[variant] = measure(variant, "lenet", args, args.target_epochs, target=0.804)
-    report = write_report(args, workloads, options, runs, target_runs, time.time() - started)
+    report = write_report(args, workloads, options, options_workloads, runs, target_runs, time.time() - started)
     print(report)
+
+
+def variants(workload: str) -> tuple[str, ...]:
+    # The tutorial loop is seed 000/002's (Fashion-MNIST through PIL); the CIFAR-shaped workloads compare with the raw loop.
+    return ("raw", "tinyvision") if cifar_shaped(workload) else ("tutorial", "raw", "tinyvision")
 
 
 def time_to_target(result: dict, target: float) -> tuple[float | None, int | None]:
@@ -296,7 +344,8 @@ def time_to_target(result: dict, target: float) -> tuple[float | None, int | Non
     return None, None
 
 
-def write_report(args, workloads, options, runs, target_runs, seconds: float) -> str:
+def write_report(args, workloads, options, options_workloads, runs, target_runs, seconds: float,
+                 repeats: int | None = None) -> str:
     import torch
 
     summary = {key: summarize(value) for key, value in runs.items()}
@@ -308,7 +357,7 @@ def write_report(args, workloads, options, runs, target_runs, seconds: float) ->
         "",
         f"Generated by `make bench` (`{command.strip()}`) on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC,",
         f"commit {commit}, torch {torch.__version__}, device: {device}. Took {seconds / 60:.1f} minutes.",
-        f"Each figure is the median of {args.repeats} repeats, variants interleaved within each repeat, each",
+        f"Each figure is the median of {repeats or args.repeats} repeats, variants interleaved within each repeat, each",
         f"measurement in its own process; a measurement trains {args.epochs} epochs and the last one is reported",
         "(the first carries warm-up and, with compile, compilation). Evaluation is one pass over the 10,000 test images.",
         "",
@@ -318,21 +367,23 @@ def write_report(args, workloads, options, runs, target_runs, seconds: float) ->
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for workload in workloads:
-        for variant in ("tutorial", "raw", "tinyvision"):
+        for variant in variants(workload):
             s = summary[(variant, workload)]
             lines.append(f"| {workload} | {variant} | {s['train_s']:.2f} | {s['eval_s']:.2f} | {s['samples_per_s']:,.0f} | "
                          f"{s['peak_mib']:,.0f} | {s['first_epoch_s']:.2f} | {s['test_acc']:.3f} |")
     lines += ["", "| workload | training throughput tinyvision/tutorial (target ≥ 3) | tinyvision/raw (target ≥ 0.9) | "
               "evaluation speed tinyvision/tutorial (target ≥ 5) |", "|---|---:|---:|---:|"]
     for workload in workloads:
-        a, b, c = (summary[(v, workload)] for v in ("tutorial", "raw", "tinyvision"))
-        lines.append(f"| {workload} | {c['samples_per_s'] / a['samples_per_s']:.2f} | {c['samples_per_s'] / b['samples_per_s']:.2f} | "
-                     f"{a['eval_s'] / c['eval_s']:.2f} |")
+        b, c = summary[("raw", workload)], summary[("tinyvision", workload)]
+        a = summary.get(("tutorial", workload))
+        versus_tutorial = f"{c['samples_per_s'] / a['samples_per_s']:.2f}" if a else "-"
+        eval_versus_tutorial = f"{a['eval_s'] / c['eval_s']:.2f}" if a else "-"
+        lines.append(f"| {workload} | {versus_tutorial} | {c['samples_per_s'] / b['samples_per_s']:.2f} | {eval_versus_tutorial} |")
     if options:
         lines += ["", "## Speed options (tinyvision, each on and off in the same run)", "",
                   "| workload | option | train s/epoch on | off | speed-up | eval s on | off | test acc on | off |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for workload in workloads:
+        for workload in options_workloads:
             for option in options:
                 on, off = summary[(f"tinyvision {option} on", workload)], summary[(f"tinyvision {option} off", workload)]
                 lines.append(f"| {workload} | {option} | {on['train_s']:.2f} | {off['train_s']:.2f} | {off['train_s'] / on['train_s']:.2f} | "

@@ -17,6 +17,8 @@ from conftest import ROOT
 RUN = ["model=cifar_net_v3", "data=mnist", "data.batch_size=32", "data.val_size=50", "trainer.max_epochs=3",
        "data.augment.crop_padding=2", "data.augment.horizontal_flip=0.5", "optimizer.lr=0.003",
        "callbacks.last_checkpoint.every_n_train_steps=4", "~callbacks.progress_bar", "~callbacks.model_summary"]
+if torch.cuda.is_available():  # cuDNN picks non-deterministic kernels unless asked: no run would equal another
+    RUN.append("trainer.deterministic=true")
 
 
 def train(*args: str, fault: tuple[str, int] | None = None) -> subprocess.CompletedProcess:

@@ -5,8 +5,25 @@ from __future__ import annotations
 import time
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
+
+from tinyvision.guards import StopOnNonFiniteLoss
+
+
+class ProgressBar(RichProgressBar):
+    """Rich's progress bar with the training loss as last read by StopOnNonFiniteLoss.
+
+    Logging the loss with ``self.log(prog_bar=True)`` would make the bar turn it into a Python number
+    at every batch, a device-to-host copy that stalls a GPU each step; this reads a host float."""
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        watch = next((c for c in trainer.callbacks if isinstance(c, StopOnNonFiniteLoss)), None)
+        if trainer.training and watch is not None and watch.shown_loss is not None:
+            items = {"loss": f"{watch.shown_loss:.3f}", **items}
+        return items
 
 
 class RunRecord(L.Callback):

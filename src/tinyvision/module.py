@@ -45,9 +45,12 @@ class ImageClassifier(L.LightningModule):
         height, width = (data["image_size"],) * 2 if isinstance(data["image_size"], int) else data["image_size"]
         if not model.get("compile", False):  # a compiled net cannot be traced for the TensorBoard graph
             self.example_input_array = torch.zeros(1, data["channels"], height, width)
+        # No argument checks in the per-step updates: each one reads a value back from the device (a host
+        # sync per step on a GPU). Labels are checked when a dataset is loaded; a NaN loss is the
+        # StopOnNonFiniteLoss callback's to catch.
         for stage in ("train", "val", "test"):
-            setattr(self, f"{stage}_loss", MeanMetric())
-            setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro"))
+            setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
+            setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro", validate_args=False))
         self.val_acc_best = MaxMetric()
         # Checkpoints keep the running training metrics and the best so far, for a run resumed mid-epoch.
         for metric in (self.train_loss, self.train_acc, self.val_acc_best):
@@ -65,7 +68,8 @@ class ImageClassifier(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        getattr(self, f"{stage}_loss").update(loss.detach(), weight=len(labels))
+        loss_value = loss.detach()
+        getattr(self, f"{stage}_loss").update(loss_value, weight=torch.full_like(loss_value, len(labels)))
         getattr(self, f"{stage}_acc").update(logits.detach(), labels)
         return loss, logits
 
@@ -83,10 +87,8 @@ class ImageClassifier(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         if batch_idx == 0:  # train/lr is the rate an epoch starts with; saved in checkpoints for a resume
             self._epoch_lr = self.optimizers().param_groups[0]["lr"]
-        loss, _ = self._step(batch, "train")
-        if batch_idx % self.trainer.log_every_n_steps == 0:
-            self.log("loss", loss, prog_bar=True, logger=False)  # a live value for the progress bar
-        return loss
+        # No per-step self.log: the progress bar's live loss comes from StopOnNonFiniteLoss's periodic read.
+        return self._step(batch, "train")[0]
 
     def on_train_epoch_end(self) -> None:
         if self._epoch_lr is not None:
