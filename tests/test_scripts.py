@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -21,6 +22,7 @@ def test_benchmark_runs_end_to_end(data_root, tmp_path):
     for row in ("| lenet | tutorial |", "| lenet | raw |", "| lenet | tinyvision |", "| lenet | channels_last |"):
         assert row in report
     assert "Time to the seed's 0.804" in report and "| tutorial |" in report
+    assert "## Whole process" in report and "| tinyvision trainer=debug |" in report
 
 
 def test_reproduce_writes_results_with_curves(data_root, tmp_path):
@@ -38,3 +40,19 @@ def test_reproduce_writes_results_with_curves(data_root, tmp_path):
         assert (tmp_path / "results" / f"{name}.png").stat().st_size > 1000
         assert f"](results/{name}.png)" in report
     assert len(list((tmp_path / "runs").glob("*/*/metrics.json"))) == 2
+
+
+def test_a_training_step_reads_nothing_back_from_the_device(data_root, tmp_path):
+    """The profiler sees no item()/bool() read in the steps between two loss checks (on a GPU each would
+    be a host synchronisation); a NaN check or progress-bar value read every step would show here."""
+    trace = tmp_path / "trace.json"
+    result = subprocess.run(
+        [sys.executable, "bench/sync_trace.py", "--data-dir", str(data_root), "--trace", str(trace),
+         "data.batch_size=8", "data.val_size=50"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("SYNC "))
+    report = json.loads(line[len("SYNC "):])
+    assert report["steps_profiled"] == 10 and report["host_reads"] == {}, report
+    assert trace.stat().st_size > 10_000  # the trace holds the profiled steps' operators

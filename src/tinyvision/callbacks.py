@@ -41,6 +41,11 @@ class RunRecord(L.Callback):
         self._samples_before = 0
         self._pending: dict[str, float] | None = None
         self._trainer: L.Trainer | None = None
+        self.first_step_at: float | None = None  # Unix time of the first training step: start-up ends there
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._fit_started = time.perf_counter()

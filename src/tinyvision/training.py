@@ -176,7 +176,8 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
         "val/loss": history[-1].get("val/loss") if history else None,
         "epochs": trainer.current_epoch,
         "wall_seconds": round(seconds, 2),
-        "started_at": round(started_at, 3),  # Unix time: when fit began and when the test ended
+        "started_at": round(started_at, 3),  # Unix time: when fit began, its first step, and when the test ended
+        "first_step_at": round(record.first_step_at, 3) if record and record.first_step_at else None,
         "finished_at": round(time.time(), 3),
         "train_seconds": round(record.train_seconds, 2) if record else None,
         "train_samples_per_second": round(record.samples_per_second, 1) if record else None,
