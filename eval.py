@@ -11,9 +11,10 @@ from rich.table import Table
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from tinyvision.errors import TinyVisionError
+from tinyvision.schema import validate_eval
 from tinyvision.inference import datamodule_for, load_classifier
 from tinyvision.pictures import confusion_figure
-from tinyvision.summary import print_error
+from tinyvision.cli import exit_bad_input, precheck
 from tinyvision.training import write_json
 
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
@@ -24,11 +25,11 @@ def main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)
     except TinyVisionError as error:
-        print_error(error)
-        sys.exit(2)
+        exit_bad_input(error)
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    validate_eval(cfg)
     classifier = load_classifier(cfg.ckpt_path)
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
     datamodule = datamodule_for(classifier, data, cfg.paths.data_dir)
@@ -81,4 +82,5 @@ def show(metrics: dict, matrix: torch.Tensor, run_dir: str) -> None:
 
 
 if __name__ == "__main__":
+    precheck("eval", sys.argv[1:])  # a command line Hydra cannot compose gets the same one-line answer
     main()

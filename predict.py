@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tinyvision.errors import TinyVisionError
+from tinyvision.schema import validate_predict
 from tinyvision.inference import find_images, load_classifier, prepare_image, preparation_style
-from tinyvision.summary import print_error
+from tinyvision.cli import exit_bad_input, precheck
 from tinyvision.training import write_json
 
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
@@ -24,13 +25,13 @@ def main(cfg: DictConfig) -> None:
     try:
         rows = predict(cfg)
     except TinyVisionError as error:
-        print_error(error)
-        sys.exit(2)
+        exit_bad_input(error)
     if any("error" in row for row in rows):
         sys.exit(1)
 
 
 def predict(cfg: DictConfig) -> list[dict]:
+    validate_predict(cfg)
     classifier = load_classifier(cfg.ckpt_path)
     data = classifier.hparams.data
     style = preparation_style(data.get("dataset")) if cfg.style == "auto" else cfg.style
@@ -76,4 +77,5 @@ def show(rows: list[dict], base: Path) -> None:
 
 
 if __name__ == "__main__":
+    precheck("predict", sys.argv[1:])  # a command line Hydra cannot compose gets the same one-line answer
     main()

@@ -11,7 +11,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from tinyvision.errors import ConfigError, TinyVisionError
-from tinyvision.summary import print_error, print_summary
+from tinyvision.cli import exit_bad_input, precheck, report
+from tinyvision.summary import print_summary
 from tinyvision.sweep import FAILURE_FILE
 from tinyvision.training import config_for_resume, train, write_json
 
@@ -34,9 +35,9 @@ def main(cfg: DictConfig) -> dict:
             cfg = config_for_resume(cfg, list(HydraConfig.get().overrides.task))
         metrics = train(cfg, sweep_job=multirun)
     except TinyVisionError as error:
-        print_error(error)
         if not multirun:
-            sys.exit(2)
+            exit_bad_input(error)
+        report(error)
         return record_failure(cfg, error)
     except Exception as error:
         if not multirun:
@@ -59,4 +60,5 @@ def record_failure(cfg: DictConfig, error: Exception) -> dict[str, str]:
 
 
 if __name__ == "__main__":
+    precheck("train", sys.argv[1:])  # a command line Hydra cannot compose gets the same one-line answer
     main()

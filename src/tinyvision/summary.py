@@ -39,9 +39,3 @@ def _short(path: str | None) -> str:
         return "-"
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
-
-
-def print_error(error: Exception, console: Console | None = None) -> None:
-    """One clear line for an error the user can fix, also kept in the run's log."""
-    log.error("%s", error)
-    (console or Console(stderr=True, soft_wrap=True)).print(f"[bold red]error:[/] {error}", highlight=False)

@@ -14,7 +14,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from tinyvision import config
+from tinyvision import schema
+from tinyvision.cli import trainer_error
 from tinyvision.callbacks import RunRecord, log_hparams
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import write_atomic
@@ -27,8 +28,7 @@ DATA_INFO_KEYS = ("channels", "image_size", "num_classes", "mean", "std")
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ImageClassifier]:
-    """The data module and the classifier a config describes; fails fast on values that cannot work."""
-    config.check(cfg)
+    """The data module and the classifier a config describes (its values already validated)."""
     try:
         datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     except InstantiationException as error:
@@ -125,6 +125,7 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
     resume_from = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else None
     if resume_from is None and ((run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists()):
         raise ConfigError(f"run dir {run_dir} already holds a run: it is kept as it is; start a new run instead")
+    schema.validate_train(cfg)  # every key's type and range, before anything is built or written
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, classifier = build(cfg)
     classifier.run_config = OmegaConf.to_container(cfg, resolve=True)
@@ -148,7 +149,7 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
         hydra.utils.instantiate(c, **(logger_options if "TensorBoardLogger" in c.get("_target_", "") else {}))
         for c in cfg.get("logger", {}).values() if c is not None
     ]
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = make_trainer(cfg, callbacks, loggers)
     if sweep_job:
         _refuse_relaunching_strategy(trainer, cfg.trainer.get("strategy"))
     if resume_from is None:
@@ -189,6 +190,18 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def make_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
+    """Lightning's Trainer; an argument Lightning refuses is reported as trainer.KEY=VALUE and the reason."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, (MisconfigurationException, ValueError, TypeError, ModuleNotFoundError)):
+            raise trainer_error(OmegaConf.to_container(cfg.trainer, resolve=True), error.__cause__) from None
+        raise
 
 
 def _record_pruned(trainer: L.Trainer, run_dir: Path, seconds: float) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from tinyvision import search as study_tools
 from tinyvision.errors import ConfigError, TinyVisionError
-from tinyvision.summary import print_error
+from tinyvision.cli import report
 from tinyvision.sweep import FAILURE_FILE
 from tinyvision.training import write_json
 
@@ -44,7 +44,7 @@ class Study:
         try:
             return self._sweep(arguments)
         except TinyVisionError as error:
-            print_error(error)
+            report(error)
             sys.exit(2)
 
     def _sweep(self, arguments: list[str]) -> optuna.Study:

@@ -1,0 +1,184 @@
+"""One answer to bad input for every script: ``error: KEY=VALUE: what is allowed, e.g. KEY=good``, exit 2.
+
+Hydra composes the config before a script's main runs, and reports a misspelt key or an unknown option
+through its own wrapper and exit status 1. ``precheck`` composes the command line first with Hydra's
+compose API and words those failures as one line, with the closest valid key or the list of options.
+What composes but cannot work is the schema's (``tinyvision.schema``) and Lightning's to refuse, inside
+main; ``report`` prints those. Real bugs keep their traceback: only ``TinyVisionError`` is worded here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from tinyvision.errors import ConfigError, TinyVisionError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+EXIT_BAD_INPUT = 2
+# Command-line flags of Hydra's that take no part in composition (or print and exit by themselves).
+# Names people type for a key that tinyvision or Lightning spells otherwise.
+SYNONYMS = {"learning_rate": "lr", "epochs": "max_epochs", "batch": "batch_size", "bs": "batch_size",
+            "wd": "weight_decay", "gpus": "devices", "precision_mode": "precision"}
+_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--version", "--shell-completion", "-sc"}
+
+
+def report(error: TinyVisionError) -> None:
+    """Print the one line on stderr, once; the run's log file (when Hydra has set one up) keeps it too."""
+    message = f"error: {error}"
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(logging.LogRecord("tinyvision", logging.ERROR, __file__, 0, message, None, None))
+    print(message, file=sys.stderr, flush=True)
+
+
+def exit_bad_input(error: TinyVisionError) -> None:
+    report(error)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def precheck(config_name: str, argv: list[str]) -> None:
+    """Compose the command line as Hydra will; exit 2 with one line if it cannot be composed."""
+    if any(arg in _INFO_FLAGS or arg.startswith(("--cfg", "-c", "--package", "-p", "--config")) for arg in argv):
+        return
+    multirun = any(arg in ("-m", "--multirun") for arg in argv)
+    overrides = [arg for arg in argv if not arg.startswith("-")]
+    try:
+        command_lines = _each_sweep_value(overrides) if multirun else [overrides]
+    except ConfigError as error:
+        exit_bad_input(error)
+    for command_line in command_lines:
+        error = _composition_error(config_name, command_line)
+        if error is not None:
+            exit_bad_input(error)
+
+
+def _each_sweep_value(overrides: list[str]) -> list[list[str]]:
+    """A multirun's command line as single command lines that together hold every value of every choice
+    sweep (ranges and intervals of a search are left out): if they compose, every job's keys and options exist."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    single, choices = [], []
+    for line in overrides:
+        try:
+            override = parser.parse_override(line)
+        except OverrideParseException as error:
+            raise ConfigError(f"{line}: cannot be read as KEY=VALUE ({_first_line(str(error))}), e.g. optimizer.lr=0.01")
+        if not override.is_sweep_override():
+            single.append(line)
+        elif isinstance(override.value(), ChoiceSweep) and override.value().list:
+            choices.append([f"{override.get_key_element()}={_choice_text(v)}" for v in override.value().list])
+    # Each value of each sweep once, the other sweeps at their first value: every option gets composed.
+    firsts = [values[0] for values in choices]
+    return [single + firsts] + [single + firsts[:i] + [value] + firsts[i + 1:]
+                                for i, values in enumerate(choices) for value in values[1:]]
+
+
+def _choice_text(value: Any) -> str:
+    from hydra.core.override_parser.types import Override
+
+    return Override._get_value_element_as_str(value)
+
+
+def _composition_error(config_name: str, overrides: list[str]) -> ConfigError | None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException, MissingConfigException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            try:
+                compose(config_name, overrides=overrides)
+            except MissingConfigException as error:
+                return _unknown_option(error, overrides)
+            except HydraException as error:
+                return _word_hydra_error(config_name, overrides, error)
+    finally:
+        GlobalHydra.instance().clear()
+    return None
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def _unknown_option(error: Exception, overrides: list[str]) -> ConfigError:
+    text = str(error)
+    found = re.search(r"Could not (?:find|load) '([^']+)'", text)
+    group, _, option = (found.group(1) if found else "").rpartition("/")
+    options = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)
+    typed = next((o for o in overrides if o.lstrip("+~").split("=")[0] == group), f"{group}={option}")
+    if not options:
+        options = _options_of(group)
+    close = difflib.get_close_matches(option, options, n=1)
+    example = f"{group}={close[0] if close else (options[0] if options else 'NAME')}"
+    return ConfigError(f"{typed}: no option {option!r} in {group}/; choose one of {', '.join(options)}, e.g. {example}")
+
+
+def _options_of(group: str) -> list[str]:
+    folder = CONF_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def _word_hydra_error(config_name: str, overrides: list[str], error: Exception) -> ConfigError:
+    text = f"{error}\n{error.__cause__ or ''}"
+    found = re.search(r"Could not (?:override|append to|delete from config)[^']*'([^']+)'", text)
+    key = found.group(1) if found else None
+    if key and ("not in struct" in text or "does not exist" in text or "Could not find" in text or "delete" in text):
+        line = next((o for o in overrides if o.lstrip("+~").split("=")[0] == key), key)
+        parent, _, leaf = key.rpartition(".")
+        known = _keys_at(config_name, [o for o in overrides if o != line], parent)
+        close = [SYNONYMS[leaf]] if SYNONYMS.get(leaf) in known else difflib.get_close_matches(leaf, known, n=1, cutoff=0.6)
+        where = f"{parent}." if parent else ""
+        hint = f"did you mean {where}{close[0]}?" if close else \
+            f"the keys of {parent or 'the config'} are {', '.join(known)}"
+        return ConfigError(f"{line}: no key {leaf!r} in {parent or 'the config'}; {hint} "
+                           f"(to add a key of your own, write +{key}=VALUE)")
+    return ConfigError(f"{' '.join(overrides)}: {_first_line(text)}")
+
+
+def _keys_at(config_name: str, overrides: list[str], parent: str) -> list[str]:
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    try:
+        node = OmegaConf.select(compose(config_name, overrides=overrides), parent) if parent else \
+            compose(config_name, overrides=overrides)
+    except Exception:  # another override is wrong too: list nothing rather than fail here
+        return []
+    return [str(k) for k in node.keys()] if hasattr(node, "keys") else []
+
+
+def trainer_error(trainer_cfg: dict[str, Any], error: Exception) -> ConfigError:
+    """Lightning's refusal of a Trainer argument, worded as ``trainer.KEY=VALUE: Lightning's reason``."""
+    import inspect
+
+    import lightning as L
+
+    from tinyvision.schema import show
+
+    text = _first_line(str(error.__cause__ or error))
+    unexpected = re.search(r"unexpected keyword argument '(\w+)'", text)
+    if unexpected:
+        key = unexpected.group(1)
+        known = [p for p in inspect.signature(L.Trainer.__init__).parameters if p != "self"]
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean trainer.{close[0]}?" if close else "see Lightning's Trainer arguments"
+        return ConfigError(f"trainer.{key}={show(trainer_cfg.get(key))}: Lightning's Trainer has no such argument; {hint}")
+    named = [k for k in trainer_cfg if not k.startswith("_") and re.search(rf"\b{re.escape(k)}\b", text)]
+    key = next((k for k in named if show(trainer_cfg[k]) in text or str(trainer_cfg[k]) in text), named[0] if named else None)
+    if key is None and isinstance(error, ModuleNotFoundError):  # the accelerator's or strategy's package is missing
+        key = "accelerator" if trainer_cfg.get("accelerator") not in (None, "auto", "cpu") else "strategy"
+    examples = {"accelerator": "cpu", "devices": 1, "precision": "bf16-mixed", "strategy": "ddp", "num_nodes": 1}
+    if key is None:
+        return ConfigError(f"trainer: Lightning refused the Trainer arguments: {text}")
+    example = f", e.g. trainer.{key}={examples[key]}" if key in examples else ""
+    return ConfigError(f"trainer.{key}={show(trainer_cfg[key])}: {text.rstrip('.')}{example}")

@@ -1,0 +1,479 @@
+"""The declared type and range of every tinyvision config key, checked before anything is built.
+
+pydantic holds the schema: each group is a model whose fields say what they accept (``allowed``) and
+give an example, and ``validate_train``/``validate_eval``/``validate_predict`` turn the first violation
+into one ConfigError line: ``KEY=VALUE: what is allowed, e.g. KEY=example``. pydantic rather than Hydra
+structured configs because its ranges, unions and cross-field checks are declarations, where
+OmegaConf's structured configs check types only; the YAML files stay as they are and stay the defaults.
+
+Lightning's Trainer arguments are Lightning's to check (``trainer_error`` words its refusal the same
+way); only what Lightning accepts silently (a negative ``max_epochs``) is declared here.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tinyvision.errors import ConfigError
+
+
+def spec(allowed: str, example: Any, default: Any = ..., **constraints: Any) -> Any:
+    """A field with its rule in words and an example value, both used in the error line."""
+    return Field(default, description=allowed, json_schema_extra={"example": example}, **constraints)
+
+
+class Section(BaseModel):
+    """Strict types (no "3" for 3, no true for 1), and unknown keys refused (a misspelt ``+key``)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+
+
+class Open(Section):
+    """A section whose other keys belong to a class we do not know (a user's own model or optimizer)."""
+
+    model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True)
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+# ---------------------------------------------------------------------------------------------- top level
+
+
+class Paths(Section):
+    data_dir: str = spec("a directory path", "data")
+    output_dir: str = spec("a directory path", "outputs/runs/my_run")
+
+
+class TopLevel(Open):
+    seed: int = spec("a whole number from 0 to 4294967295", 42, ge=0, le=2**32 - 1)
+    resume: str | None = spec("the folder of a run under outputs/, or null", "outputs/runs/<run>", None)
+    paths: Paths = spec("data_dir and output_dir", "data", None)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+class Augment(Section):
+    crop_padding: None | Annotated[int, Field(ge=0)] | list[Annotated[int, Field(ge=0)]] = spec(
+        "null, a number of pixels (0 or more), or [left/right, top/bottom] or [left, top, right, bottom]", 4, None
+    )
+    horizontal_flip: Probability = spec("a probability from 0 to 1", 0.5, 0.0)
+
+    @field_validator("crop_padding")
+    @classmethod
+    def _padding_length(cls, value):
+        if isinstance(value, list) and len(value) not in (1, 2, 4):
+            raise ValueError("")
+        return value
+
+
+class Data(Section):
+    target: str = Field(alias="_target_")
+    dataset: Literal["mnist", "fashion", "cifar10"] | None = spec("mnist, fashion or cifar10", "fashion", None)
+    root: str = spec("a directory path", "data")
+    mirrors: list[str] = spec("a list of directories", "[/usr/share/datasets/fashion-mnist]", [])
+    download: bool = spec("true or false", True, True)
+    channels: Literal[1, 3] = spec("1 (grey) or 3 (colour)", 3)
+    image_size: PositiveInt | Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] = spec(
+        "a size in pixels, 1 or more, or [height, width]", 32
+    )
+    num_classes: int = spec("a whole number, 2 or more", 10, ge=2)
+    mean: Annotated[list[float], Field(min_length=1)] = spec("one number, or one per channel", "[0.5]")
+    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = spec(
+        "one positive number, or one per channel (0 would divide by zero)", "[0.25]"
+    )
+    batch_size: PositiveInt = spec("a whole number of images, 1 or more", 64)
+    eval_batch_size: PositiveInt = spec("a whole number of images, 1 or more", 256)
+    val_size: PositiveInt | Annotated[float, Field(gt=0, lt=1)] = spec(
+        "a number of images (1 or more) or a fraction between 0 and 1", 0.1
+    )
+    test_size: PositiveInt | Annotated[float, Field(gt=0, lt=1)] = spec(
+        "a number of images (1 or more) or a fraction between 0 and 1", 0.2, 0.2
+    )
+    num_workers: int = spec("a whole number, 0 or more", 2, 2, ge=0)
+    seed: int = spec("a whole number, 0 or more", 42, ge=0)
+    test_every_epoch: bool = spec("true or false", True, False)
+    augment: Augment = Field(default_factory=Augment)
+
+    @field_validator("mean", "std", mode="before")
+    @classmethod
+    def _one_number_is_a_list(cls, value):
+        return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @field_validator("mean", "std", mode="before")
+    @classmethod
+    def _ints_are_numbers(cls, value):
+        if isinstance(value, list):
+            return [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _per_channel(self):
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if len(values) not in (1, self.channels):
+                allowed = "one value" + (f" or {self.channels}" if self.channels > 1 else "")
+                raise ConfigValueError(key, values, f"{allowed} (data.channels={self.channels})", "[0.5]")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+class Model(Open):
+    target: str = Field(alias="_target_")
+    channels_last: bool = spec("true or false", True, True)
+    compile: bool = spec("true or false", False, False)
+
+
+class Plain(Model):
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+
+
+class CifarNetV3(Plain):
+    dropout: Annotated[float, Field(ge=0, lt=1)] = spec("a probability from 0 to below 1", 0.4, 0.4)
+
+
+class MLP(Plain):
+    hidden: list[PositiveInt] = spec("a list of layer widths, each 1 or more", "[128,64]", [128, 64])
+    activation: Literal["relu", "sigmoid", "tanh", "gelu"] = spec("relu, sigmoid, tanh or gelu", "relu", "relu")
+    init_std: Annotated[float, Field(gt=0)] | None = spec("a positive number, or null for PyTorch's init", 0.01, None)
+
+
+class VGG16(Plain):
+    weights: str | None = spec("null or a torchvision VGG16 weights name", "IMAGENET1K_V1", None)
+    weights_path: str | None = spec("null or the path of a VGG16 state dict", "vgg16.pth", None)
+    freeze_features: bool = spec("true or false", True, False)
+
+    @field_validator("weights")
+    @classmethod
+    def _known_weights(cls, value):
+        if value is not None:
+            from torchvision.models import VGG16_Weights
+
+            names = [w.name for w in VGG16_Weights] + ["DEFAULT"]
+            if value not in names:
+                raise ValueError(f"one of {', '.join(names)}")
+        return value
+
+
+MODELS = {
+    "tinyvision.models.LeNet": Plain,
+    "tinyvision.models.ConvNet": Plain,
+    "tinyvision.models.CifarNet": Plain,
+    "tinyvision.models.CifarNetV3": CifarNetV3,
+    "tinyvision.models.MLP": MLP,
+    "tinyvision.models.VGG16": VGG16,
+}
+
+
+# ---------------------------------------------------------------------------------------------- optimizer
+
+
+class Optimizer(Open):
+    target: str = Field(alias="_target_")
+    partial: bool = Field(True, alias="_partial_")
+    lr: Annotated[float, Field(gt=0)] = spec("a positive number", 0.01)
+    weight_decay: Annotated[float, Field(ge=0)] = spec("a number, 0 or more", 0.0005, 0.0)
+
+
+class SGD(Optimizer):
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+    momentum: Annotated[float, Field(ge=0, lt=1)] = spec("a number from 0 to below 1", 0.9, 0.0)
+    nesterov: bool = spec("true or false", True, False)
+    dampening: Annotated[float, Field(ge=0, le=1)] = spec("a number from 0 to 1", 0.0, 0.0)
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self):
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ConfigValueError("nesterov", True, "only with momentum above 0 and no dampening",
+                                   "true optimizer.momentum=0.9")
+        return self
+
+
+class Adam(Optimizer):
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+    betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = spec(
+        "two numbers from 0 to below 1", "[0.9,0.999]", [0.9, 0.999]
+    )
+    eps: Annotated[float, Field(gt=0)] = spec("a positive number", 1e-8, 1e-8)
+    amsgrad: bool = spec("true or false", False, False)
+
+
+OPTIMIZERS = {"torch.optim.SGD": SGD, "torch.optim.Adam": Adam, "torch.optim.AdamW": Adam}
+
+
+# ---------------------------------------------------------------------------------------------- scheduler
+
+
+class Scheduler(Open):
+    target: str = Field(alias="_target_")
+    partial: bool = Field(True, alias="_partial_")
+    interval: Literal["epoch", "step"] = spec("epoch or step", "epoch", "epoch")
+
+
+class Closed(Scheduler):
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+
+
+class StepLR(Closed):
+    step_size: PositiveInt = spec("a whole number of epochs, 1 or more", 10)
+    gamma: Annotated[float, Field(gt=0)] = spec("a positive factor", 0.1, 0.1)
+
+
+class MultiStepLR(Closed):
+    milestones: Annotated[list[PositiveInt], Field(min_length=1)] = spec(
+        "a rising list of epochs, each 1 or more", "[8,16,24]"
+    )
+    gamma: Annotated[float, Field(gt=0)] = spec("a positive factor", 0.5, 0.1)
+
+    @field_validator("milestones")
+    @classmethod
+    def _rising(cls, value):
+        if any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError("")
+        return value
+
+
+class CosineAnnealingLR(Closed):
+    T_max: Literal["auto"] | PositiveInt = spec("auto (trainer.max_epochs) or a number of epochs, 1 or more", "auto")
+    eta_min: Annotated[float, Field(ge=0)] = spec("a number, 0 or more", 0.0, 0.0)
+
+
+class OneCycleLR(Closed):
+    max_lr: Literal["auto"] | Annotated[float, Field(gt=0)] = spec("auto (the optimizer's lr) or a positive number", "auto")
+    total_steps: Literal["auto"] | PositiveInt = spec("auto (every batch of the run) or a number of steps", "auto")
+    pct_start: Annotated[float, Field(gt=0, lt=1)] = spec("a fraction between 0 and 1", 0.3, 0.3)
+
+
+SCHEDULERS = {
+    "torch.optim.lr_scheduler.StepLR": StepLR,
+    "torch.optim.lr_scheduler.MultiStepLR": MultiStepLR,
+    "torch.optim.lr_scheduler.CosineAnnealingLR": CosineAnnealingLR,
+    "torch.optim.lr_scheduler.OneCycleLR": OneCycleLR,
+}
+
+
+# ---------------------------------------------------------------------------------------------- trainer, callbacks
+
+
+class Trainer(Open):
+    """The Trainer arguments Lightning takes without a check; the rest Lightning checks itself."""
+
+    max_epochs: int | None = spec("a whole number, 1 or more (-1: no limit)", 10, None)
+    min_epochs: Annotated[int, Field(ge=0)] | None = spec("a whole number, 0 or more", 1, None)
+    log_every_n_steps: PositiveInt = spec("a whole number, 1 or more", 50, 50)
+
+    @field_validator("max_epochs")
+    @classmethod
+    def _epochs(cls, value):
+        if value is not None and value < 1 and value != -1:
+            raise ValueError("")
+        return value
+
+
+class LossCheck(Open):
+    check_every_n_steps: PositiveInt = spec("a whole number of steps, 1 or more", 50, 50)
+
+
+class LastCheckpoint(Open):
+    every_n_train_steps: PositiveInt | None = spec("a whole number of steps, 1 or more, or null", 500, None)
+
+
+class Pictures(Open):
+    input_grid: bool = spec("true or false", True, True)
+    confusion_matrix: bool = spec("true or false", True, True)
+    misclassified: Annotated[int, Field(ge=0)] | bool = spec("a number of images, 0 or more", 16, 16)
+    per_class_accuracy: bool = spec("true or false", True, True)
+
+
+CALLBACKS = {"stop_on_non_finite_loss": LossCheck, "last_checkpoint": LastCheckpoint, "pictures": Pictures}
+
+
+# ---------------------------------------------------------------------------------------------- hparams_search
+
+
+class Search(Open):
+    metric: Literal["val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss"] = spec(
+        "val/acc_best, val/acc, val/loss, test/acc or test/loss", "val/acc_best"
+    )
+    direction: Literal["maximize", "minimize"] = spec("maximize or minimize", "maximize")
+    prune_on: Literal["val/acc", "val/loss"] | None = spec("val/acc, val/loss or null", "val/acc", None)
+    n_trials: PositiveInt = spec("a whole number, 1 or more", 20)
+    n_jobs: int = spec("a whole number, 1 or more (-1: one per CPU core)", 1, 1)
+    params: dict[str, Any] = spec("key: range pairs", "{}", {})
+    enqueue: list[dict[str, Any]] = spec("a list of parameter sets", "[]", [])
+    storage: str | None = spec("null or a database URL", "sqlite:///study.db", None)
+    study_name: str | None = spec("null or a name", "lenet", None)
+    resume: str | None = spec("null or a sweep folder", "outputs/multirun/<sweep>", None)
+    trial: int | None = spec("set by the sweeper", 0, None)
+
+    @field_validator("n_jobs")
+    @classmethod
+    def _jobs(cls, value):
+        if value < 1 and value != -1:
+            raise ValueError("")
+        return value
+
+
+# ---------------------------------------------------------------------------------------------- eval, predict
+
+
+class EvalConfig(Open):
+    ckpt_path: str = spec("the path of a .ckpt file", "outputs/runs/<run>/checkpoints/best.ckpt")
+    batch_size: PositiveInt | None = spec("a whole number of images, 1 or more", 1024, None)
+    seed: int = spec("a whole number, 0 or more", 42, 42, ge=0)
+
+
+class PredictConfig(Open):
+    ckpt_path: str = spec("the path of a .ckpt file", "outputs/runs/<run>/checkpoints/best.ckpt")
+    inputs: str = spec("an image file or a folder of images", "photos/")
+    top_k: PositiveInt = spec("a whole number, 1 or more", 3, 3)
+    output: str | None = spec("null or the path of a JSON file", "predictions.json", None)
+    style: Literal["auto", "digit", "clothing", "plain"] = spec("auto, digit, clothing or plain", "auto", "auto")
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+class ConfigValueError(ValueError):
+    """A cross-field rule broken inside a model validator, naming its own key."""
+
+    def __init__(self, key: str, value: Any, allowed: str, example: Any):
+        super().__init__(allowed)
+        self.key, self.value, self.allowed, self.example = key, value, allowed, example
+
+
+def show(value: Any) -> str:
+    """A value written as it would be typed on the command line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(show(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{show(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _field_spec(model: type[BaseModel], path: Sequence[Any]) -> tuple[list[str], str | None, Any]:
+    """The keys of ``path`` that name fields (pydantic adds union branches and list indexes), with the
+    description and example of the deepest field."""
+    keys, allowed, example = [], None, None
+    current: Any = model
+    for part in path:
+        fields = getattr(current, "model_fields", None) if isinstance(current, type) else None
+        if not fields:
+            break
+        name = next((n for n, f in fields.items() if part in (n, f.alias)), None)
+        if name is None:
+            break
+        field = fields[name]
+        keys.append(field.alias or name)
+        allowed = field.description
+        example = (field.json_schema_extra or {}).get("example") if isinstance(field.json_schema_extra, dict) else None
+        annotation = field.annotation
+        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return keys, allowed, example
+
+
+def _lookup(values: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    for key in keys:
+        values = values.get(key) if isinstance(values, Mapping) else None
+    return values
+
+
+def check(model: type[BaseModel], values: Mapping[str, Any], prefix: str) -> BaseModel:
+    """Validate ``values`` (the config section at ``prefix``) or raise one ConfigError line."""
+    try:
+        return model.model_validate(dict(values))
+    except ValidationError as error:
+        raise ConfigError(_message(model, values, prefix, error.errors()[0])) from None
+
+
+def _message(model: type[BaseModel], values: Mapping[str, Any], prefix: str, problem: dict) -> str:
+    cause = (problem.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigValueError):  # a cross-field rule: it names its key itself
+        key = f"{prefix}.{cause.key}" if prefix else cause.key
+        return f"{key}={show(cause.value)}: {cause.allowed}, e.g. {key}={show(cause.example)}"
+    keys, allowed, example = _field_spec(model, problem["loc"])
+    name = ".".join([prefix, *keys] if prefix else keys)
+    if problem["type"] == "extra_forbidden":
+        unknown = str(problem["loc"][-1])
+        container = _field_spec(model, problem["loc"][:-1])[0]
+        section = model
+        for key in container:
+            section = next(f.annotation for n, f in section.model_fields.items() if key in (n, f.alias))
+        known = [f.alias or n for n, f in section.model_fields.items() if not (f.alias or n).startswith("_")]
+        full = ".".join([p for p in (prefix, *container) if p] + [unknown])
+        close = difflib.get_close_matches(unknown, known, n=1)
+        hint = f"did you mean {full.rsplit('.', 1)[0] + '.' if '.' in full else ''}{close[0]}?" if close else \
+            f"the keys here are {', '.join(known)}"
+        return f"{full}={show(_lookup(values, [*container, unknown]))}: no such key; {hint}"
+    if problem["type"] == "missing":
+        return f"{name} is required: set it, e.g. {name}={show(example)}"
+    value = _lookup(values, keys)
+    detail = ""
+    if isinstance(cause, ValueError) and str(cause).strip() and allowed and str(cause) not in allowed:
+        detail = f" ({cause})"
+    return f"{name}={show(value)}: {allowed or problem['msg']}{detail}, e.g. {name}={show(example)}"
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain values; a missing required value (``???``) is named with its fix."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as error:
+        key = error.full_key
+        example = {"data.root": "/path/to/images", "ckpt_path": "outputs/runs/<run>/checkpoints/best.ckpt",
+                   "inputs": "photo.png"}.get(key, "VALUE")
+        raise ConfigError(f"{key}=??? is required: give it on the command line, e.g. {key}={example}") from None
+    except InterpolationResolutionError as error:
+        raise ConfigError(f"{error.full_key}: {error.msg}") from None
+
+
+def _by_target(section: Mapping[str, Any], known: Mapping[str, type[BaseModel]], fallback: type[BaseModel]):
+    return known.get(section.get("_target_"), fallback)
+
+
+def validate_train(cfg: DictConfig) -> dict[str, Any]:
+    """Check every tinyvision key of a composed train config; returns the resolved container."""
+    values = to_container(cfg)
+    check(TopLevel, {k: values[k] for k in ("seed", "resume", "paths") if k in values}, "")
+    check(_by_target(values["model"], MODELS, Model), values["model"], "model")
+    check(Data, values["data"], "data")
+    check(_by_target(values["optimizer"], OPTIMIZERS, Optimizer), values["optimizer"], "optimizer")
+    if values.get("scheduler"):
+        check(_by_target(values["scheduler"], SCHEDULERS, Scheduler), values["scheduler"], "scheduler")
+    check(Trainer, values["trainer"], "trainer")
+    for name, section in (values.get("callbacks") or {}).items():
+        if name in CALLBACKS and section is not None:
+            check(CALLBACKS[name], section, f"callbacks.{name}")
+    if values.get("hparams_search") is not None:
+        check(Search, values["hparams_search"], "hparams_search")
+    return values
+
+
+def validate_eval(cfg: DictConfig) -> dict[str, Any]:
+    values = to_container(cfg)
+    check(EvalConfig, {k: v for k, v in values.items() if k not in ("data", "paths")}, "")
+    if values.get("data"):
+        check(Data, values["data"], "data")
+    return values
+
+
+def validate_predict(cfg: DictConfig) -> dict[str, Any]:
+    values = to_container(cfg)
+    check(PredictConfig, {k: v for k, v in values.items() if k != "paths"}, "")
+    return values
+
+
