@@ -1,7 +1,6 @@
 """Test a checkpoint: python eval.py ckpt_path=outputs/runs/.../checkpoints/best.ckpt [data=...]."""
 
 import sys
-import warnings
 
 import hydra
 import torch
@@ -14,10 +13,11 @@ from tinyvision.errors import TinyVisionError
 from tinyvision.schema import validate_eval
 from tinyvision.inference import datamodule_for, load_classifier
 from tinyvision.pictures import confusion_figure
+from tinyvision.noise import silence_known_noise
 from tinyvision.cli import exit_bad_input, precheck
 from tinyvision.training import write_json
 
-warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+silence_known_noise()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

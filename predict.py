@@ -2,7 +2,6 @@
 
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import hydra
@@ -14,10 +13,11 @@ from rich.table import Table
 from tinyvision.errors import TinyVisionError
 from tinyvision.schema import validate_predict
 from tinyvision.inference import find_images, load_classifier, prepare_image, preparation_style
+from tinyvision.noise import silence_known_noise
 from tinyvision.cli import exit_bad_input, precheck
 from tinyvision.training import write_json
 
-warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+silence_known_noise()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")

@@ -2,7 +2,6 @@
 
 import logging
 import sys
-import warnings
 from pathlib import Path
 
 import hydra
@@ -11,13 +10,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from tinyvision.errors import ConfigError, TinyVisionError
+from tinyvision.noise import silence_known_noise
 from tinyvision.cli import exit_bad_input, precheck, report
 from tinyvision.summary import print_summary
 from tinyvision.sweep import FAILURE_FILE
 from tinyvision.training import config_for_resume, train, write_json
 
-# Lightning 2.6 calls a torch API that torch 2.14 deprecates; the warning is Lightning's, not the user's.
-warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+silence_known_noise()
 log = logging.getLogger("tinyvision")
 
 

@@ -2,44 +2,127 @@
 
 from __future__ import annotations
 
+import runpy
+import subprocess
+import sys
+
 import pytest
 
+from conftest import ROOT
 from tinyvision.errors import ConfigError
 from tinyvision.training import train
 
-CASES = {
-    "zero learning rate": (["optimizer.lr=0"], "optimizer.lr=0 is not allowed: the learning rate must be a positive number"),
-    "negative learning rate": (["optimizer=sgd", "optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed"),
-    "batch size 0": (["data.batch_size=0"], "data.batch_size=0 is not allowed: it must be a whole number of images, 1 or more"),
-    "validation larger than training": (
-        ["data=mnist", "data.val_size=500"],
-        "data.val_size=500 does not fit the training split of mnist (400 images): use a count from 1 to 399",
-    ),
-    "image too small for the model": (
-        ["model=lenet", "data=mnist", "data.image_size=8"],
-        "model lenet cannot take image_size=8: it needs at least 12x12 pixels",
-    ),
-    "image too small for convnet": (
-        ["model=convnet", "data=cifar10", "data.image_size=9"],
-        "model convnet cannot take image_size=9: it needs at least 10x10 pixels",
-    ),
-    "missing folder": (
-        ["data=folder", "data.root=/nonexistent/images"],
-        "data.root=/nonexistent/images does not exist: point data.root at a directory with one subfolder",
-    ),
-    "unknown activation": (["model=mlp", "model.activation=swishy"], "model.activation='swishy' is not known: choose one of relu"),
-    "mean of the wrong length": (["data=mnist", "data.mean=[0.1,0.2]"], "data.mean=[0.1, 0.2] has 2 values but data.channels=1"),
-}
+SCRIPTS = {"train": ROOT / "train.py", "eval": ROOT / "eval.py", "predict": ROOT / "predict.py"}
+NOT_A_CHECKPOINT = "NOT_A_CHECKPOINT"  # replaced by the path of a text file named .ckpt
+
+# (script, command line, the start of the one error line). Every group, and all three commands.
+CASES = [
+    ("train", ["seed=abc"], "seed=abc: a whole number"),
+    ("train", ["seed=-1"], "seed=-1: a whole number from 0"),
+    ("train", ["resume=/nonexistent/run"], "resume=/nonexistent/run does not exist"),
+    ("train", ["optimizer.lr=0"], "optimizer.lr=0: a positive number, e.g. optimizer.lr=0.01"),
+    ("train", ["optimizer=sgd", "optimizer.lr=-0.1"], "optimizer.lr=-0.1: a positive number"),
+    ("train", ["optimizer=sgd", "optimizer.momentum=-1"], "optimizer.momentum=-1: a number from 0 to below 1"),
+    ("train", ["optimizer=sgd", "optimizer.nesterov=true"], "optimizer.nesterov=true: only with momentum above 0"),
+    ("train", ["optimizer=adam", "+optimizer.betas=[0.9]"], "optimizer.betas=[0.9]: two numbers"),
+    ("train", ["optimizer=adamw", "optimizer.weight_decay=-1"], "optimizer.weight_decay=-1: a number, 0 or more"),
+    ("train", ["optimizer.learning_rate=0.1"], "optimizer.learning_rate=0.1: no key 'learning_rate' in optimizer; did you mean optimizer.lr?"),
+    ("train", ["optimizer=rmsprop"], "optimizer=rmsprop: no option 'rmsprop' in optimizer/; choose one of adam, adamw, sgd"),
+    ("train", ["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0: a whole number of epochs, 1 or more"),
+    ("train", ["scheduler=multistep", "scheduler.milestones=abc"], "scheduler.milestones=abc: a rising list of epochs"),
+    ("train", ["scheduler=multistep", "scheduler.milestones=[5,3]"], "scheduler.milestones=[5,3]: a rising list of epochs"),
+    ("train", ["scheduler=onecycle", "scheduler.pct_start=1.5"], "scheduler.pct_start=1.5: a fraction between 0 and 1"),
+    ("train", ["scheduler=cosine", "scheduler.T_max=0"], "scheduler.T_max=0: auto (trainer.max_epochs) or a number of epochs"),
+    ("train", ["scheduler=step", "scheduler.interval=batch"], "scheduler.interval=batch: epoch or step"),
+    ("train", ["data=folder"], "data.root=??? is required: give it on the command line, e.g. data.root="),
+    ("train", ["data=folder", "data.root=/nonexistent/images"], "data.root=/nonexistent/images does not exist"),
+    ("train", ["data.augment.crop_padding=[1,2,3]"], "data.augment.crop_padding=[1,2,3]: null, a number of pixels"),
+    ("train", ["data.augment.horizontal_flip=2"], "data.augment.horizontal_flip=2: a probability from 0 to 1"),
+    ("train", ["data.channels=0"], "data.channels=0: 1 (grey) or 3 (colour)"),
+    ("train", ["data.std=[0]"], "data.std=[0]: one positive number"),
+    ("train", ["data=mnist", "data.mean=[0.1,0.2]"], "data.mean=[0.1,0.2]: one value (data.channels=1)"),
+    ("train", ["data.batch_size=0"], "data.batch_size=0: a whole number of images, 1 or more"),
+    ("train", ["data.batch_size=1.5"], "data.batch_size=1.5: a whole number of images"),
+    ("train", ["data.val_size=0"], "data.val_size=0: a number of images (1 or more) or a fraction"),
+    ("train", ["data=mnist", "data.val_size=500"], "data.val_size=500 does not fit the training split of mnist (400 images)"),
+    ("train", ["data.num_classes=1"], "data.num_classes=1: a whole number, 2 or more"),
+    ("train", ["data.image_size=[28]"], "data.image_size=[28]: a size in pixels"),
+    ("train", ["data=imagenet"], "data=imagenet: no option 'imagenet' in data/"),
+    ("train", ["model=lenett"], "model=lenett: no option 'lenett' in model/; choose one of"),
+    ("train", ["model=lenet", "data=mnist", "data.image_size=8"], "model lenet cannot take image_size=8"),
+    ("train", ["model=mlp", "model.hidden=[0]"], "model.hidden=[0]: a list of layer widths, each 1 or more"),
+    ("train", ["model=mlp", "model.activation=swishy"], "model.activation=swishy: relu, sigmoid, tanh or gelu"),
+    ("train", ["model=vgg16", "model.weights=NOPE"], "model.weights=NOPE: null or a torchvision VGG16 weights name"),
+    ("train", ["model=cifar_net_v3", "model.dropout=1.5"], "model.dropout=1.5: a probability from 0 to below 1"),
+    ("train", ["model.channels_last=maybe"], "model.channels_last=maybe: true or false"),
+    ("train", ["trainer.max_epochs=-2"], "trainer.max_epochs=-2: a whole number, 1 or more (-1: no limit)"),
+    ("train", ["trainer.max_epoch=3"], "trainer.max_epoch=3: no key 'max_epoch' in trainer; did you mean trainer.max_epochs?"),
+    ("train", ["+trainer.max_epoch=3"], "trainer.max_epoch=3: Lightning's Trainer has no such argument; did you mean trainer.max_epochs?"),
+    ("train", ["trainer.accelerator=tpu"], "trainer.accelerator=tpu: "),
+    ("train", ["trainer.devices=0"], "trainer.devices=0: `Trainer(devices=0)` value is not a valid input"),
+    ("train", ["trainer.precision=13"], "trainer.precision=13: Precision 13 is invalid. Allowed precision values"),
+    ("train", ["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0: a whole number, 1 or more"),
+    ("train", ["trainer=tpu_pod"], "trainer=tpu_pod: no option 'tpu_pod' in trainer/"),
+    ("train", ["callbacks=default", "callbacks.stop_on_non_finite_loss.check_every_n_steps=0"],
+     "callbacks.stop_on_non_finite_loss.check_every_n_steps=0: a whole number of steps, 1 or more"),
+    ("train", ["callbacks.last_checkpoint.every_n_train_steps=0"], "callbacks.last_checkpoint.every_n_train_steps=0: a whole number"),
+    ("train", ["hparams_search=lenet_fashion"], "hparams_search=lenet_fashion runs an Optuna study of many runs: add -m"),
+    ("train", ["-m", "model=lenet,nope"], "model=nope: no option 'nope' in model/"),
+    ("train", ["-m", "seed=1,2", "trainer.max_epoch=1"], "trainer.max_epoch=1: no key 'max_epoch' in trainer"),
+    ("eval", [], "ckpt_path=??? is required: give it on the command line, e.g. ckpt_path="),
+    ("eval", ["ckpt_path=/nonexistent/best.ckpt"], "ckpt_path=/nonexistent/best.ckpt does not exist"),
+    ("eval", [f"ckpt_path={NOT_A_CHECKPOINT}"], "ckpt_path="),
+    ("eval", ["ckpt_path=x.ckpt", "batch_size=0"], "batch_size=0: a whole number of images, 1 or more"),
+    ("eval", ["ckpt_path=x.ckpt", "bacth_size=5"], "bacth_size=5: no key 'bacth_size' in the config; did you mean batch_size?"),
+    ("eval", ["ckpt_path=x.ckpt", "data=imagenet"], "data=imagenet: no option 'imagenet' in data/"),
+    ("predict", [], "ckpt_path=??? is required"),
+    ("predict", ["ckpt_path=x.ckpt"], "inputs=??? is required: give it on the command line, e.g. inputs="),
+    ("predict", ["ckpt_path=x.ckpt", "inputs=photos", "top_k=0"], "top_k=0: a whole number, 1 or more"),
+    ("predict", ["ckpt_path=x.ckpt", "inputs=photos", "style=cartoon"], "style=cartoon: auto, digit, clothing or plain"),
+    ("predict", ["ckpt_path=x.ckpt", "inputs=photos", "topk=3"], "topk=3: no key 'topk' in the config; did you mean top_k?"),
+    ("predict", ["ckpt_path=/nonexistent/best.ckpt", "inputs=photos"], "ckpt_path=/nonexistent/best.ckpt does not exist"),
+]
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_bad_input_is_refused_before_training(make_config, tmp_path, case):
-    overrides, message = CASES[case]
-    cfg = make_config(*overrides, "logger=none")
-    with pytest.raises(ConfigError) as error:
-        train(cfg)
-    assert message in str(error.value)
-    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "metrics.json").exists()
+def run_in_process(script: str, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """Run a script's __main__ in this process (as `python SCRIPT ARGS`): its exit status and stderr."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", [str(SCRIPTS[script]), *argv])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path(str(SCRIPTS[script]), run_name="__main__")
+    GlobalHydra.instance().clear()
+    return stopped.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("script", "argv", "expected"), CASES, ids=[" ".join([s, *a]) or s for s, a, _ in CASES])
+def test_bad_input_gets_one_line_and_exit_status_2(script, argv, expected, data_root, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    not_a_checkpoint = tmp_path / "notes.ckpt"
+    not_a_checkpoint.write_text("not a checkpoint")
+    argv = [a.replace(NOT_A_CHECKPOINT, str(not_a_checkpoint)) for a in argv]
+    extra = [f"hydra.run.dir={run_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    if script == "train":
+        extra += [f"paths.data_dir={data_root}", "logger=tensorboard"]
+    status, stderr = run_in_process(script, [*argv, *extra], monkeypatch, capsys)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert status == 2, stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), stderr[-3000:]
+    assert "Traceback" not in stderr and "HYDRA_FULL_ERROR" not in stderr
+    for leftover in ("checkpoints", "metrics.json", "tensorboard"):
+        assert not (run_dir / leftover).exists(), leftover
+        assert not list((tmp_path / "sweep").glob(f"*/{leftover}")), leftover
+
+
+def test_a_refusal_from_a_real_process_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "train.py", "data.augment.horizontal_flip=2", f"hydra.run.dir={tmp_path}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: data.augment.horizontal_flip=2: a probability from 0 to 1, e.g. data.augment.horizontal_flip=0.5"
+    ]
 
 
 def test_class_folder_without_images_is_named(make_config, tmp_path, data_root):

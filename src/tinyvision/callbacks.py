@@ -129,6 +129,18 @@ class RunRecord(L.Callback):
         return self.train_samples / self.train_seconds if self.train_seconds else 0.0
 
 
+class LogHyperparameters(L.Callback):
+    """Writes the HPARAMS entry when fit starts, after the data module's setup: a run refused while its
+    data is read (a validation split larger than the data) leaves no TensorBoard events behind."""
+
+    def __init__(self, params: dict):
+        self.params = params
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.ckpt_path is None:  # a resumed run has its entry from the start
+            log_hparams(trainer, self.params)
+
+
 def log_hparams(trainer: L.Trainer, params: dict, metrics: tuple[str, ...] = ("val/acc_best", "val/acc", "test/acc")) -> None:
     """Write the run's hyperparameters to TensorBoard's HPARAMS tab, related to the metric tags the run logs."""
     if not trainer.is_global_zero:

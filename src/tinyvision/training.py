@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinyvision import schema
 from tinyvision.cli import trainer_error
-from tinyvision.callbacks import RunRecord, log_hparams
+from tinyvision.callbacks import LogHyperparameters, RunRecord
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import write_atomic
 from tinyvision.module import ImageClassifier
@@ -107,8 +108,11 @@ def load_checkpoint_file(path: Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if isinstance(error, pickle.UnpicklingError):
+            reason = "not a PyTorch checkpoint"  # torch's own text is a paragraph about weights_only
         raise ConfigError(
-            f"{path} cannot be read ({type(error).__name__}: {error}); it may be truncated or not a checkpoint"
+            f"{path} cannot be read ({type(error).__name__}: {reason}); it may be truncated or not a checkpoint"
         ) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ConfigError(f"{path} is not a Lightning checkpoint (it has no state_dict)")
@@ -149,15 +153,19 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
         hydra.utils.instantiate(c, **(logger_options if "TensorBoardLogger" in c.get("_target_", "") else {}))
         for c in cfg.get("logger", {}).values() if c is not None
     ]
+    callbacks.append(LogHyperparameters(OmegaConf.to_container(cfg, resolve=True)))
     trainer = make_trainer(cfg, callbacks, loggers)
     if sweep_job:
         _refuse_relaunching_strategy(trainer, cfg.trainer.get("strategy"))
-    if resume_from is None:
-        log_hparams(trainer, OmegaConf.to_container(cfg, resolve=True))
 
     started, started_at = time.perf_counter(), time.time()
     try:
-        trainer.fit(classifier, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        try:
+            trainer.fit(classifier, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        except TinyVisionError:
+            if resume_from is None:
+                _discard_logs_of_refused_run(trainer)
+            raise
         if pruning is not None:
             pruning.check_pruned()  # under DDP the callback stops every rank, then the trial is pruned here
     except trial_pruned:
@@ -190,6 +198,20 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _discard_logs_of_refused_run(trainer: L.Trainer) -> None:
+    """A run refused while its data is read (before its first step) leaves no log files: Lightning opens
+    the loggers' files before the data module's setup, where such a refusal happens."""
+    record = next((c for c in trainer.callbacks if isinstance(c, RunRecord)), None)
+    if record is None or record.first_step_at is not None or not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        log_dir = Path(logger.log_dir) if getattr(logger, "log_dir", None) else None
+        if log_dir is not None and log_dir.is_dir():
+            if hasattr(logger, "finalize"):
+                logger.finalize("failed")
+            shutil.rmtree(log_dir, ignore_errors=True)
 
 
 def make_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
