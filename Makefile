@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 ARGS ?=
 
-.PHONY: setup data train test bench reproduce tensorboard lock clean
+.PHONY: setup data train test test-fast lint bench reproduce tensorboard lock clean
 
 setup: $(VENV)/.installed data
 
@@ -32,6 +32,13 @@ train: setup
 
 test: setup
 	$(BIN)/python -m pytest $(ARGS)
+
+# The quick local lane: everything but the tests marked slow (multi-run, subprocess and fault tests).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
 
 bench: setup
 	$(BIN)/python bench/bench.py $(ARGS)

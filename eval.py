@@ -9,12 +9,12 @@ from rich.console import Console
 from rich.table import Table
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-from tinyvision.errors import TinyVisionError
-from tinyvision.schema import validate_eval
-from tinyvision.inference import datamodule_for, load_classifier
-from tinyvision.pictures import confusion_figure
-from tinyvision.noise import silence_known_noise
 from tinyvision.cli import exit_bad_input, precheck
+from tinyvision.errors import TinyVisionError
+from tinyvision.inference import datamodule_for, load_classifier
+from tinyvision.noise import silence_known_noise
+from tinyvision.pictures import confusion_figure
+from tinyvision.schema import validate_eval
 from tinyvision.training import write_json
 
 silence_known_noise()

@@ -10,11 +10,11 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from tinyvision.errors import TinyVisionError
-from tinyvision.schema import validate_predict
-from tinyvision.inference import find_images, load_classifier, prepare_image, preparation_style
-from tinyvision.noise import silence_known_noise
 from tinyvision.cli import exit_bad_input, precheck
+from tinyvision.errors import TinyVisionError
+from tinyvision.inference import find_images, load_classifier, preparation_style, prepare_image
+from tinyvision.noise import silence_known_noise
+from tinyvision.schema import validate_predict
 from tinyvision.training import write_json
 
 silence_known_noise()

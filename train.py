@@ -9,9 +9,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from tinyvision.cli import exit_bad_input, precheck, report
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.noise import silence_known_noise
-from tinyvision.cli import exit_bad_input, precheck, report
 from tinyvision.summary import print_summary
 from tinyvision.sweep import FAILURE_FILE
 from tinyvision.training import config_for_resume, train, write_json

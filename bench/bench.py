@@ -386,7 +386,8 @@ def write_report(args, workloads, options, options_workloads, runs, target_runs,
     summary = {key: summarize(value) for key, value in runs.items()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     command = "python bench/bench.py " + " ".join(sys.argv[1:])
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    device = torch.cuda.get_device_name() if args.device == "cuda" else cpu
     lines = [
         "# Benchmarks",
         "",
@@ -433,8 +434,9 @@ def write_report(args, workloads, options, options_workloads, runs, target_runs,
         for workload in options_workloads:
             for option in options:
                 on, off = summary[(f"tinyvision {option} on", workload)], summary[(f"tinyvision {option} off", workload)]
-                lines.append(f"| {workload} | {option} | {on['train_s']:.2f} | {off['train_s']:.2f} | {off['train_s'] / on['train_s']:.2f} | "
-                             f"{on['eval_s']:.2f} | {off['eval_s']:.2f} | {on['test_acc']:.3f} | {off['test_acc']:.3f} |")
+                lines.append(f"| {workload} | {option} | {on['train_s']:.2f} | {off['train_s']:.2f} | "
+                             f"{off['train_s'] / on['train_s']:.2f} | {on['eval_s']:.2f} | {off['eval_s']:.2f} | "
+                             f"{on['test_acc']:.3f} | {off['test_acc']:.3f} |")
     if target_runs:
         lines += ["", "## Time to the seed's 0.804 Fashion-MNIST test accuracy (seed-002 recipe)", "",
                   "| variant | seconds | epoch | test accuracy per epoch |", "|---|---:|---:|---|"]

@@ -156,7 +156,8 @@ def main() -> None:
             reported = [f"{v:.3f}" for v in experiment.seed_curve[: len(curve)]]
             lines.append("| tutorial | " + " | ".join(reported + [""] * (len(curve) - len(reported))) + " |")
         lines += ["", f"![{experiment.name}](results/{experiment.name}.png)", ""]
-    lines.append(f"Total training time: {total / 60:.1f} minutes. Run folders: `{runs_dir.relative_to(ROOT) if runs_dir.is_relative_to(ROOT) else runs_dir}`.")
+    shown_dir = runs_dir.relative_to(ROOT) if runs_dir.is_relative_to(ROOT) else runs_dir
+    lines.append(f"Total training time: {total / 60:.1f} minutes. Run folders: `{shown_dir}`.")
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out} and {plots_dir}/")
 

@@ -35,7 +35,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import lightning as L
-    import torch
     from hydra import compose, initialize_config_dir
     from torch.profiler import ProfilerActivity, profile, schedule
 
@@ -60,7 +59,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as run_dir, initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[
-            "model=cifar_net_v3", "data=fashion", "optimizer=sgd", "optimizer.momentum=0.9", f"paths.data_dir={args.data_dir}", f"paths.output_dir={run_dir}",
+            "model=cifar_net_v3", "data=fashion", "optimizer=sgd", "optimizer.momentum=0.9",
+            f"paths.data_dir={args.data_dir}", f"paths.output_dir={run_dir}",
             f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}", "trainer.max_epochs=1",
             "data.augment.crop_padding=2", "data.augment.horizontal_flip=0.5", "logger=none",
             "callbacks.stop_on_non_finite_loss.check_every_n_steps=1000", *args.overrides,

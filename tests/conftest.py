@@ -45,7 +45,7 @@ def write_idx_labels(path: Path, labels: np.ndarray) -> None:
 def write_idx_dataset(raw: Path, sizes=(400, 100), seed: int = 0, gz: bool = False) -> None:
     raw.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    for (split, (image_name, label_name)), count in zip(IDX_NAMES.items(), sizes):
+    for (image_name, label_name), count in zip(IDX_NAMES.values(), sizes):
         labels = rng.integers(0, 10, size=count)
         images = class_images(labels, 28, 1, seed + count)[:, 0]
         write_idx_images(raw / image_name, images)

@@ -87,7 +87,7 @@ def test_best_checkpoint_reloads_alone_and_gives_the_same_test_accuracy(single_r
 def test_bad_input_prints_one_clear_line_and_exits_2(data_root, tmp_path):
     result = run_train("optimizer.lr=-1", f"paths.data_dir={data_root}", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
-    assert "error: optimizer.lr=-1 is not allowed" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == ["error: optimizer.lr=-1: a positive number, e.g. optimizer.lr=0.01"]
 
 
 def test_multirun_jobs_get_their_own_dirs_and_a_failed_job_spares_the_others(data_root, tmp_path):
@@ -103,4 +103,4 @@ def test_multirun_jobs_get_their_own_dirs_and_a_failed_job_spares_the_others(dat
     assert done == {"0", "2"}, result.stderr[-3000:]  # jobs 1 and 3 ask for lr=-1
     for job in ("0", "2"):
         assert (sweep / job / "checkpoints" / "best.ckpt").is_file()
-    assert "optimizer.lr=-1 is not allowed" in (sweep / "1" / "train.log").read_text()
+    assert "error: optimizer.lr=-1: a positive number" in (sweep / "1" / "train.log").read_text()

@@ -13,6 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # trains runs in subprocesses: make test-fast leaves these out
+
 # cifar_net_v3 (dropout, BatchNorm) with crop and flip, so the random state and augmentation are tested too.
 RUN = ["model=cifar_net_v3", "data=mnist", "data.batch_size=32", "data.val_size=50", "trainer.max_epochs=3",
        "data.augment.crop_padding=2", "data.augment.horizontal_flip=0.5", "optimizer.lr=0.003",

@@ -8,6 +8,8 @@ import pytest
 
 from tinyvision.training import train
 
+pytestmark = pytest.mark.slow  # trains runs in subprocesses: make test-fast leaves these out
+
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 

@@ -6,7 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # trains runs in subprocesses: make test-fast leaves these out
 
 
 def test_benchmark_runs_end_to_end(data_root, tmp_path):

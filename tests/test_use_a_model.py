@@ -13,6 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import ROOT, draw_shape
 
+pytestmark = pytest.mark.slow  # trains runs in subprocesses: make test-fast leaves these out
+
 FAST = ["data.batch_size=64", "data.val_size=200", "trainer.max_epochs=4", "optimizer.lr=0.003"]
 
 

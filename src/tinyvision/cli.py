@@ -70,7 +70,8 @@ def _each_sweep_value(overrides: list[str]) -> list[list[str]]:
         try:
             override = parser.parse_override(line)
         except OverrideParseException as error:
-            raise ConfigError(f"{line}: cannot be read as KEY=VALUE ({_first_line(str(error))}), e.g. optimizer.lr=0.01")
+            reason = _first_line(str(error))
+            raise ConfigError(f"{line}: cannot be read as KEY=VALUE ({reason}), e.g. optimizer.lr=0.01") from None
         if not override.is_sweep_override():
             single.append(line)
         elif isinstance(override.value(), ChoiceSweep) and override.value().list:

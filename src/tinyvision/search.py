@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import hydra.utils
 import optuna
@@ -124,11 +125,12 @@ def check_settings(search: Mapping[str, Any]) -> None:
     the worst trials), no trials."""
     direction = search.get("direction")
     if direction not in ("maximize", "minimize"):
-        raise ConfigError(f"hparams_search.direction={direction} is not allowed: write maximize or minimize")
+        raise ConfigError(f"hparams_search.direction={direction}: maximize or minimize, e.g. hparams_search.direction=maximize")
     for key, allowed in (("metric", METRICS), ("prune_on", PRUNE_ON)):
         value = search.get(key)
         if value not in allowed:
-            raise ConfigError(f"hparams_search.{key}={value} is not allowed: use one of {', '.join(map(str, allowed))}")
+            raise ConfigError(f"hparams_search.{key}={value}: one of {', '.join(map(str, allowed))}, "
+                              f"e.g. hparams_search.{key}={allowed[0]}")
         if value and ("loss" in value) == (direction == "maximize"):
             raise ConfigError(
                 f"hparams_search.{key}={value} goes the other way than hparams_search.direction={direction}: "
@@ -137,8 +139,8 @@ def check_settings(search: Mapping[str, Any]) -> None:
     for key, least in (("n_trials", 1), ("n_jobs", -1)):
         value = search.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < least or value == 0:
-            raise ConfigError(f"hparams_search.{key}={value} is not allowed: it must be a whole number, 1 or more"
-                              + (" (or -1: one per CPU core)" if key == "n_jobs" else ""))
+            raise ConfigError(f"hparams_search.{key}={value}: a whole number, 1 or more"
+                              + (" (or -1: one per CPU core)" if key == "n_jobs" else "") + f", e.g. hparams_search.{key}=4")
 
 
 # ---------------------------------------------------------------------------------------------- trial side

@@ -117,11 +117,12 @@ def print_summary(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
     table = Table("rank", "job", "overrides", "best val acc", "test acc", "seconds", title=f"sweep {sweep_dir}", title_justify="left")
     done = [r for r in rows if r["status"] == "done"]
     for rank, row in enumerate(done, 1):
-        table.add_row(str(rank), row["job"], row["overrides"], f"{row['val/acc_best']:.4f}", f"{row['test/acc']:.4f}", f"{row['wall_seconds']:.1f}")
+        table.add_row(str(rank), row["job"], row["overrides"], f"{row['val/acc_best']:.4f}", f"{row['test/acc']:.4f}",
+                      f"{row['wall_seconds']:.1f}")
     for row in rows:
         if row["status"] == "pruned":
-            table.add_row("-", row["job"], row["overrides"], f"[yellow]{_fmt(row['val/acc_best'])} pruned[/]", "", f"{row['wall_seconds']:.1f}",
-                          end_section=False)
+            table.add_row("-", row["job"], row["overrides"], f"[yellow]{_fmt(row['val/acc_best'])} pruned[/]", "",
+                          f"{row['wall_seconds']:.1f}", end_section=False)
             table.add_row("", "", f"[yellow]{row['error']}[/]", "", "", "")
         elif row["status"] != "done":
             table.add_row("-", row["job"], row["overrides"], f"[red]{row['status']}[/]", "", "", end_section=False)

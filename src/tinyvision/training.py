@@ -11,13 +11,13 @@ from typing import Any
 
 import hydra.utils
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 from hydra.errors import InstantiationException
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from tinyvision import schema
-from tinyvision.cli import trainer_error
 from tinyvision.callbacks import LogHyperparameters, RunRecord
+from tinyvision.cli import trainer_error
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import write_atomic
 from tinyvision.module import ImageClassifier

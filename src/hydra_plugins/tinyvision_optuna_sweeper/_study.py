@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from tinyvision import search as study_tools
-from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.cli import report
+from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.sweep import FAILURE_FILE
 from tinyvision.training import write_json
 
@@ -97,7 +97,9 @@ class Study:
                 raise ConfigError(f"hparams_search.resume={resume} does not exist: give the folder of a sweep under outputs/multirun/")
         if url == study_tools.default_storage(sweep_dir):
             if resume and not (sweep_dir / study_tools.STUDY_FILE).is_file():
-                raise ConfigError(f"hparams_search.resume={resume} holds no {study_tools.STUDY_FILE}: it is not the folder of an Optuna sweep")
+                raise ConfigError(
+                    f"hparams_search.resume={resume} holds no {study_tools.STUDY_FILE}: it is not the folder of an Optuna sweep"
+                )
             if not resume and (sweep_dir / study_tools.STUDY_FILE).is_file():
                 raise ConfigError(
                     f"{sweep_dir} already holds a study ({study_tools.STUDY_FILE}); it is kept as it is. "
