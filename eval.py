@@ -11,11 +11,11 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from tinyvision.cli import exit_bad_input, precheck
 from tinyvision.errors import TinyVisionError
+from tinyvision.files import write_json
 from tinyvision.inference import datamodule_for, load_classifier
 from tinyvision.noise import silence_known_noise
 from tinyvision.pictures import confusion_figure
 from tinyvision.schema import validate_eval
-from tinyvision.training import write_json
 
 silence_known_noise()
 

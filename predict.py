@@ -11,11 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from tinyvision.cli import exit_bad_input, precheck
+from tinyvision.data.photos import find_images, preparation_style, prepare_image
 from tinyvision.errors import TinyVisionError
-from tinyvision.inference import find_images, load_classifier, preparation_style, prepare_image
+from tinyvision.files import write_json
+from tinyvision.inference import load_classifier
 from tinyvision.noise import silence_known_noise
 from tinyvision.schema import validate_predict
-from tinyvision.training import write_json
 
 silence_known_noise()
 

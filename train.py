@@ -9,12 +9,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from tinyvision.checkpoints import config_for_resume
 from tinyvision.cli import exit_bad_input, precheck, report
 from tinyvision.errors import ConfigError, TinyVisionError
+from tinyvision.files import FAILURE_FILE, write_json
 from tinyvision.noise import silence_known_noise
 from tinyvision.summary import print_summary
-from tinyvision.sweep import FAILURE_FILE
-from tinyvision.training import config_for_resume, train, write_json
+from tinyvision.training import train
 
 silence_known_noise()
 log = logging.getLogger("tinyvision")

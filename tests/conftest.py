@@ -151,7 +151,7 @@ def draw_shape(label: int, canvas: tuple[int, int], box: tuple[int, int, int, in
 def write_shape_digits(raw: Path, sizes=(1200, 300), seed: int = 3) -> None:
     """An MNIST-format set of the ten shapes, made as MNIST's digits were: white strokes drawn large
     with varied size and width, cropped, scaled into a 20×20 box and centred by centre of mass in 28×28."""
-    from tinyvision.inference import centred_like_mnist
+    from tinyvision.data.photos import centred_like_mnist
 
     raw.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

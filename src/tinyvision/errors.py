@@ -11,3 +11,7 @@ class ConfigError(TinyVisionError, ValueError):
 
 class DataError(TinyVisionError):
     """Data files that are missing, truncated or malformed."""
+
+
+class TrainingDiverged(TinyVisionError):
+    """The loss stopped being a finite number."""

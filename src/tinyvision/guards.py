@@ -1,21 +1,12 @@
-"""Callbacks that keep a run safe to stop and resume: the random state, and a stop on a diverging loss."""
+"""The stop on a diverging loss: a NaN or infinite training loss ends the run before any checkpoint of it."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any
-
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from tinyvision.errors import TinyVisionError
-
-
-class TrainingDiverged(TinyVisionError):
-    """The loss stopped being a finite number."""
+from tinyvision.checkpoints import AtomicCheckpointIO, LastCheckpoint, ResumableRandomState
+from tinyvision.errors import TrainingDiverged
 
 
 class StopOnNonFiniteLoss(L.Callback):
@@ -85,75 +76,5 @@ class StopOnNonFiniteLoss(L.Callback):
             f"or a schedule that warms up too fast{kept}"
         )
 
-
-class ResumableRandomState(L.Callback):
-    """Saves torch's random state with each checkpoint and restores it when training resumes, so dropout
-    draws the same numbers as in the run that was stopped. Restored at the first training batch: what
-    runs before it on resume (graph tracing, sanity checks) must not shift the stream."""
-
-    def __init__(self):
-        self._pending: dict[str, Any] | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        state = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if self._pending is None:
-            return
-        torch.set_rng_state(self._pending["cpu"])
-        if "cuda" in self._pending and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(self._pending["cuda"])
-        self._pending = None
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file beside it, flushes it to disk, then renames it over
-    the old one: a kill at any moment leaves either the previous checkpoint or the new one, whole.
-
-    Lightning's own save stages the file in the system's temporary folder, and moving it into a run dir
-    on another file system (a cluster's shared disk) is a copy, which a kill can cut in half.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        with open(partial, "wb") as handle:
-            torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-
-
-class LastCheckpoint(Checkpoint):
-    """``last.ckpt`` after every training epoch and every ``every_n_train_steps`` steps, for resuming.
-
-    Lightning's ModelCheckpoint ties its 'last' file to its top-k saves and cannot save both every N
-    steps and every epoch; this one writes through ``trainer.save_checkpoint``.
-    """
-
-    def __init__(self, dirpath: str, every_n_train_steps: int | None = None):
-        self.path = Path(dirpath) / "last.ckpt"
-        self.every_n_train_steps = every_n_train_steps or 0
-
-    def saves_at(self, step: int) -> bool:
-        return bool(self.every_n_train_steps) and step % self.every_n_train_steps == 0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self.saves_at(trainer.global_step):
-            self._save(trainer)
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._save(trainer)
-
-    def _save(self, trainer) -> None:
-        if trainer.sanity_checking or trainer.fast_dev_run:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, for resume
+# Runs started before checkpoints.py existed name these three here in their saved config (resume=<run>).
+__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "ResumableRandomState", "StopOnNonFiniteLoss"]

@@ -1,20 +1,15 @@
-"""Use a trained checkpoint: load it, rebuild its data pipeline, and prepare image files the way its
-training images were made."""
+"""Use a trained checkpoint: load it and rebuild its data pipeline (photos are prepared in data/photos.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps
 
+from tinyvision.checkpoints import load_checkpoint_file
 from tinyvision.errors import ConfigError
 from tinyvision.module import ImageClassifier
-from tinyvision.training import load_checkpoint_file
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> ImageClassifier:
@@ -54,72 +49,3 @@ def datamodule_for(classifier: ImageClassifier, data: dict[str, Any] | None, dat
         settings[key] = trained[key]
     settings["test_every_epoch"] = False
     return hydra.utils.instantiate(settings, _convert_="all")
-
-
-def find_images(inputs: str | Path) -> list[Path]:
-    """The image files named by ``inputs``: one file, or every image below a directory."""
-    path = Path(inputs)
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    return [path]
-
-
-def preparation_style(dataset: str | None) -> str:
-    """How photos are turned into inputs: as MNIST digits, as Fashion-MNIST items, or a plain resize."""
-    return {"mnist": "digit", "fashion": "clothing"}.get(dataset or "", "plain")
-
-
-def prepare_image(path: Path, data: dict[str, Any], style: str) -> torch.Tensor:
-    """Read ``path`` and return a uint8 C×H×W tensor shaped like the model's training images."""
-    with Image.open(path) as image:
-        image.load()
-        image = ImageOps.exif_transpose(image)
-    height, width = (data["image_size"],) * 2 if isinstance(data["image_size"], int) else data["image_size"]
-    if style in ("digit", "clothing"):
-        array = centred_like_mnist(image.convert("L"), (height, width), box=0.72 if style == "digit" else 1.0,
-                                   by_mass=style == "digit")
-        tensor = torch.from_numpy(array).unsqueeze(0)
-    else:
-        image = image.convert("L" if data["channels"] == 1 else "RGB").resize((width, height), Image.BILINEAR)
-        tensor = torch.from_numpy(np.asarray(image).copy())
-        tensor = tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1)
-    if tensor.shape[0] != data["channels"]:
-        tensor = tensor.expand(data["channels"], -1, -1).contiguous()
-    return tensor
-
-
-def centred_like_mnist(image: Image.Image, size: tuple[int, int], box: float, by_mass: bool) -> np.ndarray:
-    """Prepare a grey photo as MNIST's digits were made: light ink on black, cropped to the ink, scaled
-    so its longer side fills ``box`` of the frame (20 of 28 pixels for digits), and centred in the frame
-    by its centre of mass (digits) or its bounding box (clothing)."""
-    pixels = np.asarray(image, dtype=np.float32)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    if np.median(border) > pixels.mean():  # a light background: dark ink on paper
-        pixels = 255 - pixels
-    low, high = np.percentile(pixels, 50), pixels.max()
-    pixels = np.clip((pixels - low) / max(high - low, 1.0), 0, 1)  # paper to 0, the strongest ink to 1
-    ink = pixels > 0.25
-    if not ink.any():
-        return np.zeros(size, dtype=np.uint8)
-    rows, cols = np.nonzero(ink)
-    pixels = pixels[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    height, width = size
-    target = box * min(height, width)
-    scale = target / max(pixels.shape)
-    crop = Image.fromarray((pixels * 255).astype(np.uint8))
-    if scale < 0.25:
-        # A thin stroke in a large photo would fade away when shrunk: thicken it first (seed 004's misreads).
-        crop = crop.filter(ImageFilter.MaxFilter(2 * int(0.125 / scale) + 1))
-    new_size = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
-    small = np.asarray(crop.resize(new_size, Image.LANCZOS), dtype=np.float32)
-    frame = np.zeros(size, dtype=np.float32)
-    if by_mass and small.sum() > 0:
-        rows_idx, cols_idx = np.indices(small.shape)
-        centre = (np.sum(rows_idx * small) / small.sum(), np.sum(cols_idx * small) / small.sum())
-    else:
-        centre = ((small.shape[0] - 1) / 2, (small.shape[1] - 1) / 2)
-    top = int(round((height - 1) / 2 - centre[0]))
-    left = int(round((width - 1) / 2 - centre[1]))
-    top, left = min(max(top, 0), height - small.shape[0]), min(max(left, 0), width - small.shape[1])
-    frame[top : top + small.shape[0], left : left + small.shape[1]] = small
-    return np.clip(frame, 0, 255).astype(np.uint8)

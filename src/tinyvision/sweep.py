@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-FAILURE_FILE = "failure.json"
-PRUNED_FILE = "pruned.json"  # written by a trial of an Optuna sweep that its pruner stopped
+from tinyvision.files import FAILURE_FILE, METRICS_FILE, PRUNED_FILE
+
 STUDY_RESULT = "study.yaml"  # written by the Optuna sweeper at the end of a study
 
 
@@ -28,8 +28,8 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
         overrides = [o for o in overrides if not o.startswith("hparams_search.trial=")]  # an Optuna trial's job number is its trial's
         row: dict[str, Any] = {"job": job.name, "overrides": overrides, "run_dir": str(job)}
-        if (job / "metrics.json").is_file():
-            metrics = json.loads((job / "metrics.json").read_text())
+        if (job / METRICS_FILE).is_file():
+            metrics = json.loads((job / METRICS_FILE).read_text())
             row.update(status="done", **{key: metrics.get(key) for key in ("val/acc_best", "test/acc", "epochs", "wall_seconds")})
         elif (job / PRUNED_FILE).is_file():
             pruned = json.loads((job / PRUNED_FILE).read_text())

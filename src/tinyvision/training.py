@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -17,11 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinyvision import schema
 from tinyvision.callbacks import LogHyperparameters, RunRecord
+from tinyvision.checkpoints import last_checkpoint, load_checkpoint_file
 from tinyvision.cli import trainer_error
 from tinyvision.errors import ConfigError, TinyVisionError
-from tinyvision.files import write_atomic
+from tinyvision.files import METRICS_FILE, PRUNED_FILE, write_json
 from tinyvision.module import ImageClassifier
-from tinyvision.sweep import PRUNED_FILE
 
 log = logging.getLogger(__name__)
 
@@ -48,77 +47,6 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ImageClassifier]:
     return datamodule, classifier
 
 
-def last_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint a resumed run continues from, or a message saying why there is none."""
-    if not run_dir.is_dir():
-        raise ConfigError(f"resume={run_dir} does not exist: give the folder of a run under outputs/")
-    if (run_dir / "metrics.json").is_file():
-        raise ConfigError(f"resume={run_dir} finished already (it has metrics.json): there is nothing to resume")
-    path = run_dir / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise ConfigError(
-            f"resume={run_dir} has no checkpoints/last.ckpt: the run stopped before its first checkpoint "
-            "(written after every epoch and every callbacks.last_checkpoint.every_n_train_steps steps); start it anew"
-        )
-    return path
-
-
-def config_for_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """The config to resume ``cfg.resume`` with: the run's own when the command gives nothing else,
-    else the command's, which must then equal the run's (a difference is refused, naming the keys)."""
-    run_dir = Path(cfg.resume)
-    checkpoint = load_checkpoint_file(last_checkpoint(run_dir))
-    saved = checkpoint.get("config")
-    if saved is None:
-        raise ConfigError(f"{run_dir / 'checkpoints' / 'last.ckpt'} holds no tinyvision config: it cannot be resumed")
-    given = [o for o in overrides if o.lstrip("+~").split("=")[0] not in ("resume",) and not o.startswith("hydra.")]
-    if given:
-        differences = _differences(saved, OmegaConf.to_container(cfg, resolve=True))
-        if differences:
-            raise ConfigError(
-                f"resume={run_dir} was started with other settings than this command: {'; '.join(differences[:8])}. "
-                f"Resume with `python train.py resume={run_dir}` alone (it takes the run's own settings), or start a new run"
-            )
-    resumed = OmegaConf.create(saved)
-    resumed.resume = str(run_dir)
-    resumed.paths.output_dir = str(run_dir)
-    return resumed
-
-
-def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
-    """Keys whose values differ, as 'key: run value -> command value' (paths and resume are ignored)."""
-    if isinstance(saved, dict) and isinstance(current, dict):
-        found = []
-        for key in sorted(set(saved) | set(current)):
-            name = f"{prefix}{key}"
-            if name in ("resume", "paths"):
-                continue
-            found += _differences(saved.get(key, "<absent>"), current.get(key, "<absent>"), f"{name}.")
-        return found
-    return [] if saved == current else [f"{prefix.rstrip('.')}: {saved} in the run -> {current} in this command"]
-
-
-def load_checkpoint_file(path: Path) -> dict[str, Any]:
-    """torch.load with weights_only, failing with a message that names a truncated or foreign file."""
-    import pickle
-    import zipfile
-
-    import torch
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        if isinstance(error, pickle.UnpicklingError):
-            reason = "not a PyTorch checkpoint"  # torch's own text is a paragraph about weights_only
-        raise ConfigError(
-            f"{path} cannot be read ({type(error).__name__}: {reason}); it may be truncated or not a checkpoint"
-        ) from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ConfigError(f"{path} is not a Lightning checkpoint (it has no state_dict)")
-    return checkpoint
-
-
 def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
     """Train, test on the best checkpoint, write metrics.json into the run dir and return its contents.
 
@@ -127,7 +55,7 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
     it, pruned.json is written instead of metrics.json and its contents are returned."""
     run_dir = Path(cfg.paths.output_dir)
     resume_from = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else None
-    if resume_from is None and ((run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists()):
+    if resume_from is None and ((run_dir / METRICS_FILE).exists() or (run_dir / "checkpoints").exists()):
         raise ConfigError(f"run dir {run_dir} already holds a run: it is kept as it is; start a new run instead")
     schema.validate_train(cfg)  # every key's type and range, before anything is built or written
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -196,7 +124,7 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
         "history": history,
     }
     if trainer.is_global_zero:
-        write_json(run_dir / "metrics.json", metrics)
+        write_json(run_dir / METRICS_FILE, metrics)
     return metrics
 
 
@@ -261,7 +189,3 @@ def _refuse_relaunching_strategy(trainer: L.Trainer, strategy: Any) -> None:
             "(hydra/launcher=joblib runs trials in parallel on one machine); or on a cluster use hydra/launcher=slurm, "
             "where SLURM starts one task per device and DDP works inside each trial"
         )
-
-
-def write_json(path: str | Path, payload: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(payload, indent=2) + "\n")

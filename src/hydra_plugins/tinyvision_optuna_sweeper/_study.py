@@ -24,8 +24,7 @@ from optuna.trial import TrialState
 from tinyvision import search as study_tools
 from tinyvision.cli import report
 from tinyvision.errors import ConfigError, TinyVisionError
-from tinyvision.sweep import FAILURE_FILE
-from tinyvision.training import write_json
+from tinyvision.files import FAILURE_FILE, write_json
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,158 @@
+"""Checkpoints and resume: reading a checkpoint file, finding and configuring the run to resume, and
+the callbacks and IO plugin that write resumable, never-half-written checkpoints."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
+
+from tinyvision.errors import ConfigError
+from tinyvision.files import LAST_CHECKPOINT, METRICS_FILE
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a resumed run continues from, or a message saying why there is none."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"resume={run_dir} does not exist: give the folder of a run under outputs/")
+    if (run_dir / METRICS_FILE).is_file():
+        raise ConfigError(f"resume={run_dir} finished already (it has metrics.json): there is nothing to resume")
+    path = run_dir / LAST_CHECKPOINT
+    if not path.is_file():
+        raise ConfigError(
+            f"resume={run_dir} has no checkpoints/last.ckpt: the run stopped before its first checkpoint "
+            "(written after every epoch and every callbacks.last_checkpoint.every_n_train_steps steps); start it anew"
+        )
+    return path
+
+
+def config_for_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The config to resume ``cfg.resume`` with: the run's own when the command gives nothing else,
+    else the command's, which must then equal the run's (a difference is refused, naming the keys)."""
+    run_dir = Path(cfg.resume)
+    checkpoint = load_checkpoint_file(last_checkpoint(run_dir))
+    saved = checkpoint.get("config")
+    if saved is None:
+        raise ConfigError(f"{run_dir / 'checkpoints' / 'last.ckpt'} holds no tinyvision config: it cannot be resumed")
+    given = [o for o in overrides if o.lstrip("+~").split("=")[0] not in ("resume",) and not o.startswith("hydra.")]
+    if given:
+        differences = _differences(saved, OmegaConf.to_container(cfg, resolve=True))
+        if differences:
+            raise ConfigError(
+                f"resume={run_dir} was started with other settings than this command: {'; '.join(differences[:8])}. "
+                f"Resume with `python train.py resume={run_dir}` alone (it takes the run's own settings), or start a new run"
+            )
+    resumed = OmegaConf.create(saved)
+    resumed.resume = str(run_dir)
+    resumed.paths.output_dir = str(run_dir)
+    return resumed
+
+
+def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Keys whose values differ, as 'key: run value -> command value' (paths and resume are ignored)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        found = []
+        for key in sorted(set(saved) | set(current)):
+            name = f"{prefix}{key}"
+            if name in ("resume", "paths"):
+                continue
+            found += _differences(saved.get(key, "<absent>"), current.get(key, "<absent>"), f"{name}.")
+        return found
+    return [] if saved == current else [f"{prefix.rstrip('.')}: {saved} in the run -> {current} in this command"]
+
+
+def load_checkpoint_file(path: Path) -> dict[str, Any]:
+    """torch.load with weights_only, failing with a message that names a truncated or foreign file."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if isinstance(error, pickle.UnpicklingError):
+            reason = "not a PyTorch checkpoint"  # torch's own text is a paragraph about weights_only
+        raise ConfigError(
+            f"{path} cannot be read ({type(error).__name__}: {reason}); it may be truncated or not a checkpoint"
+        ) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"{path} is not a Lightning checkpoint (it has no state_dict)")
+    return checkpoint
+
+
+class ResumableRandomState(L.Callback):
+    """Saves torch's random state with each checkpoint and restores it when training resumes, so dropout
+    draws the same numbers as in the run that was stopped. Restored at the first training batch: what
+    runs before it on resume (graph tracing, sanity checks) must not shift the stream."""
+
+    def __init__(self):
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._pending is None:
+            return
+        torch.set_rng_state(self._pending["cpu"])
+        if "cuda" in self._pending and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self._pending["cuda"])
+        self._pending = None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside it, flushes it to disk, then renames it over
+    the old one: a kill at any moment leaves either the previous checkpoint or the new one, whole.
+
+    Lightning's own save stages the file in the system's temporary folder, and moving it into a run dir
+    on another file system (a cluster's shared disk) is a copy, which a kill can cut in half.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        with open(partial, "wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+
+
+class LastCheckpoint(Checkpoint):
+    """``last.ckpt`` after every training epoch and every ``every_n_train_steps`` steps, for resuming.
+
+    Lightning's ModelCheckpoint ties its 'last' file to its top-k saves and cannot save both every N
+    steps and every epoch; this one writes through ``trainer.save_checkpoint``.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int | None = None):
+        self.path = Path(dirpath) / Path(LAST_CHECKPOINT).name
+        self.every_n_train_steps = every_n_train_steps or 0
+
+    def saves_at(self, step: int) -> bool:
+        return bool(self.every_n_train_steps) and step % self.every_n_train_steps == 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.saves_at(trainer.global_step):
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._save(trainer)
+
+    def _save(self, trainer) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, for resume
