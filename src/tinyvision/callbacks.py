@@ -148,6 +148,8 @@ def log_hparams(trainer: L.Trainer, params: dict, metrics: tuple[str, ...] = ("v
     flat = {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in _flatten(params)}
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
+            # Not logger.log_hyperparams(params, metrics): it also logs the metrics' placeholder values as
+            # scalars, which would stay in the run's curves. This writes the HPARAMS entry alone.
             writer = logger.experiment._get_file_writer()
             for summary in hparams(flat, dict.fromkeys(metrics, 0.0)):
                 writer.add_summary(summary)

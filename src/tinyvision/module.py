@@ -85,7 +85,9 @@ class ImageClassifier(L.LightningModule):
         return value
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if batch_idx == 0:  # train/lr is the rate an epoch starts with; saved in checkpoints for a resume
+        # train/lr is the rate an epoch starts with, saved in checkpoints for a resume. Not Lightning's
+        # LearningRateMonitor: it writes to the loggers only, and metrics.json's history reads callback metrics.
+        if batch_idx == 0:
             self._epoch_lr = self.optimizers().param_groups[0]["lr"]
         # No per-step self.log: the progress bar's live loss comes from StopOnNonFiniteLoss's periodic read.
         return self._step(batch, "train")[0]
@@ -111,10 +113,6 @@ class ImageClassifier(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
-
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return self(images).softmax(dim=1)
 
     def configure_optimizers(self):
         optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())

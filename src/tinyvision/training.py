@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
@@ -54,63 +55,102 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
     Optuna sweep (``cfg.hparams_search.trial`` set) reports to its trial each epoch; when the pruner stops
     it, pruned.json is written instead of metrics.json and its contents are returned."""
     run_dir = Path(cfg.paths.output_dir)
-    resume_from = last_checkpoint(Path(cfg.resume)) if cfg.get("resume") else None
-    if resume_from is None and ((run_dir / METRICS_FILE).exists() or (run_dir / "checkpoints").exists()):
-        raise ConfigError(f"run dir {run_dir} already holds a run: it is kept as it is; start a new run instead")
+    resume_from = _checkpoint_to_resume(cfg, run_dir)
     schema.validate_train(cfg)  # every key's type and range, before anything is built or written
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, classifier = build(cfg)
     classifier.run_config = OmegaConf.to_container(cfg, resolve=True)
-
-    callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    search = cfg.get("hparams_search")
-    pruning, trial_pruned = None, ()  # () catches nothing outside an Optuna trial
-    # A trial of an Optuna sweep reports to its study; not when its run dir is resumed alone, nor with prune_on: null.
-    if sweep_job and search is not None and search.get("trial") is not None and search.get("prune_on"):
-        from optuna import TrialPruned as trial_pruned
-
-        from tinyvision.search import pruning_callback
-
-        pruning = pruning_callback(search)
-        callbacks.append(pruning)
-    logger_options = {}
-    if resume_from is not None:
-        # Events the stopped run wrote after its last checkpoint are dropped, so curves have no repeated steps.
-        logger_options["purge_step"] = load_checkpoint_file(resume_from)["global_step"]
-    loggers = [
-        hydra.utils.instantiate(c, **(logger_options if "TensorBoardLogger" in c.get("_target_", "") else {}))
-        for c in cfg.get("logger", {}).values() if c is not None
-    ]
-    callbacks.append(LogHyperparameters(OmegaConf.to_container(cfg, resolve=True)))
-    trainer = make_trainer(cfg, callbacks, loggers)
+    pruning, trial_pruned = _pruning_callback(cfg) if sweep_job else (None, ())  # () catches nothing
+    trainer = make_trainer(cfg, _callbacks(cfg, pruning), _loggers(cfg, resume_from))
     if sweep_job:
         _refuse_relaunching_strategy(trainer, cfg.trainer.get("strategy"))
 
     started, started_at = time.perf_counter(), time.time()
     try:
-        try:
-            trainer.fit(classifier, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-        except TinyVisionError:
-            if resume_from is None:
-                _discard_logs_of_refused_run(trainer)
-            raise
-        if pruning is not None:
-            pruning.check_pruned()  # under DDP the callback stops every rank, then the trial is pruned here
+        _fit(trainer, classifier, datamodule, resume_from, pruning)
     except trial_pruned:
         return _record_pruned(trainer, run_dir, time.perf_counter() - started)
+    best, test = _test_best_checkpoint(trainer, classifier, datamodule)
+    metrics = _run_metrics(trainer, test, best, run_dir, time.perf_counter() - started, started_at)
+    if trainer.is_global_zero:
+        write_json(run_dir / METRICS_FILE, metrics)
+    return metrics
+
+
+def _checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint a resumed run continues from; a new run must not land on an earlier one."""
+    if cfg.get("resume"):
+        return last_checkpoint(Path(cfg.resume))
+    if (run_dir / METRICS_FILE).exists() or (run_dir / "checkpoints").exists():
+        raise ConfigError(f"run dir {run_dir} already holds a run: it is kept as it is; start a new run instead")
+    return None
+
+
+def _pruning_callback(cfg: DictConfig) -> tuple[L.Callback | None, type[Exception] | tuple]:
+    """A trial of an Optuna sweep reports to its study (not when its run dir is resumed alone, nor with
+    prune_on: null); with the callback comes the exception that says the pruner stopped the trial."""
+    search = cfg.get("hparams_search")
+    if search is None or search.get("trial") is None or not search.get("prune_on"):
+        return None, ()
+    from optuna import TrialPruned
+
+    from tinyvision.search import pruning_callback
+
+    return pruning_callback(search), TrialPruned
+
+
+def _callbacks(cfg: DictConfig, pruning) -> list[L.Callback]:
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks.append(LogHyperparameters(OmegaConf.to_container(cfg, resolve=True)))
+    return callbacks + ([pruning] if pruning is not None else [])
+
+
+def _loggers(cfg: DictConfig, resume_from: Path | None) -> list:
+    """The configured loggers; a resumed run's TensorBoard logger drops the events written after its checkpoint,
+    so curves have no repeated steps."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    purge_step = load_checkpoint_file(resume_from)["global_step"] if resume_from is not None else None
+    loggers = []
+    for settings in (cfg.get("logger") or {}).values():
+        if settings is None:
+            continue
+        make = hydra.utils.instantiate(settings, _partial_=True)
+        if purge_step is not None and isinstance(make.func, type) and issubclass(make.func, TensorBoardLogger):
+            make = functools.partial(make, purge_step=purge_step)
+        loggers.append(make())
+    return loggers
+
+
+def _fit(trainer: L.Trainer, classifier, datamodule, resume_from: Path | None, pruning) -> None:
+    try:
+        trainer.fit(classifier, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    except TinyVisionError:
+        if resume_from is None:
+            _discard_logs_of_refused_run(trainer)
+        raise
+    if pruning is not None:
+        pruning.check_pruned()  # under DDP the callback stops every rank, then the trial is pruned here
+
+
+def _test_best_checkpoint(trainer: L.Trainer, classifier, datamodule) -> tuple[str | None, dict[str, float]]:
     checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-    test = trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)[0]
-    seconds = time.perf_counter() - started
+    return best, trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)[0]
 
+
+def _run_metrics(trainer: L.Trainer, test: dict, best: str | None, run_dir: Path, seconds: float,
+                 started_at: float) -> dict[str, Any]:
+    """metrics.json: the final figures, timings and the per-epoch history."""
     record = next((c for c in trainer.callbacks if isinstance(c, RunRecord)), None)
     history = record.history if record else []
-    metrics = {
+    last = history[-1] if history else {}
+    return {
         "test/acc": test.get("test/acc"),
         "test/loss": test.get("test/loss"),
-        "val/acc_best": max((row.get("val/acc", 0.0) for row in history), default=None),
-        "val/acc": history[-1].get("val/acc") if history else None,
-        "val/loss": history[-1].get("val/loss") if history else None,
+        "val/acc_best": last.get("val/acc_best"),  # the module's running maximum, as logged
+        "val/acc": last.get("val/acc"),
+        "val/loss": last.get("val/loss"),
         "epochs": trainer.current_epoch,
         "wall_seconds": round(seconds, 2),
         "started_at": round(started_at, 3),  # Unix time: when fit began, its first step, and when the test ended
@@ -123,9 +163,6 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "history": history,
     }
-    if trainer.is_global_zero:
-        write_json(run_dir / METRICS_FILE, metrics)
-    return metrics
 
 
 def _discard_logs_of_refused_run(trainer: L.Trainer) -> None:
