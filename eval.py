@@ -40,7 +40,7 @@ def evaluate(cfg: DictConfig) -> dict:
     predictions, labels = [], []
     with torch.inference_mode():
         for images, batch_labels in datamodule.test_dataloader():
-            logits = classifier(datamodule.preprocess(images.to(device)))  # the normalization it was trained with
+            logits = classifier(images.to(device))  # uint8: the classifier applies its own normalization
             predictions.append(logits.argmax(1).cpu())
             labels.append(batch_labels.cpu())
     predictions, labels = torch.cat(predictions), torch.cat(labels)

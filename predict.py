@@ -39,8 +39,6 @@ def predict(cfg: DictConfig) -> list[dict]:
     files = find_images(cfg.inputs)
     if not files:
         raise TinyVisionError(f"inputs={cfg.inputs} holds no image files (PNG, JPEG, BMP, ...)")
-    mean = torch.tensor(data["mean"]).view(-1, 1, 1)
-    std = torch.tensor(data["std"]).view(-1, 1, 1)
     names = [str(n) for n in classifier.class_names]
     rows = []
     for path in files:
@@ -50,7 +48,7 @@ def predict(cfg: DictConfig) -> list[dict]:
             rows.append({"file": str(path), "error": f"{type(error).__name__}: {error}"})
             continue
         with torch.inference_mode():
-            probabilities = classifier((image.float() / 255 - mean).div(std).unsqueeze(0)).softmax(1)[0]
+            probabilities = classifier(image.unsqueeze(0)).softmax(1)[0]  # the classifier normalizes
         top = probabilities.topk(min(cfg.top_k, len(names)))
         rows.append({
             "file": str(path),

@@ -75,8 +75,7 @@ def test_best_checkpoint_reloads_alone_and_gives_the_same_test_accuracy(single_r
     classifier = ImageClassifier.load_from_checkpoint(best, map_location="cpu")
     data = classifier.hparams.data
     datamodule = TensorDataModule(dataset=data["dataset"], root=str(data_root), channels=data["channels"],
-                                  image_size=data["image_size"], num_classes=data["num_classes"],
-                                  mean=data["mean"], std=data["std"], val_size=50)
+                                  image_size=data["image_size"], num_classes=data["num_classes"], val_size=50)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     accuracy = trainer.test(classifier, datamodule=datamodule, verbose=False)[0]["test/acc"]
     metrics = json.loads((run_dir / "metrics.json").read_text())

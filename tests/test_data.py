@@ -142,22 +142,20 @@ def test_horizontal_flip_mirrors_the_chosen_images():
 
 def test_channels_and_size_are_converted_once_at_load(data_root):
     datamodule = TensorDataModule(
-        dataset="fashion", root=str(data_root), channels=3, image_size=32, num_classes=10,
-        mean=[0.5], std=[0.5], val_size=40,
+        dataset="fashion", root=str(data_root), channels=3, image_size=32, num_classes=10, val_size=40,
     )
     datamodule.setup("fit")
     train_images, _ = datamodule.splits["train"]
     assert train_images.shape == (360, 3, 32, 32) and train_images.dtype == torch.uint8
     batch = next(iter(datamodule.train_dataloader()))
     images, _ = datamodule.on_after_batch_transfer(batch, 0)
-    assert images.dtype == torch.float32 and images.shape == (64, 3, 32, 32)
-    assert images.min() >= -1.0 and images.max() <= 1.0
+    assert images.dtype == torch.uint8 and images.shape == (64, 3, 32, 32)  # the classifier normalizes
 
 
 def test_validation_split_is_seeded_and_disjoint(data_root):
     def split(seed):
         datamodule = TensorDataModule(dataset="mnist", root=str(data_root), channels=1, image_size=28,
-                                      num_classes=10, mean=[0.5], std=[0.5], val_size=0.25, seed=seed)
+                                      num_classes=10, val_size=0.25, seed=seed)
         datamodule.setup("fit")
         return datamodule.splits
 
@@ -173,3 +171,22 @@ def test_gz_idx_reader_matches_the_uncompressed_one(tmp_path):
     from_gz = load("mnist", tmp_path / "b", [str(tmp_path / "mirror")], download=False)
     assert torch.equal(plain.train[0], from_gz.train[0]) and torch.equal(plain.test[1], from_gz.test[1])
     assert gzip.decompress((tmp_path / "mirror" / "train-labels-idx1-ubyte.gz").read_bytes())
+
+
+def test_the_classifier_owns_the_normalization_of_its_inputs():
+    """uint8 images go in; (x/255 - mean)/std per channel comes out of its first step, and a float input
+    is taken as already normalized. The values come from the checkpoint's hyperparameters."""
+    from tinyvision.module import ImageClassifier
+
+    data = {"channels": 3, "image_size": 32, "num_classes": 10, "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.25, 2.0]}
+    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+    classifier = ImageClassifier(model={"_target_": "tinyvision.models.CifarNet"}, data=data, optimizer=sgd)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    expected = (images.float() / 255 - torch.tensor(data["mean"]).view(1, 3, 1, 1)) / torch.tensor(data["std"]).view(1, 3, 1, 1)
+    assert torch.allclose(classifier.normalize(images), expected, atol=1e-6)
+    classifier.eval()
+    with torch.no_grad():
+        assert torch.allclose(classifier(images), classifier(expected), atol=1e-5)
+    grey = ImageClassifier(model={"_target_": "tinyvision.models.LeNet"}, optimizer=sgd,
+                           data={**data, "channels": 1, "image_size": 28, "mean": [0.5], "std": [0.5]})
+    assert torch.allclose(grey.normalize(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8)), torch.ones(1, 1, 2, 2))

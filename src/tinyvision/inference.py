@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from tinyvision.checkpoints import load_checkpoint_file
+from tinyvision.data.datamodule import data_module_settings
 from tinyvision.errors import ConfigError
 from tinyvision.module import ImageClassifier
 
@@ -45,7 +46,7 @@ def datamodule_for(classifier: ImageClassifier, data: dict[str, Any] | None, dat
             f"data.num_classes={settings['num_classes']} but the checkpoint's model has {trained['num_classes']} classes: "
             "evaluate on a dataset with the same classes"
         )
-    for key in ("channels", "image_size", "num_classes", "mean", "std"):
+    for key in ("channels", "image_size", "num_classes"):
         settings[key] = trained[key]
     settings["test_every_epoch"] = False
-    return hydra.utils.instantiate(settings, _convert_="all")
+    return hydra.utils.instantiate(data_module_settings(settings), _convert_="all")

@@ -12,6 +12,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from tinyvision.models import build_model
+from tinyvision.preprocessing import Normalize, as_hw
 
 
 class ImageClassifier(L.LightningModule):
@@ -32,6 +33,7 @@ class ImageClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         num_classes = data["num_classes"]
+        self.normalize = Normalize(data["mean"], data["std"], data["channels"])
         self.net = build_model(model, data["channels"], num_classes, data["image_size"])
         # NHWC convolutions: measured faster on this CPU (BENCHMARKS.md), and the format tensor cores prefer.
         self.channels_last = bool(model.get("channels_last", False))
@@ -42,9 +44,9 @@ class ImageClassifier(L.LightningModule):
         self.class_names: list[str] = list(data.get("class_names") or range(num_classes))
         self.run_config: dict[str, Any] | None = None  # the whole composed config, saved with each checkpoint
         self._epoch_lr: float | None = None
-        height, width = (data["image_size"],) * 2 if isinstance(data["image_size"], int) else data["image_size"]
+        height, width = as_hw(data["image_size"])
         if not model.get("compile", False):  # a compiled net cannot be traced for the TensorBoard graph
-            self.example_input_array = torch.zeros(1, data["channels"], height, width)
+            self.example_input_array = torch.zeros(1, data["channels"], height, width, dtype=torch.uint8)
         # No argument checks in the per-step updates: each one reads a value back from the device (a host
         # sync per step on a GPU). Labels are checked when a dataset is loaded; a NaN loss is the
         # StopOnNonFiniteLoss callback's to catch.
@@ -57,6 +59,10 @@ class ImageClassifier(L.LightningModule):
             metric.persistent(True)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores for images as stored (uint8, 0-255), normalized here with the training data's mean
+        and std; a float tensor is taken as already normalized."""
+        if images.dtype == torch.uint8:
+            images = self.normalize(images)
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)

@@ -12,11 +12,9 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 from torchvision.utils import make_grid
 
 
-def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Normalized N×C×H×W images back to [0, 1], as the model's input looked before normalization."""
-    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
-    return (images.float() * std_t + mean_t).clamp(0, 1)
+def as_picture(images: Tensor) -> Tensor:
+    """Stored uint8 images (the model's input before it normalizes them) as floats in [0, 1]."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images.float().clamp(0, 1)
 
 
 def confusion_figure(matrix: Tensor, class_names: Sequence[str], title: str = "confusion matrix"):
@@ -66,7 +64,7 @@ def labelled_grid_figure(images: Tensor, titles: Sequence[str], columns: int = 8
 
 class TensorBoardPictures(L.Callback):
     """Pictures in TensorBoard, each switchable: a grid of training inputs once per run (as the model
-    sees them after augmentation, denormalized), and every validation epoch the confusion matrix, a grid
+    sees them after augmentation, as stored), and every validation epoch the confusion matrix, a grid
     of misclassified validation images labelled predicted/true, and per-class accuracy scalars."""
 
     def __init__(self, input_grid: bool = True, confusion_matrix: bool = True, misclassified: int = 16,
@@ -89,18 +87,13 @@ class TensorBoardPictures(L.Callback):
                 return logger.experiment
         return None
 
-    @staticmethod
-    def _normalization(trainer) -> tuple[list[float], list[float]]:
-        datamodule = trainer.datamodule
-        return list(datamodule.mean), list(datamodule.std)
-
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self._grid_done or not self.input_grid or not trainer.is_global_zero:
             return
         self._grid_done = True
         writer = self._writer(trainer)
         if writer is not None:
-            images = denormalize(batch[0][:64], *self._normalization(trainer))
+            images = as_picture(batch[0][:64])
             writer.add_image("train/inputs", make_grid(images, nrow=8), trainer.global_step)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -114,7 +107,7 @@ class TensorBoardPictures(L.Callback):
         if room > 0:
             wrong = (predictions != labels).nonzero().flatten()[:room]
             names = pl_module.class_names
-            self._wrong_images += list(denormalize(images[wrong], *self._normalization(trainer)).cpu())
+            self._wrong_images += list(as_picture(images[wrong]).cpu())
             self._wrong_titles += [f"pred {names[p]}\ntrue {names[t]}" for p, t in zip(predictions[wrong].tolist(), labels[wrong].tolist())]
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:

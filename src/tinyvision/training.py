@@ -19,6 +19,7 @@ from tinyvision import schema
 from tinyvision.callbacks import LogHyperparameters, RunRecord
 from tinyvision.checkpoints import last_checkpoint, load_checkpoint_file
 from tinyvision.cli import trainer_error
+from tinyvision.data.datamodule import data_module_settings
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import METRICS_FILE, PRUNED_FILE, write_json
 from tinyvision.module import ImageClassifier
@@ -31,7 +32,8 @@ DATA_INFO_KEYS = ("channels", "image_size", "num_classes", "mean", "std")
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ImageClassifier]:
     """The data module and the classifier a config describes (its values already validated)."""
     try:
-        datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+        # mean and std are the classifier's (it normalizes); the data module hands over uint8 images
+        datamodule = hydra.utils.instantiate(data_module_settings(cfg.data), _convert_="all")
     except InstantiationException as error:
         if isinstance(error.__cause__, TinyVisionError):
             raise error.__cause__ from None  # our message already names the key and the fix

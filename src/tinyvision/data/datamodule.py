@@ -1,4 +1,5 @@
-"""LightningDataModules. Images travel as uint8; the device normalizes and augments whole batches."""
+"""LightningDataModules. Images travel as uint8 and are augmented as whole batches on the device; the
+classifier normalizes them (tinyvision.preprocessing), so its checkpoint carries its own input definition."""
 
 from __future__ import annotations
 
@@ -8,25 +9,25 @@ from typing import Any
 
 import lightning as L
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from tinyvision.data import sources
 from tinyvision.data.augment import padding_ltrb, random_crop, random_horizontal_flip
 from tinyvision.data.batches import IndexSampler, TensorBatches
+from tinyvision.preprocessing import as_hw
 from tinyvision.errors import ConfigError
 
 
 class ImageDataModule(L.LightningDataModule):
-    """What every dataset shares: its shape, normalization, batched augmentation and validation split."""
+    """What every dataset shares: its shape, batched augmentation and validation split."""
 
     def __init__(
         self,
         channels: int,
         image_size: int | Sequence[int],
         num_classes: int,
-        mean: Sequence[float],
-        std: Sequence[float],
         batch_size: int = 64,
         eval_batch_size: int = 1024,
         val_size: float | int = 0.1,
@@ -38,19 +39,13 @@ class ImageDataModule(L.LightningDataModule):
         self.test_every_epoch = test_every_epoch
         self.channels, self.num_classes = channels, num_classes
         self.image_size = image_size if isinstance(image_size, int) else tuple(image_size)
+        self.hw = as_hw(image_size)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.seed = val_size, seed
-        self.mean, self.std = _per_channel("mean", mean, channels), _per_channel("std", std, channels)
         self.augment = {"crop_padding": None, "horizontal_flip": 0.0, **(augment or {})}
         if self.augment["crop_padding"] is not None:
             padding_ltrb(self.augment["crop_padding"])  # fails now on a malformed value
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
-        self._affine: dict[torch.device, tuple[Tensor, Tensor]] = {}
-
-    @property
-    def hw(self) -> tuple[int, int]:
-        size = self.image_size
-        return (size, size) if isinstance(size, int) else size
 
     def val_count(self, train_size: int, what: str) -> int:
         """The validation size as a count, checked against the training split it is carved from."""
@@ -62,16 +57,6 @@ class ImageDataModule(L.LightningDataModule):
                 f"use a count from 1 to {train_size - 1} or a fraction between 0 and 1 such as 0.1"
             )
         return count
-
-    def preprocess(self, images: Tensor) -> Tensor:
-        """uint8 N×C×H×W -> float, normalized with the dataset's mean and std: ``x/255`` then ``(x-mean)/std``."""
-        if images.device not in self._affine:
-            std, mean = torch.tensor(self.std), torch.tensor(self.mean)
-            scale = (1 / (255 * std)).view(1, -1, 1, 1).to(images.device)
-            shift = (-mean / std).view(1, -1, 1, 1).to(images.device)
-            self._affine[images.device] = (scale, shift)
-        scale, shift = self._affine[images.device]
-        return torch.addcmul(shift, images.float(), scale)
 
     def augment_batch(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
         if self.augment["crop_padding"] is not None:
@@ -102,7 +87,7 @@ class ImageDataModule(L.LightningDataModule):
         images, labels = batch
         if self.trainer is not None and self.trainer.training:
             images = self.augment_batch(images, self._augment_generator())
-        return self.preprocess(images), labels
+        return images, labels  # still uint8: the classifier normalizes
 
     def _augment_generator(self) -> torch.Generator | None:
         return None
@@ -111,19 +96,6 @@ class ImageDataModule(L.LightningDataModule):
         if self.trainer is None:
             return 0, 1
         return self.trainer.global_rank, self.trainer.world_size
-
-
-def _per_channel(key: str, values: Sequence[float], channels: int) -> list[float]:
-    values = [float(v) for v in ([values] if isinstance(values, (int, float)) else values)]
-    if len(values) == 1:
-        return values * channels
-    if len(values) != channels:
-        raise ConfigError(
-            f"data.{key}={values} has {len(values)} values but data.channels={channels}: give one value or {channels}"
-        )
-    if key == "std" and min(values) <= 0:
-        raise ConfigError(f"data.std={values} must be positive")
-    return values
 
 
 class TensorDataModule(ImageDataModule):
@@ -300,3 +272,9 @@ class FolderDataModule(ImageDataModule):
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
+
+
+def data_module_settings(data: Any) -> dict[str, Any]:
+    """The data config less the keys that belong to the classifier (its input normalization)."""
+    settings = OmegaConf.to_container(data, resolve=True) if isinstance(data, DictConfig) else dict(data)
+    return {key: value for key, value in settings.items() if key not in ("mean", "std")}

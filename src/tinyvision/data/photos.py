@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
+from tinyvision.preprocessing import as_hw
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -31,7 +33,7 @@ def prepare_image(path: Path, data: dict[str, Any], style: str) -> torch.Tensor:
     with Image.open(path) as image:
         image.load()
         image = ImageOps.exif_transpose(image)
-    height, width = (data["image_size"],) * 2 if isinstance(data["image_size"], int) else data["image_size"]
+    height, width = as_hw(data["image_size"])
     if style in ("digit", "clothing"):
         array = centred_like_mnist(image.convert("L"), (height, width), box=0.72 if style == "digit" else 1.0,
                                    by_mass=style == "digit")

@@ -5,13 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def as_hw(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """Return ``(height, width)`` from an int or a pair."""
-    if isinstance(image_size, int):
-        return image_size, image_size
-    height, width = image_size
-    return int(height), int(width)
+from tinyvision.preprocessing import as_hw
 
 
 def flat_features(features: nn.Module, in_channels: int, image_size, model: str, min_size: int) -> int:
