@@ -12,6 +12,10 @@ METRICS_FILE = "metrics.json"  # a finished run's figures
 PRUNED_FILE = "pruned.json"  # written instead by a trial of an Optuna sweep that its pruner stopped
 FAILURE_FILE = "failure.json"  # a sweep job that failed, with its error
 LAST_CHECKPOINT = "checkpoints/last.ckpt"  # for resume
+# A sweep folder (outputs/multirun/<sweep>) of an Optuna search
+STUDY_FILE = "optuna.db"  # the study's SQLite storage
+BEST_FILE = "best.yaml"  # the best trial and the command that trains it again
+STUDY_RESULT = "study.yaml"  # every trial, read back by the sweep summary
 
 
 def write_atomic(path: str | Path, text: str) -> None:

@@ -15,9 +15,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from tinyvision.files import FAILURE_FILE, METRICS_FILE, PRUNED_FILE
-
-STUDY_RESULT = "study.yaml"  # written by the Optuna sweeper at the end of a study
+from tinyvision.files import FAILURE_FILE, METRICS_FILE, PRUNED_FILE, STUDY_RESULT
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:

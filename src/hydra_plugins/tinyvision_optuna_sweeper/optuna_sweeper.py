@@ -1,7 +1,7 @@
 """The Hydra sweeper: ``hydra/sweeper=optuna`` (conf/hydra/sweeper/optuna.yaml) names this class.
 
-Hydra imports every module of its plugin packages at each start, except those whose names begin with an
-underscore: the study code, which needs optuna and Lightning, is in _study.py and imported only to sweep."""
+Hydra imports every module of its plugin packages at each start: this one stays thin, and the sweep
+(tinyvision.search, which needs optuna and Lightning) is imported only when a sweep runs."""
 
 from __future__ import annotations
 
@@ -27,6 +27,6 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from ._study import Study
+        from tinyvision.search.runner import Study
 
         return Study(self.search, self.config, self.launcher).run(arguments)

@@ -1,4 +1,4 @@
-"""The Optuna study behind the sweeper (optuna_sweeper.py): ask, launch, tell.
+"""The sweep that hparams_search runs (the Hydra plugin in hydra_plugins/ only hands over to it): ask, launch, tell.
 
 Each round asks ``n_jobs`` trials, launches them as one batch of Hydra jobs through the configured launcher
 (basic, joblib, submitit), and tells the study what each job returned. Jobs reach their trial through the
@@ -21,10 +21,11 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from tinyvision import search as study_tools
 from tinyvision.cli import report
 from tinyvision.errors import ConfigError, TinyVisionError
-from tinyvision.files import FAILURE_FILE, write_json
+from tinyvision.files import FAILURE_FILE, STUDY_FILE, write_json
+from tinyvision.search import space as study_space
+from tinyvision.search import study as study_tools
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,13 @@ class Study:
 
     def _sweep(self, arguments: list[str]) -> optuna.Study:
         search = OmegaConf.to_container(self.search, resolve=True)
-        study_tools.check_settings(search)
-        fixed, command_space = study_tools.split_overrides(arguments)
-        space = {**study_tools.search_space(search.get("params")), **command_space}
+        study_space.check_settings(search)
+        fixed, command_space = study_space.split_overrides(arguments)
+        space = {**study_space.search_space(search.get("params")), **command_space}
         if not space:
             raise ConfigError(
                 "nothing to search: hparams_search.params is empty and the command gives no range. "
-                f"Give one, e.g. 'optimizer.lr=tag(log, interval(1e-4, 1e-1))' (ranges: {study_tools.SYNTAX})"
+                f"Give one, e.g. 'optimizer.lr=tag(log, interval(1e-4, 1e-1))' (ranges: {study_space.SYNTAX})"
             )
         sweep_dir = Path(self.config.hydra.sweep.dir).resolve()
         url = search.get("storage") or study_tools.default_storage(sweep_dir)
@@ -70,8 +71,8 @@ class Study:
         common = [o for o in fixed if _key(o) not in set_here]
         common += [
             f"hydra.sweep.dir={sweep_dir}",
-            f"hparams_search.storage={study_tools.quote(url)}",
-            f"hparams_search.study_name={study_tools.quote(study.study_name)}",
+            f"hparams_search.storage={study_space.quote(url)}",
+            f"hparams_search.study_name={study_space.quote(study.study_name)}",
         ]
         started = time.perf_counter()
         while (done := len(study_tools.counted_trials(study))) < n_trials:
@@ -79,8 +80,8 @@ class Study:
             for trial in batch:
                 trial.set_user_attr("run_dir", str(sweep_dir / str(trial.number)))
             for run in _consecutive(batch):
-                overrides = [common + study_tools.trial_overrides(t.params) + [f"hparams_search.trial={t.number}"] for t in run]
-                log.info("trials %s: %s", ", ".join(str(t.number) for t in run), [study_tools.trial_overrides(t.params) for t in run])
+                overrides = [common + study_space.trial_overrides(t.params) + [f"hparams_search.trial={t.number}"] for t in run]
+                log.info("trials %s: %s", ", ".join(str(t.number) for t in run), [study_space.trial_overrides(t.params) for t in run])
                 returns = self.launcher.launch(overrides, initial_job_idx=run[0].number)
                 for trial, result in zip(run, returns):
                     self._tell(study, trial, result, search["metric"])
@@ -95,13 +96,13 @@ class Study:
             if not sweep_dir.is_dir():
                 raise ConfigError(f"hparams_search.resume={resume} does not exist: give the folder of a sweep under outputs/multirun/")
         if url == study_tools.default_storage(sweep_dir):
-            if resume and not (sweep_dir / study_tools.STUDY_FILE).is_file():
+            if resume and not (sweep_dir / STUDY_FILE).is_file():
                 raise ConfigError(
-                    f"hparams_search.resume={resume} holds no {study_tools.STUDY_FILE}: it is not the folder of an Optuna sweep"
+                    f"hparams_search.resume={resume} holds no {STUDY_FILE}: it is not the folder of an Optuna sweep"
                 )
-            if not resume and (sweep_dir / study_tools.STUDY_FILE).is_file():
+            if not resume and (sweep_dir / STUDY_FILE).is_file():
                 raise ConfigError(
-                    f"{sweep_dir} already holds a study ({study_tools.STUDY_FILE}); it is kept as it is. "
+                    f"{sweep_dir} already holds a study ({STUDY_FILE}); it is kept as it is. "
                     f"Continue it with hparams_search.resume={sweep_dir}, or start a new sweep"
                 )
             sweep_dir.mkdir(parents=True, exist_ok=True)
