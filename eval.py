@@ -13,11 +13,8 @@ from tinyvision.cli import exit_bad_input, precheck
 from tinyvision.errors import TinyVisionError
 from tinyvision.files import write_json
 from tinyvision.inference import datamodule_for, load_classifier
-from tinyvision.noise import silence_known_noise
 from tinyvision.pictures import confusion_figure
 from tinyvision.schema import validate_eval
-
-silence_known_noise()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

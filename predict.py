@@ -15,10 +15,7 @@ from tinyvision.data.photos import find_images, preparation_style, prepare_image
 from tinyvision.errors import TinyVisionError
 from tinyvision.files import write_json
 from tinyvision.inference import load_classifier
-from tinyvision.noise import silence_known_noise
 from tinyvision.schema import validate_predict
-
-silence_known_noise()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")

@@ -13,11 +13,9 @@ from tinyvision.checkpoints import config_for_resume
 from tinyvision.cli import exit_bad_input, precheck, report
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import FAILURE_FILE, write_json
-from tinyvision.noise import silence_known_noise
 from tinyvision.summary import print_summary
 from tinyvision.training import train
 
-silence_known_noise()
 log = logging.getLogger("tinyvision")
 
 

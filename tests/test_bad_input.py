@@ -69,6 +69,11 @@ CASES = [
     ("train", ["callbacks.last_checkpoint.every_n_train_steps=0"], "callbacks.last_checkpoint.every_n_train_steps=0: a whole number"),
     ("train", ["hparams_search=lenet_fashion"], "hparams_search=lenet_fashion runs an Optuna study of many runs: add -m"),
     ("train", ["-m", "model=lenet,nope"], "model=nope: no option 'nope' in model/"),
+    ("train", ["-m", "hparams_search=lenet_fashion", "hparams_search.n_trials=0"],
+     "hparams_search.n_trials=0: a whole number, 1 or more"),
+    ("train", ["-m", "hparams_search=lenet_fashion", "hparams_search.metric=val/accuracy"],
+     "hparams_search.metric=val/accuracy: one of val/acc_best"),
+    ("train", ["paths.data_dir=null"], "paths.data_dir=null: a directory path"),
     ("train", ["-m", "seed=1,2", "trainer.max_epoch=1"], "trainer.max_epoch=1: no key 'max_epoch' in trainer"),
     ("eval", [], "ckpt_path=??? is required: give it on the command line, e.g. ckpt_path="),
     ("eval", ["ckpt_path=/nonexistent/best.ckpt"], "ckpt_path=/nonexistent/best.ckpt does not exist"),
@@ -106,7 +111,9 @@ def test_bad_input_gets_one_line_and_exit_status_2(script, argv, expected, data_
     argv = [a.replace(NOT_A_CHECKPOINT, str(not_a_checkpoint)) for a in argv]
     extra = [f"hydra.run.dir={run_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     if script == "train":
-        extra += [f"paths.data_dir={data_root}", "logger=tensorboard"]
+        extra += ["logger=tensorboard"]
+        if not any(a.startswith("paths.data_dir=") for a in argv):
+            extra.append(f"paths.data_dir={data_root}")
     status, stderr = run_in_process(script, [*argv, *extra], monkeypatch, capsys)
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert status == 2, stderr[-3000:]
