@@ -63,7 +63,9 @@ def main() -> None:
             f"paths.data_dir={args.data_dir}", f"paths.output_dir={run_dir}",
             f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}", "trainer.max_epochs=1",
             "data.augment.crop_padding=2", "data.augment.horizontal_flip=0.5", "logger=none",
-            "callbacks.stop_on_non_finite_loss.check_every_n_steps=1000", *args.overrides,
+            "callbacks.stop_on_non_finite_loss.check_every_n_steps=1000",
+            "callbacks.stop_on_non_finite_loss.read_on_cpu=false",  # the device record, as on a GPU, on any device
+            *args.overrides,
         ])
         from omegaconf import open_dict
 
