@@ -1,6 +1,7 @@
 """Test a checkpoint: python eval.py ckpt_path=outputs/runs/.../checkpoints/best.ckpt [data=...]."""
 
 import sys
+from pathlib import Path
 
 import hydra
 import torch
@@ -14,6 +15,7 @@ from tinyvision.errors import TinyVisionError
 from tinyvision.files import write_json
 from tinyvision.inference import datamodule_for, load_classifier
 from tinyvision.pictures import confusion_figure
+from tinyvision.report import PER_CLASS_FILE, classification_report, write_per_class_csv
 from tinyvision.schema import validate_eval
 
 
@@ -34,17 +36,18 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule.setup("test")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     classifier.to(device)
-    predictions, labels = [], []
+    probabilities, labels = [], []
     with torch.inference_mode():
         for images, batch_labels in datamodule.test_dataloader():
             logits = classifier(images.to(device))  # uint8: the classifier applies its own normalization
-            predictions.append(logits.argmax(1).cpu())
+            probabilities.append(logits.float().softmax(1).cpu())
             labels.append(batch_labels.cpu())
-    predictions, labels = torch.cat(predictions), torch.cat(labels)
+    probabilities, labels = torch.cat(probabilities), torch.cat(labels)
     names = [str(n) for n in (datamodule.class_names or classifier.class_names)]
-    matrix = multiclass_confusion_matrix(predictions, labels, num_classes=len(names))
+    matrix = multiclass_confusion_matrix(probabilities.argmax(1), labels, num_classes=len(names))
     per_class = (matrix.diag() / matrix.sum(1).clamp(min=1)).tolist()
     accuracy = matrix.diag().sum().item() / max(matrix.sum().item(), 1)
+    report = classification_report(probabilities, labels, names, cfg.top_k)
     run_dir = cfg.paths.output_dir
     metrics = {
         "ckpt_path": str(cfg.ckpt_path),
@@ -52,10 +55,12 @@ def evaluate(cfg: DictConfig) -> dict:
         "test/acc": accuracy,
         "images": len(labels),
         "per_class_acc": dict(zip(names, per_class)),
+        "report": report,  # per-class precision/recall/F1/support, macro and weighted, top-k, ECE
         "confusion_matrix": matrix.tolist(),
         "class_names": names,
     }
     write_json(f"{run_dir}/metrics.json", metrics)
+    write_per_class_csv(Path(run_dir) / PER_CLASS_FILE, report)
     figure = confusion_figure(matrix, names, f"test accuracy {accuracy:.2%}")
     figure.savefig(f"{run_dir}/confusion_matrix.png", dpi=120)
     show(metrics, matrix, run_dir)
@@ -65,17 +70,24 @@ def evaluate(cfg: DictConfig) -> dict:
 def show(metrics: dict, matrix: torch.Tensor, run_dir: str) -> None:
     console = Console()
     names = metrics["class_names"]
-    console.print(f"[bold]test accuracy[/] {metrics['test/acc']:.2%} on {metrics['images']:,} images of {metrics['dataset']}")
-    per_class = Table("class", "accuracy", "images", title="per class", title_justify="left")
-    for name, value, count in zip(names, metrics["per_class_acc"].values(), matrix.sum(1).tolist()):
-        per_class.add_row(name, f"{value:.2%}", str(count))
+    report = metrics["report"]
+    top_k = next(key for key in report if key.startswith("top"))
+    console.print(f"[bold]test accuracy[/] {metrics['test/acc']:.2%} on {metrics['images']:,} images of {metrics['dataset']}; "
+                  f"{top_k.replace('_', ' ')} {report[top_k]:.2%}; expected calibration error {report['ece']:.4f}")
+    per_class = Table("class", "precision", "recall (accuracy)", "F1", "support", title="per class", title_justify="left")
+    for name, row in report["per_class"].items():
+        per_class.add_row(name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]))
+    for average in ("macro", "weighted"):
+        row = report[average]
+        per_class.add_row(f"[italic]{average} avg[/]", f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
+                          str(report["images"]))
     console.print(per_class)
     confusion = Table("true \\ predicted", *[str(i) for i in range(len(names))], title="confusion matrix",
                       title_justify="left")
     for index, (name, row) in enumerate(zip(names, matrix.tolist())):
         confusion.add_row(f"{index} {name}", *[f"[bold]{v}[/]" if i == index else str(v) for i, v in enumerate(row)])
     console.print(confusion)
-    console.print(f"written: {run_dir}/metrics.json, {run_dir}/confusion_matrix.png")
+    console.print(f"written: {run_dir}/metrics.json, {run_dir}/{PER_CLASS_FILE}, {run_dir}/confusion_matrix.png")
 
 
 if __name__ == "__main__":

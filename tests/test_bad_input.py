@@ -74,6 +74,12 @@ CASES = [
     ("train", ["-m", "hparams_search=lenet_fashion", "hparams_search.metric=val/accuracy"],
      "hparams_search.metric=val/accuracy: one of val/acc_best"),
     ("train", ["paths.data_dir=null"], "paths.data_dir=null: a directory path"),
+    ("train", ["callbacks.test_report.top_k=0"], "callbacks.test_report.top_k=0: a whole number, 1 or more"),
+    ("train", ["callbacks.progress_bar.refresh_seconds=-1"],
+     "callbacks.progress_bar.refresh_seconds=-1: a number of seconds, 0 or more"),
+    ("train", ["callbacks.stop_on_non_finite_loss.read_on_cpu=sometimes"],
+     "callbacks.stop_on_non_finite_loss.read_on_cpu=sometimes: true or false"),
+    ("train", ["logger=mlfow"], "logger=mlfow: no option 'mlfow' in logger/"),
     ("train", ["-m", "seed=1,2", "trainer.max_epoch=1"], "trainer.max_epoch=1: no key 'max_epoch' in trainer"),
     ("eval", [], "ckpt_path=??? is required: give it on the command line, e.g. ckpt_path="),
     ("eval", ["ckpt_path=/nonexistent/best.ckpt"], "ckpt_path=/nonexistent/best.ckpt does not exist"),
@@ -82,6 +88,7 @@ CASES = [
     ("eval", ["ckpt_path=x.ckpt", "bacth_size=5"], "bacth_size=5: no key 'bacth_size' in the config; did you mean batch_size?"),
     ("eval", ["ckpt_path=x.ckpt", "data=imagenet"], "data=imagenet: no option 'imagenet' in data/"),
     ("predict", [], "ckpt_path=??? is required"),
+    ("eval", ["ckpt_path=x.ckpt", "top_k=0"], "top_k=0: a whole number, 1 or more"),
     ("predict", ["ckpt_path=x.ckpt"], "inputs=??? is required: give it on the command line, e.g. inputs="),
     ("predict", ["ckpt_path=x.ckpt", "inputs=photos", "top_k=0"], "top_k=0: a whole number, 1 or more"),
     ("predict", ["ckpt_path=x.ckpt", "inputs=photos", "style=cartoon"], "style=cartoon: auto, digit, clothing or plain"),
@@ -111,9 +118,8 @@ def test_bad_input_gets_one_line_and_exit_status_2(script, argv, expected, data_
     argv = [a.replace(NOT_A_CHECKPOINT, str(not_a_checkpoint)) for a in argv]
     extra = [f"hydra.run.dir={run_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     if script == "train":
-        extra += ["logger=tensorboard"]
-        if not any(a.startswith("paths.data_dir=") for a in argv):
-            extra.append(f"paths.data_dir={data_root}")
+        extra += [f"{key}={value}" for key, value in (("logger", "tensorboard"), ("paths.data_dir", data_root))
+                  if not any(a.startswith(f"{key}=") for a in argv)]
     status, stderr = run_in_process(script, [*argv, *extra], monkeypatch, capsys)
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert status == 2, stderr[-3000:]

@@ -98,14 +98,67 @@ def test_tensorboard_holds_the_pictures_and_per_class_scalars(shapes_run):
     assert tags["graph"]
 
 
+def logged_hparams(tensorboard_dir: Path) -> tuple[dict, set[str]]:
+    """The HPARAMS entry of a run's event files: its hyperparameters and the metric tags shown beside them."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(tensorboard_dir))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    params = {key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind")) for key, value in start.hparams.items()}
+    return params, {info.name.tag for info in experiment.metric_infos}
+
+
+COMPARED = {"experiment", "model", "data", "optimizer", "scheduler", "data/batch_size", "data/image_size", "data/channels",
+            "data/val_size", "augment/crop_padding", "augment/horizontal_flip", "optimizer/lr", "optimizer/betas",
+            "optimizer/weight_decay", "trainer/max_epochs", "trainer/precision", "trainer/devices", "seed"}
+RESULTS = {"val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss", "run/train_seconds", "run/epochs"}
+
+
+def test_hparams_show_the_compared_settings_beside_real_results(shapes_run):
+    params, metric_tags = logged_hparams(shapes_run / "tensorboard")
+    assert set(params) == COMPARED
+    assert params["model"] == "convnet" and params["data"] == "mnist" and params["optimizer/lr"] == 0.003
+    assert params["experiment"] == "none" and params["data/batch_size"] == 64
+    assert metric_tags == RESULTS
+    events = EventAccumulator(str(shapes_run / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert RESULTS <= scalars  # every metric has a real value: no placeholder left
+    assert events.Scalars("run/epochs")[-1].value == 4
+    assert "epoch" not in scalars
+
+
+def test_the_final_test_has_a_per_class_report_and_pr_curves(shapes_run):
+    metrics = json.loads((shapes_run / "metrics.json").read_text())
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    assert list(metrics["test_report"]["per_class"]) == [f"{i} - {name}" for i, name in enumerate(names)]
+    assert (shapes_run / "per_class.csv").is_file()
+    events = EventAccumulator(str(shapes_run / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert {f"test/pr_curve/{i} - {names[i]}" for i in range(10)} <= set(events.Tags()["tensors"])
+
+
 def test_a_sweep_writes_a_summary_with_one_row_per_job(shapes_root, tmp_path):
     sweep = tmp_path / "sweep"
-    result = run_script("train.py", "-m", "model=mlp,convnet", "data=mnist", *FAST, "trainer.max_epochs=1", "callbacks=minimal",
-                        f"paths.data_dir={shapes_root}", f"hydra.sweep.dir={sweep}")
+    result = run_script("train.py", "-m", "model=mlp,convnet", "seed=0,1", "data=mnist", *FAST, "trainer.max_epochs=1",
+                        "callbacks=minimal", f"paths.data_dir={shapes_root}", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = list(csv.DictReader((sweep / "summary.csv").open()))
-    assert [row["job"] for row in sorted(rows, key=lambda r: r["job"])] == ["0", "1"]
+    every = list(csv.DictReader((sweep / "summary.csv").open()))
+    rows = [row for row in every if row["status"] == "done"]
+    assert [row["job"] for row in sorted(rows, key=lambda r: r["job"])] == ["0", "1", "2", "3"]
     assert float(rows[0]["val/acc_best"]) >= float(rows[1]["val/acc_best"])  # ranked best first
-    assert {row["overrides"] for row in rows} == {"model=mlp", "model=convnet"}
+    assert {row["overrides"] for row in rows} == {f"model={m} seed={s}" for m in ("mlp", "convnet") for s in (0, 1)}
+    over = {row["overrides"]: row for row in every if row["status"] == "over seeds"}
+    assert set(over) == {"model=mlp", "model=convnet"} and all(row["n"] == "2" for row in over.values())
+    for model, row in over.items():
+        mine = [float(r["test/acc"]) for r in rows if r["overrides"].startswith(model + " ")]
+        assert float(row["test/acc_mean"]) == pytest.approx(sum(mine) / 2)
+    assert "over seeds" in result.stdout
+    params, _ = logged_hparams(sweep / "0" / "tensorboard")  # a sweep job logs the same curated set, with mlp's settings
+    assert set(params) == COMPARED | {"model/hidden", "model/activation", "model/init_std"}
+    assert params["model"] == "mlp" and params["model/hidden"] == "[128, 64]"
     assert (sweep / "summary.png").stat().st_size > 1000 and "| rank |" in (sweep / "summary.md").read_text()
     assert "sweep" in result.stdout and "summary.md" in result.stdout

@@ -7,16 +7,47 @@ import time
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch.utils.tensorboard.summary import hparams
 
 from tinyvision.guards import StopOnNonFiniteLoss
+from tinyvision.loggers import log_compared_hparams
 
 
 class ProgressBar(RichProgressBar):
-    """Rich's progress bar with the training loss as last read by StopOnNonFiniteLoss.
+    """Rich's progress bar, drawn at most every ``refresh_seconds``, with the training loss as last read by
+    StopOnNonFiniteLoss.
 
-    Logging the loss with ``self.log(prog_bar=True)`` would make the bar turn it into a Python number
-    at every batch, a device-to-host copy that stalls a GPU each step; this reads a host float."""
+    Lightning's bar redraws after every batch, about a millisecond of rendering each time: a quarter of a
+    small model's step on a CPU (BENCHMARKS.md). Drawing ten times a second looks the same. Logging the loss
+    with ``self.log(prog_bar=True)`` would make the bar turn it into a Python number at every batch, a
+    device-to-host copy that stalls a GPU each step; this reads a host float."""
+
+    def __init__(self, refresh_seconds: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.refresh_seconds = refresh_seconds
+        self._drawn_at = 0.0
+
+    def _due(self, batch_idx: int, total: str) -> bool:
+        """Draw when refresh_seconds have passed since the last drawing, and at a loop's last batch (``total``
+        names the property that counts the loop's batches; a disabled bar, as on ranks other than 0, has none)."""
+        if self.is_disabled:
+            return False
+        now = time.monotonic()
+        if batch_idx + 1 >= getattr(self, total) or now - self._drawn_at >= self.refresh_seconds:
+            self._drawn_at = now
+            return True
+        return False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self._due(batch_idx, "total_train_batches"):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._due(batch_idx, "total_val_batches_current_dataloader"):
+            super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._due(batch_idx, "total_test_batches_current_dataloader"):
+            super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     def get_metrics(self, trainer, pl_module) -> dict:
         items = super().get_metrics(trainer, pl_module)
@@ -129,35 +160,54 @@ class RunRecord(L.Callback):
         return self.train_samples / self.train_seconds if self.train_seconds else 0.0
 
 
+class TestReport(L.Callback):
+    """After a test: the per-class report (tinyvision.report) in ``self.report``, its single figures logged
+    as test/* metrics (so the test results, metrics.json and every logger hold them), and one precision-recall
+    curve per class in TensorBoard's PR-curves tab. Validation is left alone: this runs once, on the test."""
+
+    def __init__(self, top_k: int = 3, pr_curves: bool = True):
+        self.top_k, self.pr_curves = top_k, pr_curves
+        self.report: dict | None = None
+        self._probabilities: list = []
+        self._labels: list = []
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._probabilities, self._labels, self.report = [], [], None
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if outputs is not None:  # kept on the device until the end: no host copy per batch
+            self._probabilities.append(outputs.float().softmax(dim=1))
+            self._labels.append(batch[1])
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        import torch
+
+        from tinyvision.report import classification_report, scalars
+
+        if not self._labels:
+            return
+        probabilities, labels = torch.cat(self._probabilities), torch.cat(self._labels)
+        if trainer.world_size > 1:  # every rank's share (DistributedSampler may repeat a few images to even them)
+            probabilities = pl_module.all_gather(probabilities).flatten(0, 1)
+            labels = pl_module.all_gather(labels).flatten(0, 1)
+        names = [str(name) for name in pl_module.class_names]
+        self.report = classification_report(probabilities, labels, names, self.top_k)
+        pl_module.log_dict(scalars(self.report))
+        self._probabilities, self._labels = [], []
+        writer = next((logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
+        if self.pr_curves and writer is not None and trainer.is_global_zero:
+            probabilities, labels = probabilities.cpu(), labels.cpu()
+            for index, name in enumerate(names):
+                writer.add_pr_curve(f"test/pr_curve/{name}", labels == index, probabilities[:, index], trainer.global_step)
+
+
 class LogHyperparameters(L.Callback):
-    """Writes the HPARAMS entry when fit starts, after the data module's setup: a run refused while its
-    data is read (a validation split larger than the data) leaves no TensorBoard events behind."""
+    """Gives the loggers the run's curated hyperparameters when fit starts, after the data module's setup: a
+    run refused while its data is read (a validation split larger than the data) leaves no events behind."""
 
     def __init__(self, params: dict):
         self.params = params
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        if trainer.ckpt_path is None:  # a resumed run has its entry from the start
-            log_hparams(trainer, self.params)
-
-
-def log_hparams(trainer: L.Trainer, params: dict, metrics: tuple[str, ...] = ("val/acc_best", "val/acc", "test/acc")) -> None:
-    """Write the run's hyperparameters to TensorBoard's HPARAMS tab, related to the metric tags the run logs."""
-    if not trainer.is_global_zero:
-        return
-    flat = {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in _flatten(params)}
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            # Not logger.log_hyperparams(params, metrics): it also logs the metrics' placeholder values as
-            # scalars, which would stay in the run's curves. This writes the HPARAMS entry alone.
-            writer = logger.experiment._get_file_writer()
-            for summary in hparams(flat, dict.fromkeys(metrics, 0.0)):
-                writer.add_summary(summary)
-
-
-def _flatten(params: dict, prefix: str = ""):
-    for key, value in params.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}/")
-        else:
-            yield f"{prefix}{key}", value
+        # A resumed run's TensorBoard folder has its entry from the start; other loggers begin a new record.
+        log_compared_hparams(trainer, self.params, resumed=trainer.ckpt_path is not None)

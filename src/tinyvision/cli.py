@@ -27,12 +27,17 @@ SYNONYMS = {"learning_rate": "lr", "epochs": "max_epochs", "batch": "batch_size"
 _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--version", "--shell-completion", "-sc"}
 
 
+def log_to_file(message: str, level: int = logging.INFO) -> None:
+    """Write a line to the run's log file only (when Hydra has set one up), not to the console again."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(logging.LogRecord("tinyvision", level, __file__, 0, message, None, None))
+
+
 def report(error: TinyVisionError) -> None:
     """Print the one line on stderr, once; the run's log file (when Hydra has set one up) keeps it too."""
     message = f"error: {error}"
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.emit(logging.LogRecord("tinyvision", logging.ERROR, __file__, 0, message, None, None))
+    log_to_file(message, logging.ERROR)
     print(message, file=sys.stderr, flush=True)
 
 

@@ -114,8 +114,8 @@ class ImageClassifier(L.LightningModule):
             self.val_acc_best(accuracy)
             self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")[1].detach()  # logits, for the TestReport callback
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")

@@ -5,14 +5,23 @@ from __future__ import annotations
 import logging
 import warnings
 
+# Lightning's info lines that say nothing to act on: an advert for its cloud logger at every run, and a
+# note that it will not add a second model summary next to the RichModelSummary that conf/callbacks adds.
+_DROPPED_LINES = ("💡 Tip", "Trainer already configured with model summary callbacks")
+
 
 class _DropAdverts(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")  # Lightning advertises its cloud logger at every run
+        return not str(record.msg).startswith(_DROPPED_LINES)
+
+
+# Warnings by message. Lightning 2.6 calls a torch API that torch 2.14 deprecates: Lightning's, not the user's.
+# (tests/conftest.py hands the same list to pytest, which resets warning filters for every test.)
+KNOWN_WARNINGS = (r".*isinstance\(treespec, LeafSpec\).*",)
 
 
 def silence_known_noise() -> None:
-    # Lightning 2.6 calls a torch API that torch 2.14 deprecates; the warning is Lightning's, not the user's.
-    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    for message in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropAdverts())

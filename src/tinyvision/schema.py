@@ -282,10 +282,22 @@ class Trainer(Open):
 
 class LossCheck(Open):
     check_every_n_steps: PositiveInt = spec("a whole number of steps, 1 or more", 50, 50)
+    read_on_cpu: bool = spec("true or false", True, True)
 
 
 class LastCheckpoint(Open):
     every_n_train_steps: PositiveInt | None = spec("a whole number of steps, 1 or more, or null", 500, None)
+
+
+class Bar(Open):
+    refresh_seconds: Annotated[float, Field(ge=0)] | int = spec("a number of seconds, 0 or more", 0.1, 0.1)
+
+    @field_validator("refresh_seconds")
+    @classmethod
+    def _seconds(cls, value):
+        if value < 0:
+            raise ValueError("")
+        return value
 
 
 class Pictures(Open):
@@ -295,7 +307,13 @@ class Pictures(Open):
     per_class_accuracy: bool = spec("true or false", True, True)
 
 
-CALLBACKS = {"stop_on_non_finite_loss": LossCheck, "last_checkpoint": LastCheckpoint, "pictures": Pictures}
+class TestReport(Open):
+    top_k: PositiveInt = spec("a whole number, 1 or more", 3, 3)
+    pr_curves: bool = spec("true or false", True, True)
+
+
+CALLBACKS = {"stop_on_non_finite_loss": LossCheck, "last_checkpoint": LastCheckpoint, "pictures": Pictures,
+             "test_report": TestReport, "progress_bar": Bar}
 
 
 # ---------------------------------------------------------------------------------------------- hparams_search
@@ -330,6 +348,7 @@ class Search(Open):
 class EvalConfig(Open):
     ckpt_path: str = spec("the path of a .ckpt file", "outputs/runs/<run>/checkpoints/best.ckpt")
     batch_size: PositiveInt | None = spec("a whole number of images, 1 or more", 1024, None)
+    top_k: PositiveInt = spec("a whole number, 1 or more", 3, 3)
     seed: int = spec("a whole number, 0 or more", 42, 42, ge=0)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
@@ -10,7 +9,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
 
-log = logging.getLogger("tinyvision")
+from tinyvision.cli import log_to_file
 
 
 @rank_zero_only
@@ -30,7 +29,8 @@ def print_summary(metrics: dict[str, Any], console: Console | None = None) -> No
     table.add_row("time", f"{metrics.get('wall_seconds', 0):.1f} s ({metrics.get('train_samples_per_second') or 0:,.0f} training images/s)")
     table.add_row("run dir", _short(metrics.get("run_dir")))
     console.print(table)
-    log.info("test/acc=%s val/acc_best=%s run_dir=%s", metrics.get("test/acc"), metrics.get("val/acc_best"), metrics.get("run_dir"))
+    # The log file gets the figures as one line; the console has just shown them in the table.
+    log_to_file(f"test/acc={metrics.get('test/acc')} val/acc_best={metrics.get('val/acc_best')} run_dir={metrics.get('run_dir')}")
 
 
 def _short(path: str | None) -> str:

@@ -1,10 +1,12 @@
 """The summary of a multirun: every job ranked by best validation accuracy, failures with their error,
-and for an Optuna sweep the study's result."""
+the jobs that differ only in their seed aggregated (n, mean ± standard deviation), and for an Optuna
+sweep the study's result."""
 
 from __future__ import annotations
 
 import csv
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,8 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         rows.append(row)
     varying = _varying_overrides([row["overrides"] for row in rows])
     for row in rows:
-        row["overrides"] = " ".join(o for o in row["overrides"] if o in varying) or " ".join(row["overrides"])
+        row["varied"] = [o for o in row["overrides"] if o in varying]
+        row["overrides"] = " ".join(row["varied"]) or " ".join(row["overrides"])
     return sorted(rows, key=lambda r: (r["status"] != "done", -(r.get("val/acc_best") or 0.0)))
 
 
@@ -50,14 +53,52 @@ def _varying_overrides(all_overrides: list[list[str]]) -> set[str]:
     return {o for overrides in all_overrides for o in overrides if o not in common}
 
 
+AGGREGATED = ("val/acc_best", "test/acc", "wall_seconds")
+
+
+def over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """When a sweep varies ``seed``: one row per configuration of the other varied overrides, with n and the
+    mean and sample standard deviation (None for one seed) of each figure over its finished jobs, best first."""
+    if not any(o.startswith("seed=") for row in rows for o in row.get("varied", [])):
+        return []
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] == "done":
+            configuration = " ".join(o for o in row["varied"] if not o.startswith("seed="))
+            groups.setdefault(configuration, []).append(row)
+    aggregated = []
+    for configuration, members in groups.items():
+        result: dict[str, Any] = {"overrides": configuration or "(every job)", "n": len(members),
+                                  "seeds": " ".join(o.split("=", 1)[1] for m in members for o in m["varied"] if o.startswith("seed="))}
+        for key in AGGREGATED:
+            values = [m[key] for m in members if m.get(key) is not None]
+            result[f"{key}_mean"] = statistics.fmean(values) if values else None
+            result[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        aggregated.append(result)
+    return sorted(aggregated, key=lambda r: -(r["val/acc_best_mean"] or 0.0))
+
+
+def _mean_std(row: dict[str, Any], key: str, digits: int = 4) -> str:
+    mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
 def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
     """summary.csv, summary.md and summary.png in the sweep folder."""
+    study = _study_section(sweep_dir)
+    seeds = [] if study else over_seeds(rows)  # an Optuna study's trials are not seed repeats
     columns = ["rank", "job", "status", "overrides", "val/acc_best", "test/acc", "epochs", "wall_seconds", "run_dir", "error"]
+    if seeds:
+        columns += ["n", "seeds", *(f"{key}_{stat}" for key in AGGREGATED for stat in ("mean", "std"))]
     with open(sweep_dir / "summary.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for rank, row in enumerate(rows, 1):
             writer.writerow({"rank": rank, **row})
+        for row in seeds:  # after the jobs: one row per configuration, over its seeds
+            writer.writerow({"job": f"mean of {row['n']}", "status": "over seeds", **row})
     lines = ["| rank | job | overrides | best val acc | test acc | epochs | seconds | run dir |", "|---:|---|---|---:|---:|---:|---:|---|"]
     failed = [row for row in rows if row["status"] != "done"]
     for rank, row in enumerate((r for r in rows if r["status"] == "done"), 1):
@@ -66,9 +107,16 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
     if failed:
         lines += ["", "Jobs that did not finish:", ""]
         lines += [f"- job {r['job']} ({r['status']}, `{r['overrides']}`): {r.get('error', r['status'])}" for r in failed]
-    study = _study_section(sweep_dir)
+    if seeds:
+        lines = ["Over seeds (mean ± sample standard deviation of the finished jobs of each configuration):", "",
+                 "| overrides | n | seeds | best val acc | test acc | seconds |", "|---|---:|---|---:|---:|---:|",
+                 *(f"| `{r['overrides']}` | {r['n']} | {r['seeds']} | {_mean_std(r, 'val/acc_best')} | {_mean_std(r, 'test/acc')} | "
+                   f"{_mean_std(r, 'wall_seconds', 1)} |" for r in seeds), "", "Every job:", "", *lines]
     (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir.name}\n\n" + study + "\n".join(lines) + "\n")
-    _plot(sweep_dir / "summary.png", [r for r in rows if r["status"] == "done"])
+    if seeds:
+        _plot_over_seeds(sweep_dir / "summary.png", seeds)
+    else:
+        _plot(sweep_dir / "summary.png", [r for r in rows if r["status"] == "done"])
 
 
 def _study_section(sweep_dir: Path) -> str:
@@ -111,6 +159,28 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
     plt.close(figure)
 
 
+def _plot_over_seeds(path: Path, seeds: list[dict[str, Any]]) -> None:
+    """Bars of the mean over seeds, error bars of one standard deviation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = seeds[::-1]
+    labels = [f"{r['overrides']} (n={r['n']})"[:60] for r in rows]
+    figure, axes = plt.subplots(figsize=(8, 1 + 0.5 * len(rows)))
+    positions = range(len(rows))
+    for offset, key, label in ((0.2, "val/acc_best", "best val acc"), (-0.2, "test/acc", "test acc")):
+        axes.barh([p + offset for p in positions], [r[f"{key}_mean"] or 0.0 for r in rows], height=0.4, label=label,
+                  xerr=[r[f"{key}_std"] or 0.0 for r in rows], capsize=3)
+    axes.set_yticks(list(positions), labels, fontsize=8)
+    axes.set_xlabel("accuracy: mean over seeds ± 1 standard deviation")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def print_summary(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
     table = Table("rank", "job", "overrides", "best val acc", "test acc", "seconds", title=f"sweep {sweep_dir}", title_justify="left")
     done = [r for r in rows if r["status"] == "done"]
@@ -125,7 +195,15 @@ def print_summary(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
         elif row["status"] != "done":
             table.add_row("-", row["job"], row["overrides"], f"[red]{row['status']}[/]", "", "", end_section=False)
             table.add_row("", "", f"[red]{row.get('error', '')}[/]", "", "", "")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    seeds = [] if (sweep_dir / STUDY_RESULT).is_file() else over_seeds(rows)
+    if seeds:
+        over = Table("overrides", "n", "best val acc", "test acc", "seconds", title="over seeds (mean ± std)", title_justify="left")
+        for row in seeds:
+            over.add_row(row["overrides"], str(row["n"]), _mean_std(row, "val/acc_best"), _mean_std(row, "test/acc"),
+                         _mean_std(row, "wall_seconds", 1))
+        console.print(over)
     print(f"summary: {sweep_dir / 'summary.md'}, {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.png'}")
 
 

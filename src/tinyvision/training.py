@@ -16,13 +16,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from tinyvision import schema
-from tinyvision.callbacks import LogHyperparameters, RunRecord
+from tinyvision.callbacks import LogHyperparameters, RunRecord, TestReport
 from tinyvision.checkpoints import last_checkpoint, load_checkpoint_file
 from tinyvision.cli import trainer_error
 from tinyvision.data.datamodule import data_module_settings
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import METRICS_FILE, PRUNED_FILE, write_json
+from tinyvision.hparams import compared_hparams, group_choices
+from tinyvision.loggers import log_final_figures, log_run_files
 from tinyvision.module import ImageClassifier
+from tinyvision.report import PER_CLASS_FILE, write_per_class_csv
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +75,15 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
         _fit(trainer, classifier, datamodule, resume_from, pruning)
     except trial_pruned:
         return _record_pruned(trainer, run_dir, time.perf_counter() - started)
+    record = next((c for c in trainer.callbacks if isinstance(c, RunRecord)), None)
+    log_final_figures(trainer, round(record.train_seconds, 2) if record else None, trainer.current_epoch)
     best, test = _test_best_checkpoint(trainer, classifier, datamodule)
     metrics = _run_metrics(trainer, test, best, run_dir, time.perf_counter() - started, started_at)
     if trainer.is_global_zero:
         write_json(run_dir / METRICS_FILE, metrics)
+        if metrics.get("test_report"):
+            write_per_class_csv(run_dir / PER_CLASS_FILE, metrics["test_report"])
+        log_run_files(trainer, run_dir, best)
     return metrics
 
 
@@ -103,23 +111,28 @@ def _pruning_callback(cfg: DictConfig) -> tuple[L.Callback | None, type[Exceptio
 
 def _callbacks(cfg: DictConfig, pruning) -> list[L.Callback]:
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks.append(LogHyperparameters(OmegaConf.to_container(cfg, resolve=True)))
+    callbacks.append(LogHyperparameters(compared_hparams(OmegaConf.to_container(cfg, resolve=True), group_choices())))
     return callbacks + ([pruning] if pruning is not None else [])
 
 
 def _loggers(cfg: DictConfig, resume_from: Path | None) -> list:
     """The configured loggers; a resumed run's TensorBoard logger drops the events written after its checkpoint,
-    so curves have no repeated steps."""
-    from lightning.pytorch.loggers import TensorBoardLogger
+    so curves have no repeated steps; an MLflow run is named after the run dir (a sweep's: sweep/job)."""
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 
     purge_step = load_checkpoint_file(resume_from)["global_step"] if resume_from is not None else None
+    run_dir = Path(cfg.paths.output_dir)
+    run_name = f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.isdigit() else run_dir.name
     loggers = []
     for settings in (cfg.get("logger") or {}).values():
         if settings is None:
             continue
         make = hydra.utils.instantiate(settings, _partial_=True)
-        if purge_step is not None and isinstance(make.func, type) and issubclass(make.func, TensorBoardLogger):
+        kind = make.func if isinstance(make.func, type) else type(None)
+        if purge_step is not None and issubclass(kind, TensorBoardLogger):
             make = functools.partial(make, purge_step=purge_step)
+        if issubclass(kind, MLFlowLogger) and not make.keywords.get("run_name"):
+            make = functools.partial(make, run_name=run_name)
         loggers.append(make())
     return loggers
 
@@ -145,9 +158,11 @@ def _run_metrics(trainer: L.Trainer, test: dict, best: str | None, run_dir: Path
                  started_at: float) -> dict[str, Any]:
     """metrics.json: the final figures, timings and the per-epoch history."""
     record = next((c for c in trainer.callbacks if isinstance(c, RunRecord)), None)
+    report = next((c.report for c in trainer.callbacks if isinstance(c, TestReport)), None)
     history = record.history if record else []
     last = history[-1] if history else {}
     return {
+        **{key: value for key, value in test.items() if key not in ("test/acc", "test/loss")},  # the report's figures
         "test/acc": test.get("test/acc"),
         "test/loss": test.get("test/loss"),
         "val/acc_best": last.get("val/acc_best"),  # the module's running maximum, as logged
@@ -163,6 +178,7 @@ def _run_metrics(trainer: L.Trainer, test: dict, best: str | None, run_dir: Path
         "test_seconds": round(record.test_seconds, 3) if record else None,
         "best_checkpoint": best,
         "run_dir": str(run_dir),
+        "test_report": report,  # per class, macro and weighted averages (tinyvision.report)
         "history": history,
     }
 

@@ -1,0 +1,76 @@
+"""The hyperparameters a person compares across runs, and the result metrics shown beside them.
+
+Every logger gets this curated set (TensorBoard's HPARAMS tab, MLflow's params, the CSV logger's
+hparams.yaml) instead of the whole composed config: the chosen option of each group and the values that
+shape training, never a ``_target_``, a callback, a logger, a path or a Hydra internal. The whole config
+is still kept in the run's .hydra/config.yaml and in every checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+GROUPS = ("experiment", "model", "data", "optimizer", "scheduler")
+# Model keys that change speed or where weights come from, not what is trained.
+MODEL_KEYS_LEFT_OUT = {"channels_last", "compile", "weights_path"}
+DATA_KEYS = ("batch_size", "image_size", "channels", "val_size")
+TRAINER_KEYS = ("max_epochs", "precision", "devices", "accumulate_grad_batches", "gradient_clip_val")
+# The figures a finished run has; HPARAMS reads each from the run's scalars of the same name.
+RESULT_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss", "run/train_seconds", "run/epochs")
+
+
+def group_choices() -> dict[str, str | None]:
+    """The option chosen in each config group, as Hydra recorded it (empty outside a Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {key: value for key, value in HydraConfig.get().runtime.choices.items() if not key.startswith("hydra")}
+
+
+def compared_hparams(config: Mapping[str, Any], choices: Mapping[str, str | None]) -> dict[str, Any]:
+    """Flat ``group/key`` → number, string or bool, from the resolved config and the group choices."""
+    flat: dict[str, Any] = {}
+    for group in GROUPS:
+        flat[group] = choices.get(group) or _option_from_target(config.get(group)) or "none"
+    for key, value in (config.get("model") or {}).items():
+        if not key.startswith("_") and key not in MODEL_KEYS_LEFT_OUT:
+            flat[f"model/{key}"] = value
+    data = config.get("data") or {}
+    for key in DATA_KEYS:
+        if key in data:
+            flat[f"data/{key}"] = data[key]
+    for key, value in (data.get("augment") or {}).items():
+        flat[f"augment/{key}"] = value
+    for key, value in (config.get("loss") or {}).items():
+        if not key.startswith("_"):
+            flat[f"loss/{key}"] = value
+    for group in ("optimizer", "scheduler"):
+        for key, value in (config.get(group) or {}).items():
+            if not key.startswith("_"):
+                flat[f"{group}/{key}"] = value
+    trainer = config.get("trainer") or {}
+    for key in TRAINER_KEYS:
+        if trainer.get(key) is not None:
+            flat[f"trainer/{key}"] = trainer[key]
+    flat["seed"] = config.get("seed")
+    return {key: _scalar(value) for key, value in flat.items()}
+
+
+def _option_from_target(section: Any) -> str | None:
+    """A group's option when Hydra did not record it (a config composed by hand): its class name."""
+    if isinstance(section, Mapping) and section.get("_target_"):
+        return str(section["_target_"]).rsplit(".", 1)[-1]
+    return None
+
+
+def _scalar(value: Any) -> int | float | str | bool:
+    """What every logger can show: numbers, strings and bools as they are; lists and null as text."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)

@@ -1,0 +1,76 @@
+"""What goes to the run loggers (TensorBoard, CSV, MLflow) beyond the per-epoch metrics Lightning sends:
+the curated hyperparameters, the run's final figures, and for MLflow the run's files as artifacts."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
+from torch.utils.tensorboard.summary import hparams
+
+from tinyvision.files import METRICS_FILE
+from tinyvision.hparams import RESULT_METRICS
+
+
+class TensorBoardLogger(LightningTensorBoardLogger):
+    """Lightning's TensorBoard logger without its extra ``epoch`` scalar: Lightning adds the epoch to every
+    logged row for loggers that plot against steps, which in TensorBoard is a chart of a straight line."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        super().log_metrics({key: value for key, value in metrics.items() if key != "epoch"}, step)
+
+    def log_graph(self, model, input_array=None) -> None:
+        # TensorBoard's graph goes through torch.jit.trace, which warns that it is deprecated; the warning
+        # is not the user's to act on, and the graph is still right.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r".*torch\.jit.*")
+            super().log_graph(model, input_array)
+
+
+def log_compared_hparams(trainer: L.Trainer, params: dict[str, Any], resumed: bool = False) -> None:
+    """Give every logger the curated hyperparameters (tinyvision.hparams); a resumed run's TensorBoard
+    folder already holds them."""
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, LightningTensorBoardLogger):
+            if resumed:
+                continue
+            # Not logger.log_hyperparams(params, metrics): it also logs the metrics' placeholder values as
+            # scalars, which would stay in the run's curves. This writes the HPARAMS entry alone, naming the
+            # result metrics whose scalars HPARAMS shows beside the parameters.
+            writer = logger.experiment._get_file_writer()
+            for summary in hparams(params, dict.fromkeys(RESULT_METRICS, 0.0)):
+                writer.add_summary(summary)
+        else:
+            logger.log_hyperparams(params)
+
+
+def log_final_figures(trainer: L.Trainer, train_seconds: float, epochs: int) -> None:
+    """run/train_seconds and run/epochs for every logger, after fit (the final test logs test/*)."""
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        logger.log_metrics({"run/train_seconds": train_seconds, "run/epochs": epochs}, step=trainer.global_step)
+        logger.save()
+
+
+def log_run_files(trainer: L.Trainer, run_dir: Path, best_checkpoint: str | None) -> None:
+    """MLflow keeps the run's files as artifacts: metrics.json, per_class.csv, the config and best.ckpt."""
+    if not trainer.is_global_zero:
+        return
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    files = [run_dir / METRICS_FILE, run_dir / "per_class.csv", run_dir / ".hydra" / "config.yaml"]
+    for logger in trainer.loggers:
+        if not isinstance(logger, MLFlowLogger):
+            continue
+        for path in files:
+            if path.is_file():
+                logger.experiment.log_artifact(logger.run_id, str(path))
+        if best_checkpoint and Path(best_checkpoint).is_file():
+            logger.experiment.log_artifact(logger.run_id, best_checkpoint, artifact_path="checkpoints")
