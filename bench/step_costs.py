@@ -43,7 +43,7 @@ def main() -> None:
     loss = F.cross_entropy(logits, labels)
     record = torch.tensor([-1.0, -1.0, 0.0, -1.0, 0.0], dtype=torch.float64, device=device)
 
-    def fold_loss_record():  # what StopOnNonFiniteLoss does every step now
+    def fold_loss_record():  # what StopOnNonFiniteLoss does every step on an accelerator
         value = loss.double()
         finite, healthy = torch.isfinite(value), record[0] < 0
         first_bad, still = ~finite & healthy, finite & healthy
@@ -63,8 +63,8 @@ def main() -> None:
     pieces = {
         "model forward + backward + SGD step (for scale)": train_step,
         "uint8 -> normalized float32 (one addcmul)": lambda: torch.addcmul(shift, images.float(), scale),
-        "loss read on the host, float(loss) (the old NaN check)": lambda: float(loss),
-        "loss folded into the device record (the new NaN check)": fold_loss_record,
+        "loss read on the host, float(loss) (the NaN check on a CPU)": lambda: float(loss),
+        "loss folded into the device record (the NaN check on a GPU)": fold_loss_record,
         "accuracy update, validate_args=True (before)": lambda: checked_acc.update(logits, labels),
         "accuracy update, validate_args=False (now)": lambda: unchecked_acc.update(logits, labels),
         "mean-loss update, NaN check on (before)": lambda: checked_mean.update(loss, weight=args.batch),

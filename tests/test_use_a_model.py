@@ -29,6 +29,8 @@ def shapes_run(shapes_root, tmp_path_factory) -> Path:
     result = run_script("train.py", "model=convnet", "data=mnist", *FAST, f"paths.data_dir={shapes_root}", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((run_dir / "metrics.json").read_text())["test/acc"] > 0.9
+    # No library warning the user can do nothing about (torch.jit.trace's deprecation, Lightning's LeafSpec)
+    assert not [line for line in result.stderr.splitlines() if "Warning" in line or "deprecated" in line], result.stderr[-3000:]
     return run_dir
 
 
