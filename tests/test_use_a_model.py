@@ -110,6 +110,8 @@ def logged_hparams(tensorboard_dir: Path) -> tuple[dict, set[str]]:
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     params = {key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind")) for key, value in start.hparams.items()}
+    # TensorBoard opens HPARAMS on the first five columns of its order, which puts the marked ones first
+    assert {info.name for info in experiment.hparam_infos if info.differs} == {"model", "data", "data/batch_size", "optimizer/lr", "seed"}
     return params, {info.name.tag for info in experiment.metric_infos}
 
 

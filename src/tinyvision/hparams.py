@@ -16,6 +16,8 @@ GROUPS = ("experiment", "model", "data", "optimizer", "scheduler")
 MODEL_KEYS_LEFT_OUT = {"channels_last", "compile", "weights_path"}
 DATA_KEYS = ("batch_size", "image_size", "channels", "val_size")
 TRAINER_KEYS = ("max_epochs", "precision", "devices", "accumulate_grad_batches", "gradient_clip_val")
+# The columns TensorBoard's HPARAMS view shows before any is ticked (it shows the first five of its order).
+HEADLINE = ("model", "data", "data/batch_size", "optimizer/lr", "seed")
 # The figures a finished run has; HPARAMS reads each from the run's scalars of the same name.
 RESULT_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss", "run/train_seconds", "run/epochs")
 

@@ -12,17 +12,23 @@ from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardL
 from torch.utils.tensorboard.summary import hparams
 
 from tinyvision.files import METRICS_FILE
-from tinyvision.hparams import RESULT_METRICS
+from tinyvision.hparams import HEADLINE, RESULT_METRICS
 
 
 class TensorBoardLogger(LightningTensorBoardLogger):
-    """Lightning's TensorBoard logger without its extra ``epoch`` scalar: Lightning adds the epoch to every
-    logged row for loggers that plot against steps, which in TensorBoard is a chart of a straight line."""
+    """Lightning's TensorBoard logger without its extra ``epoch`` scalar (Lightning adds the epoch to every
+    logged row for loggers that plot against steps, which in TensorBoard is a chart of a straight line), and
+    with the model graph traced once: Lightning asks for it at the start of fit and again of the test."""
+
+    _graph_logged = False
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         super().log_metrics({key: value for key, value in metrics.items() if key != "epoch"}, step)
 
     def log_graph(self, model, input_array=None) -> None:
+        if self._graph_logged or self._kwargs.get("purge_step") is not None:  # a resumed run's folder has its graph
+            return
+        self._graph_logged = True
         # TensorBoard's graph goes through torch.jit.trace, which warns that it is deprecated; the warning
         # is not the user's to act on, and the graph is still right.
         with warnings.catch_warnings():
@@ -44,10 +50,25 @@ def log_compared_hparams(trainer: L.Trainer, params: dict[str, Any], resumed: bo
             # scalars, which would stay in the run's curves. This writes the HPARAMS entry alone, naming the
             # result metrics whose scalars HPARAMS shows beside the parameters.
             writer = logger.experiment._get_file_writer()
-            for summary in hparams(params, dict.fromkeys(RESULT_METRICS, 0.0)):
+            experiment, session_start, session_end = hparams(params, dict.fromkeys(RESULT_METRICS, 0.0))
+            for summary in (_headline_first(experiment), session_start, session_end):
                 writer.add_summary(summary)
         else:
             logger.log_hyperparams(params)
+
+
+def _headline_first(experiment):
+    """The HPARAMS experiment summary with the headline settings marked as the ones that differ between runs:
+    TensorBoard orders columns by that mark, then by name, and shows the first five, which would otherwise
+    be the alphabetical first (augment/*, data/channels) rather than what people compare."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    value = experiment.value[0]
+    content = HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    for info in content.experiment.hparam_infos:
+        info.differs = info.name in HEADLINE
+    value.metadata.plugin_data.content = content.SerializeToString()
+    return experiment
 
 
 def log_final_figures(trainer: L.Trainer, train_seconds: float, epochs: int) -> None:

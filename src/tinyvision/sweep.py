@@ -147,13 +147,13 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
     import matplotlib.pyplot as plt
 
     labels = [f"{r['job']}: {r['overrides']}"[:60] for r in rows][::-1]
-    figure, axes = plt.subplots(figsize=(8, 1 + 0.4 * len(rows)))
+    figure, axes = plt.subplots(figsize=(8, 1.4 + 0.4 * len(rows)))
     positions = range(len(rows))
     axes.barh([p + 0.2 for p in positions], [r["val/acc_best"] for r in rows][::-1], height=0.4, label="best val acc")
     axes.barh([p - 0.2 for p in positions], [r["test/acc"] for r in rows][::-1], height=0.4, label="test acc")
     axes.set_yticks(list(positions), labels, fontsize=8)
     axes.set_xlabel("accuracy")
-    axes.legend(loc="lower right")
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)  # above the bars, never over them
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -168,14 +168,14 @@ def _plot_over_seeds(path: Path, seeds: list[dict[str, Any]]) -> None:
 
     rows = seeds[::-1]
     labels = [f"{r['overrides']} (n={r['n']})"[:60] for r in rows]
-    figure, axes = plt.subplots(figsize=(8, 1 + 0.5 * len(rows)))
+    figure, axes = plt.subplots(figsize=(8, 1.4 + 0.5 * len(rows)))
     positions = range(len(rows))
     for offset, key, label in ((0.2, "val/acc_best", "best val acc"), (-0.2, "test/acc", "test acc")):
         axes.barh([p + offset for p in positions], [r[f"{key}_mean"] or 0.0 for r in rows], height=0.4, label=label,
                   xerr=[r[f"{key}_std"] or 0.0 for r in rows], capsize=3)
     axes.set_yticks(list(positions), labels, fontsize=8)
     axes.set_xlabel("accuracy: mean over seeds ± 1 standard deviation")
-    axes.legend(loc="lower right")
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)  # above the bars, never over them
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
