@@ -134,3 +134,22 @@ def test_deterministic_is_reset_between_jobs(make_config, tmp_path):
     assert torch.are_deterministic_algorithms_enabled()
     train_in_process(make_config(*quick, run_dir=tmp_path / "second"))  # the next job of a sweep
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_a_resumed_run_logs_on_into_the_same_mlflow_run(data_root, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    run_dir, store = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logged = ["logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={store}",
+              f"logger.mlflow.artifact_location={(tmp_path / 'artifacts').as_uri()}"]
+    killed = train(*RUN, *logged, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}", fault=("kill-at-step", 17))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = train(f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client = MlflowClient(tracking_uri=store)
+    [run] = client.search_runs([client.get_experiment_by_name("tinyvision").experiment_id])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = client.get_metric_history(run.info.run_id, "val/acc")
+    assert [m.value for m in history] == pytest.approx([row["val/acc"] for row in metrics["history"]])  # epochs 1-3, once each
+    assert run.data.params["model"] == "cifar_net_v3"
+    assert run.info.status == "FINISHED" and "metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -37,15 +37,32 @@ class TensorBoardLogger(LightningTensorBoardLogger):
             super().log_graph(model, input_array)
 
 
+MLFLOW_RUN_KEY = "mlflow_run_id"  # in every checkpoint of a run logged to MLflow
+
+
+class RememberMlflowRun(L.Callback):
+    """Keeps the MLflow run's id in each checkpoint, so that resume=<run dir> logs on into the same MLflow run
+    (training._loggers reads it back) instead of starting a second one."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, MLFlowLogger) and logger.run_id:
+                checkpoint[MLFLOW_RUN_KEY] = logger.run_id
+
+
 def log_compared_hparams(trainer: L.Trainer, params: dict[str, Any], resumed: bool = False) -> None:
     """Give every logger the curated hyperparameters (tinyvision.hparams); a resumed run's TensorBoard
-    folder already holds them."""
+    folder and MLflow run already hold them."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
     if not trainer.is_global_zero:
         return
     for logger in trainer.loggers:
+        if resumed and isinstance(logger, (LightningTensorBoardLogger, MLFlowLogger)):
+            continue
         if isinstance(logger, LightningTensorBoardLogger):
-            if resumed:
-                continue
             # Not logger.log_hyperparams(params, metrics): it also logs the metrics' placeholder values as
             # scalars, which would stay in the run's curves. This writes the HPARAMS entry alone, naming the
             # result metrics whose scalars HPARAMS shows beside the parameters.

@@ -23,7 +23,7 @@ from tinyvision.data.datamodule import data_module_settings
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import METRICS_FILE, PRUNED_FILE, write_json
 from tinyvision.hparams import compared_hparams, group_choices
-from tinyvision.loggers import log_final_figures, log_run_files
+from tinyvision.loggers import MLFLOW_RUN_KEY, RememberMlflowRun, log_final_figures, log_run_files
 from tinyvision.module import ImageClassifier
 from tinyvision.report import PER_CLASS_FILE, write_per_class_csv
 
@@ -112,15 +112,18 @@ def _pruning_callback(cfg: DictConfig) -> tuple[L.Callback | None, type[Exceptio
 def _callbacks(cfg: DictConfig, pruning) -> list[L.Callback]:
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks.append(LogHyperparameters(compared_hparams(OmegaConf.to_container(cfg, resolve=True), group_choices())))
+    callbacks.append(RememberMlflowRun())
     return callbacks + ([pruning] if pruning is not None else [])
 
 
 def _loggers(cfg: DictConfig, resume_from: Path | None) -> list:
     """The configured loggers; a resumed run's TensorBoard logger drops the events written after its checkpoint,
-    so curves have no repeated steps; an MLflow run is named after the run dir (a sweep's: sweep/job)."""
+    so curves have no repeated steps, and its MLflow logger continues the MLflow run of the checkpoint. A new
+    MLflow run is named after the run dir (a sweep's: sweep/job)."""
     from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 
-    purge_step = load_checkpoint_file(resume_from)["global_step"] if resume_from is not None else None
+    checkpoint = load_checkpoint_file(resume_from) if resume_from is not None else {}
+    purge_step = checkpoint.get("global_step")
     run_dir = Path(cfg.paths.output_dir)
     run_name = f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.isdigit() else run_dir.name
     loggers = []
@@ -131,7 +134,9 @@ def _loggers(cfg: DictConfig, resume_from: Path | None) -> list:
         kind = make.func if isinstance(make.func, type) else type(None)
         if purge_step is not None and issubclass(kind, TensorBoardLogger):
             make = functools.partial(make, purge_step=purge_step)
-        if issubclass(kind, MLFlowLogger) and not make.keywords.get("run_name"):
+        if issubclass(kind, MLFlowLogger) and checkpoint.get(MLFLOW_RUN_KEY):
+            make = functools.partial(make, run_id=checkpoint[MLFLOW_RUN_KEY])
+        elif issubclass(kind, MLFlowLogger) and not make.keywords.get("run_name"):
             make = functools.partial(make, run_name=run_name)
         loggers.append(make())
     return loggers
