@@ -1,4 +1,6 @@
-"""Classify image files: python predict.py ckpt_path=PATH inputs=FILE_OR_DIR [output=predictions.json]."""
+"""Classify image files: python predict.py ckpt_path=PATH inputs=FILE_OR_DIR [output=predictions.json].
+
+PATH is a tinyvision checkpoint (.ckpt) or an ONNX file written by export.py (.onnx, with its JSON card)."""
 
 import os
 import sys
@@ -13,6 +15,7 @@ from rich.table import Table
 from tinyvision.cli import exit_bad_input, precheck
 from tinyvision.data.photos import find_images, preparation_style, prepare_image
 from tinyvision.errors import TinyVisionError
+from tinyvision.export import OnnxClassifier
 from tinyvision.files import write_json
 from tinyvision.inference import load_classifier
 from tinyvision.schema import validate_predict
@@ -30,8 +33,12 @@ def main(cfg: DictConfig) -> None:
 
 def predict(cfg: DictConfig) -> list[dict]:
     validate_predict(cfg)
-    classifier = load_classifier(cfg.ckpt_path)
-    data = classifier.hparams.data
+    if str(cfg.ckpt_path).endswith(".onnx"):  # exported by export.py, run by onnxruntime
+        classifier = OnnxClassifier(cfg.ckpt_path)
+        data = classifier.data
+    else:
+        classifier = load_classifier(cfg.ckpt_path)
+        data = classifier.hparams.data
     style = preparation_style(data.get("dataset")) if cfg.style == "auto" else cfg.style
     files = find_images(cfg.inputs)
     if not files:

@@ -12,10 +12,10 @@ from conftest import ROOT
 from tinyvision.errors import ConfigError
 from tinyvision.training import train
 
-SCRIPTS = {"train": ROOT / "train.py", "eval": ROOT / "eval.py", "predict": ROOT / "predict.py"}
+SCRIPTS = {"train": ROOT / "train.py", "eval": ROOT / "eval.py", "predict": ROOT / "predict.py", "export": ROOT / "export.py"}
 NOT_A_CHECKPOINT = "NOT_A_CHECKPOINT"  # replaced by the path of a text file named .ckpt
 
-# (script, command line, the start of the one error line). Every group, and all three commands.
+# (script, command line, the start of the one error line). Every group, and all four commands.
 CASES = [
     ("train", ["seed=abc"], "seed=abc: a whole number"),
     ("train", ["seed=-1"], "seed=-1: a whole number from 0"),
@@ -89,6 +89,12 @@ CASES = [
     ("eval", ["ckpt_path=x.ckpt", "data=imagenet"], "data=imagenet: no option 'imagenet' in data/"),
     ("predict", [], "ckpt_path=??? is required"),
     ("eval", ["ckpt_path=x.ckpt", "top_k=0"], "top_k=0: a whole number, 1 or more"),
+    ("export", [], "ckpt_path=??? is required: give it on the command line, e.g. ckpt_path="),
+    ("export", ["ckpt_path=x.ckpt", "format=pdf"], "format=pdf: onnx, torchscript or safetensors"),
+    ("export", ["ckpt_path=/nonexistent/best.ckpt"], "ckpt_path=/nonexistent/best.ckpt does not exist"),
+    ("export", [f"ckpt_path={NOT_A_CHECKPOINT}"], "ckpt_path="),
+    ("export", ["ckpt_path=x.ckpt", "fromat=onnx"], "fromat=onnx: no key 'fromat' in the config; did you mean format?"),
+    ("predict", ["ckpt_path=/nonexistent/model.onnx", "inputs=photos"], "ckpt_path=/nonexistent/model.onnx does not exist"),
     ("predict", ["ckpt_path=x.ckpt"], "inputs=??? is required: give it on the command line, e.g. inputs="),
     ("predict", ["ckpt_path=x.ckpt", "inputs=photos", "top_k=0"], "top_k=0: a whole number, 1 or more"),
     ("predict", ["ckpt_path=x.ckpt", "inputs=photos", "style=cartoon"], "style=cartoon: auto, digit, clothing or plain"),

@@ -353,11 +353,17 @@ class EvalConfig(Open):
 
 
 class PredictConfig(Open):
-    ckpt_path: str = spec("the path of a .ckpt file", "outputs/runs/<run>/checkpoints/best.ckpt")
+    ckpt_path: str = spec("the path of a .ckpt file, or of an .onnx file from export.py", "outputs/runs/<run>/checkpoints/best.ckpt")
     inputs: str = spec("an image file or a folder of images", "photos/")
     top_k: PositiveInt = spec("a whole number, 1 or more", 3, 3)
     output: str | None = spec("null or the path of a JSON file", "predictions.json", None)
     style: Literal["auto", "digit", "clothing", "plain"] = spec("auto, digit, clothing or plain", "auto", "auto")
+
+
+class ExportConfig(Open):
+    ckpt_path: str = spec("the path of a .ckpt file", "outputs/runs/<run>/checkpoints/best.ckpt")
+    format: Literal["onnx", "torchscript", "safetensors"] = spec("onnx, torchscript or safetensors", "onnx", "onnx")
+    output: str | None = spec("null or the path of the file to write", "model.onnx", None)
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -496,3 +502,7 @@ def validate_predict(cfg: DictConfig) -> dict[str, Any]:
     return values
 
 
+def validate_export(cfg: DictConfig) -> dict[str, Any]:
+    values = to_container(cfg)
+    check(ExportConfig, {k: v for k, v in values.items() if k != "paths"}, "")
+    return values
