@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from tinyvision.models import build_model
+from tinyvision.models import build_model, head_of
 from tinyvision.preprocessing import Normalize, as_hw
 
 
@@ -33,8 +33,13 @@ class ImageClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         num_classes = data["num_classes"]
-        self.normalize = Normalize(data["mean"], data["std"], data["channels"])
         self.net = build_model(model, data["channels"], num_classes, data["image_size"])
+        pretrained = getattr(self.net, "pretrained_mean_std", None)
+        if pretrained is not None:
+            # Pretrained weights expect the statistics they were trained with, not the dataset's; the
+            # saved data settings say so, so a checkpoint and an export normalize the same way.
+            self.hparams.data["mean"], self.hparams.data["std"] = data["mean"], data["std"] = pretrained
+        self.normalize = Normalize(data["mean"], data["std"], data["channels"])
         # NHWC convolutions: measured faster on this CPU (BENCHMARKS.md), and the format tensor cores prefer.
         self.channels_last = bool(model.get("channels_last", False))
         if self.channels_last:
@@ -121,7 +126,9 @@ class ImageClassifier(L.LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self):
-        optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())
+        settings = dict(self.hparams.optimizer)
+        scale = settings.pop("backbone_lr_scale", 1.0)
+        optimizer = hydra.utils.instantiate(settings)(params=self._parameter_groups(scale, settings.get("lr")))
         settings = dict(self.hparams.scheduler or {})
         if not settings.get("_target_"):
             return optimizer
@@ -130,11 +137,22 @@ class ImageClassifier(L.LightningModule):
         auto = {
             "total_steps": self.trainer.estimated_stepping_batches,
             "T_max": self.trainer.max_epochs if interval == "epoch" else self.trainer.estimated_stepping_batches,
-            "max_lr": optimizer.param_groups[0]["lr"],
+            "max_lr": [group["lr"] for group in optimizer.param_groups],  # per group: a scaled backbone stays scaled
         }
         settings = {key: auto[key] if value == "auto" else value for key, value in settings.items()}
-        scheduler = hydra.utils.instantiate(settings)(optimizer=optimizer)
+        scheduler = hydra.utils.instantiate(settings, _convert_="all")(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def _parameter_groups(self, backbone_lr_scale: float, lr: float | None):
+        """All trainable parameters; with backbone_lr_scale other than 1, the head at the optimizer's lr and
+        the rest (the backbone) at lr × backbone_lr_scale, as two parameter groups."""
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        if backbone_lr_scale == 1.0 or lr is None:
+            return trainable
+        head = {id(p) for p in head_of(self.net).parameters()}
+        # The head first: param_groups[0] keeps the optimizer's lr, which train/lr records.
+        return [{"params": [p for p in trainable if id(p) in head]},
+                {"params": [p for p in trainable if id(p) not in head], "lr": lr * backbone_lr_scale}]
 
     def on_fit_start(self) -> None:
         self._take_class_names()

@@ -132,6 +132,7 @@ class Model(Open):
     target: str = Field(alias="_target_")
     channels_last: bool = spec("true or false", True, True)
     compile: bool = spec("true or false", False, False)
+    freeze: Literal["backbone"] | None = spec("null or backbone (train the head only)", "backbone", None)
 
 
 class Plain(Model):
@@ -165,7 +166,25 @@ class VGG16(Plain):
         return value
 
 
+class Timm(Open):  # other keys go to timm.create_model (drop_rate, ...)
+    target: str = Field(alias="_target_")
+    channels_last: bool = spec("true or false", True, True)
+    compile: bool = spec("true or false", False, False)
+    freeze: Literal["backbone"] | None = spec("null or backbone (train the head only)", "backbone", None)
+    name: str = spec("a timm architecture name", "resnet18")
+    pretrained: bool = spec("true or false", True, False)
+    weights_path: str | None = spec("null or the path of a weights file (.safetensors or a state dict)", "resnet18.safetensors", None)
+
+
+class Torchvision(Plain):
+    name: str = spec("a torchvision classification architecture name", "resnet18")
+    weights: str | None = spec("null or a weights name of that architecture", "IMAGENET1K_V1", None)
+    weights_path: str | None = spec("null or the path of a state dict of those weights", "resnet18.pth", None)
+
+
 MODELS = {
+    "tinyvision.models.TimmModel": Timm,
+    "tinyvision.models.TorchvisionModel": Torchvision,
     "tinyvision.models.LeNet": Plain,
     "tinyvision.models.ConvNet": Plain,
     "tinyvision.models.CifarNet": Plain,
@@ -182,6 +201,14 @@ class Optimizer(Open):
     target: str = Field(alias="_target_")
     partial: bool = Field(True, alias="_partial_")
     lr: Annotated[float, Field(gt=0)] = spec("a positive number", 0.01)
+    backbone_lr_scale: Annotated[float, Field(ge=0)] | int = spec("a number, 0 or more (1: the same lr everywhere)", 0.1, 1.0)
+
+    @field_validator("backbone_lr_scale")
+    @classmethod
+    def _scale(cls, value):
+        if value < 0:
+            raise ValueError("")
+        return float(value)
     weight_decay: Annotated[float, Field(ge=0)] = spec("a number, 0 or more", 0.0005, 0.0)
 
 

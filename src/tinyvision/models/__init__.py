@@ -11,18 +11,24 @@ from torch import nn
 from tinyvision.errors import ConfigError
 from tinyvision.models.cifar_net import CifarNet, CifarNetV3
 from tinyvision.models.convnet import ConvNet
+from tinyvision.models.external import TimmModel, TorchvisionModel
 from tinyvision.models.lenet import LeNet
 from tinyvision.models.mlp import MLP
 from tinyvision.models.vgg import VGG16
 
-__all__ = ["MLP", "VGG16", "CifarNet", "CifarNetV3", "ConvNet", "LeNet", "build_model"]
+__all__ = ["MLP", "VGG16", "CifarNet", "CifarNetV3", "ConvNet", "LeNet", "TimmModel", "TorchvisionModel", "build_model",
+           "head_of"]
+
+# Keys every model entry takes that are tinyvision's, not the architecture's.
+COMMON_KEYS = {"compile", "channels_last", "freeze"}
 
 
 def build_model(model: dict[str, Any], in_channels: int, num_classes: int, image_size) -> nn.Module:
-    """Instantiate the architecture described by a ``conf/model`` entry for data of the given shape."""
-    settings = {key: value for key, value in model.items() if key not in {"compile", "channels_last"}}
+    """Instantiate the architecture described by a ``conf/model`` entry for data of the given shape;
+    ``freeze: backbone`` leaves only its head (``head_of``) to train."""
+    settings = {key: value for key, value in model.items() if key not in COMMON_KEYS}
     try:
-        return hydra.utils.instantiate(
+        net = hydra.utils.instantiate(
             settings, in_channels=in_channels, num_classes=num_classes, image_size=image_size, _convert_="all"
         )
     except InstantiationException as error:
@@ -30,3 +36,17 @@ def build_model(model: dict[str, Any], in_channels: int, num_classes: int, image
         if isinstance(cause, (ValueError, TypeError)):
             raise ConfigError(str(cause)) from cause
         raise
+    if model.get("freeze") == "backbone":
+        net.requires_grad_(False)
+        head_of(net).requires_grad_(True)
+    return net
+
+
+def head_of(net: nn.Module) -> nn.Module:
+    """The layer that maps features to classes: the architecture's own ``head()``, else its last linear layer."""
+    if callable(getattr(net, "head", None)) and not isinstance(net.head, nn.Module):
+        return net.head()
+    linears = [module for module in net.modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{type(net).__name__} has no linear head: model.freeze and optimizer.backbone_lr_scale need one")
+    return linears[-1]

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from tinyvision.models._shapes import as_hw
+from tinyvision.models.external import _grey_mean_std
 
 
 class VGG16(nn.Module):
@@ -56,10 +57,16 @@ class VGG16(nn.Module):
         net.classifier[6] = nn.Linear(net.classifier[6].in_features, num_classes)
         if freeze_features:
             net.features.requires_grad_(False)
+        # torchvision's VGG16 weights (by name or as a saved state dict) were trained on ImageNet's statistics.
+        rgb = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        self.pretrained_mean_std = _grey_mean_std(*rgb, in_channels) if (weights or weights_path) else None
         self.net = net
         height, width = as_hw(image_size)
         self.upsample_to = (max(height, self.min_image_size), max(width, self.min_image_size))
         self.needs_upsample = self.upsample_to != (height, width)
+
+    def head(self) -> nn.Module:
+        return self.net.classifier[6]
 
     def forward(self, x: Tensor) -> Tensor:
         if self.needs_upsample:
