@@ -21,6 +21,8 @@ def pytest_configure(config) -> None:
     # pytest resets warning filters for each test: the library warnings tinyvision silences, silenced here too.
     for message in KNOWN_WARNINGS:
         config.addinivalue_line("filterwarnings", f"ignore:{message}")
+
+
 CONF = ROOT / "conf"
 IDX_NAMES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

@@ -77,7 +77,11 @@ class Augment(Section):
 
 class Data(Section):
     target: str = Field(alias="_target_")
-    dataset: Literal["mnist", "fashion", "cifar10"] | None = spec("mnist, fashion or cifar10", "fashion", None)
+    dataset: Literal["mnist", "fashion", "kmnist", "emnist", "cifar10", "cifar100", "svhn"] | None = spec(
+        "mnist, fashion, kmnist, emnist, cifar10, cifar100 or svhn", "fashion", None)
+    split: Literal["byclass", "bymerge", "balanced", "letters", "digits", "mnist"] | None = spec(
+        "EMNIST's byclass, bymerge, balanced, letters, digits or mnist", "balanced", None)
+    label_type: Literal["fine", "coarse"] = spec("fine (100 classes) or coarse (20 superclasses)", "fine", "fine")
     root: str = spec("a directory path", "data")
     mirrors: list[str] = spec("a list of directories", "[/usr/share/datasets/fashion-mnist]", [])
     download: bool = spec("true or false", True, True)

@@ -99,7 +99,8 @@ class ImageDataModule(L.LightningDataModule):
 
 
 class TensorDataModule(ImageDataModule):
-    """MNIST, Fashion-MNIST and CIFAR-10: each split decoded once into a uint8 tensor held in memory.
+    """MNIST, Fashion-MNIST, KMNIST, EMNIST, CIFAR-10, CIFAR-100 and SVHN: each split decoded once into a uint8
+    tensor held in memory.
 
     The tensors live on the training device when it is a GPU; batches are drawn by index, so there is
     no per-image Python, PIL or transform call in the training loop. Channels and size are converted
@@ -107,20 +108,22 @@ class TensorDataModule(ImageDataModule):
     Fashion-MNIST, ``data.image_size=32``).
     """
 
-    def __init__(self, dataset: str, root: str, mirrors: Sequence[str] = (), download: bool = True, **kwargs):
+    def __init__(self, dataset: str, root: str, mirrors: Sequence[str] = (), download: bool = True, split: str | None = None,
+                 label_type: str = "fine", **kwargs):
         super().__init__(**kwargs)
         self.dataset, self.root, self.mirrors, self.download = dataset, root, list(mirrors), download
+        self.split, self.label_type = split, label_type  # EMNIST's split; CIFAR-100's fine or coarse labels
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
         self._train_batches: TensorBatches | None = None
 
     def prepare_data(self) -> None:
         # Runs on one process only: fetches and extracts files, so ranks never download at once.
-        sources.fetch(self.dataset, self.root, self.mirrors, self.download)
+        sources.fetch(self.dataset, self.root, self.mirrors, self.download, self.split)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        data = sources.load(self.dataset, self.root, self.mirrors, download=False)
+        data = sources.load(self.dataset, self.root, self.mirrors, download=False, split=self.split, label_type=self.label_type)
         if len(data.classes) != self.num_classes:
             raise ConfigError(
                 f"data.num_classes={self.num_classes} but {self.dataset} has {len(data.classes)} classes: "

@@ -24,8 +24,9 @@ def find_images(inputs: str | Path) -> list[Path]:
 
 
 def preparation_style(dataset: str | None) -> str:
-    """How photos are turned into inputs: as MNIST digits, as Fashion-MNIST items, or a plain resize."""
-    return {"mnist": "digit", "fashion": "clothing"}.get(dataset or "", "plain")
+    """How photos are turned into inputs: as MNIST digits (EMNIST and KMNIST were made the same way), as
+    Fashion-MNIST items, or a plain resize."""
+    return {"mnist": "digit", "emnist": "digit", "kmnist": "digit", "fashion": "clothing"}.get(dataset or "", "plain")
 
 
 def prepare_image(path: Path, data: dict[str, Any], style: str) -> torch.Tensor:

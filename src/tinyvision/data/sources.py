@@ -1,4 +1,4 @@
-"""Find, fetch and decode MNIST, Fashion-MNIST and CIFAR-10 into uint8 tensors.
+"""Find, fetch and decode MNIST, Fashion-MNIST, KMNIST, EMNIST, CIFAR-10, CIFAR-100 and SVHN into uint8 tensors.
 
 Files are looked for in the torchvision layout under ``root`` first, then in mirror directories
 (Debian's ``dataset-fashion-mnist`` among the defaults), and only then downloaded by torchvision,
@@ -32,7 +32,12 @@ class Splits:
     classes: list[str]
 
 
-IDX_DATASETS = {"mnist": torchvision.datasets.MNIST, "fashion": torchvision.datasets.FashionMNIST}
+IDX_DATASETS = {"mnist": torchvision.datasets.MNIST, "fashion": torchvision.datasets.FashionMNIST,
+                "kmnist": torchvision.datasets.KMNIST, "emnist": torchvision.datasets.EMNIST}
+DATASETS = ("mnist", "fashion", "kmnist", "emnist", "cifar10", "cifar100", "svhn")
+EMNIST_SPLITS = torchvision.datasets.EMNIST.splits
+CIFAR100_FILES = ["train", "test", "meta"]
+SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -47,23 +52,47 @@ HOW_TO_GET = {
     "or copy the four files (.gz is fine) into {place}",
     "cifar10": "run once on a machine with internet (data.download=true fetches them through torchvision), "
     "or put cifar-10-python.tar.gz or its extracted cifar-10-batches-py folder into {place}",
+    "kmnist": "run once on a machine with internet (data.download=true fetches them through torchvision), "
+    "or copy the four files (.gz is fine) into {place}",
+    "emnist": "run once on a machine with internet (data.download=true fetches gzip.zip through torchvision), "
+    "or copy the split's four emnist-<split>-*-ubyte files (.gz is fine) into {place}",
+    "cifar100": "run once on a machine with internet (data.download=true fetches them through torchvision), "
+    "or put cifar-100-python.tar.gz or its extracted cifar-100-python folder into {place}",
+    "svhn": "run once on a machine with internet (data.download=true fetches them through torchvision), "
+    "or copy train_32x32.mat and test_32x32.mat into {place}",
 }
 
 
-def fetch(dataset: str, root: str | os.PathLike, mirrors: list[str], download: bool) -> dict[str, Path]:
-    """Make sure the files of ``dataset`` are on disk (extracting or downloading them); return their paths."""
+def fetch(dataset: str, root: str | os.PathLike, mirrors: list[str], download: bool, split: str | None = None) -> dict[str, Path]:
+    """Make sure the files of ``dataset`` are on disk (extracting or downloading them); return their paths.
+    ``split`` is EMNIST's (byclass, bymerge, balanced, letters, digits, mnist)."""
+    root, mirrors = Path(root), [Path(m) for m in mirrors]
     if dataset in IDX_DATASETS:
-        return _fetch_idx(dataset, Path(root), [Path(m) for m in mirrors], download)
-    if dataset == "cifar10":
-        return _fetch_cifar10(Path(root), [Path(m) for m in mirrors], download)
-    raise DataError(f"data.dataset={dataset!r} is not known: choose mnist, fashion or cifar10")
+        return _fetch_idx(dataset, root, mirrors, download, split)
+    if dataset in ("cifar10", "cifar100"):
+        return _fetch_cifar(dataset, root, mirrors, download)
+    if dataset == "svhn":
+        return _fetch_svhn(root, mirrors, download)
+    raise DataError(f"data.dataset={dataset!r} is not known: choose {', '.join(DATASETS)}")
 
 
-def load(dataset: str, root: str | os.PathLike, mirrors: list[str], download: bool) -> Splits:
-    """Decode ``dataset`` (mnist, fashion or cifar10) once into tensors."""
-    files = fetch(dataset, root, mirrors, download)
+def load(dataset: str, root: str | os.PathLike, mirrors: list[str], download: bool, split: str | None = None,
+         label_type: str = "fine") -> Splits:
+    """Decode ``dataset`` once into tensors; ``label_type`` picks CIFAR-100's fine (100) or coarse (20) labels."""
+    files = fetch(dataset, root, mirrors, download, split)
     if dataset in IDX_DATASETS:
-        return Splits(train=_read_idx(files, "train"), test=_read_idx(files, "test"), classes=list(IDX_DATASETS[dataset].classes))
+        stems = _idx_stems(dataset, split)
+        train, test = _read_idx(files, stems["train"]), _read_idx(files, stems["test"])
+        if dataset == "emnist":  # EMNIST stores each image transposed: turn it upright, as MNIST's are
+            train, test = (train[0].transpose(2, 3).contiguous(), train[1]), (test[0].transpose(2, 3).contiguous(), test[1])
+            classes = list(torchvision.datasets.EMNIST.classes_split_dict[split or "balanced"])
+        else:
+            classes = list(IDX_DATASETS[dataset].classes)
+        return Splits(train=train, test=test, classes=classes)
+    if dataset == "cifar100":
+        return _read_cifar100(files, label_type)
+    if dataset == "svhn":
+        return _read_svhn(files)
     return _read_cifar10(files)
 
 
@@ -73,10 +102,19 @@ def _missing(dataset: str, files: list[str], places: list[Path], reason: str) ->
     return DataError(f"{dataset} files not found: {', '.join(files)}. Looked in: {searched}. {reason}To get them: {fix}.")
 
 
-def _fetch_idx(dataset: str, root: Path, mirrors: list[Path], download: bool) -> dict[str, Path]:
+def _idx_stems(dataset: str, split: str | None) -> dict[str, tuple[str, str]]:
+    if dataset != "emnist":
+        return IDX_FILES
+    split = split or "balanced"
+    return {part: (f"emnist-{split}-{name}-images-idx3-ubyte", f"emnist-{split}-{name}-labels-idx1-ubyte")
+            for part, name in (("train", "train"), ("test", "test"))}
+
+
+def _fetch_idx(dataset: str, root: Path, mirrors: list[Path], download: bool, split: str | None = None) -> dict[str, Path]:
     cls = IDX_DATASETS[dataset]
     raw = root / cls.__name__ / "raw"
-    stems = [stem for pair in IDX_FILES.values() for stem in pair]
+    stems = [stem for pair in _idx_stems(dataset, split).values() for stem in pair]
+    extra = {"split": split or "balanced"} if dataset == "emnist" else {}
 
     def locate(stem: str) -> Path | None:
         if (raw / stem).is_file():
@@ -94,7 +132,7 @@ def _fetch_idx(dataset: str, root: Path, mirrors: list[Path], download: bool) ->
     reason = "Downloading is off (data.download=false). "
     if missing and download:
         try:
-            cls(str(root), train=True, download=True)
+            cls(str(root), train=True, download=True, **extra)
             found = {stem: locate(stem) for stem in stems}
             missing = [stem for stem, path in found.items() if path is None]
         except Exception as error:  # torchvision raises RuntimeError, URLError or OSError here
@@ -104,8 +142,8 @@ def _fetch_idx(dataset: str, root: Path, mirrors: list[Path], download: bool) ->
     return found
 
 
-def _read_idx(files: dict[str, Path], split: str) -> tuple[Tensor, Tensor]:
-    image_path, label_path = (files[stem] for stem in IDX_FILES[split])
+def _read_idx(files: dict[str, Path], stems: tuple[str, str]) -> tuple[Tensor, Tensor]:
+    image_path, label_path = (files[stem] for stem in stems)
     images = _read(image_path, read_image_file, "MNIST-format (idx3) image")
     labels = _read(label_path, read_label_file, "MNIST-format (idx1) label")
     if len(images) != len(labels):
@@ -145,14 +183,15 @@ def _read(path: Path, reader, what: str) -> Tensor:
         ) from error
 
 
-def _fetch_cifar10(root: Path, mirrors: list[Path], download: bool) -> dict[str, Path]:
-    folder_name = torchvision.datasets.CIFAR10.base_folder
-    archive_name = torchvision.datasets.CIFAR10.filename
+def _fetch_cifar(dataset: str, root: Path, mirrors: list[Path], download: bool) -> dict[str, Path]:
+    cls = torchvision.datasets.CIFAR10 if dataset == "cifar10" else torchvision.datasets.CIFAR100
+    needed = CIFAR_FILES if dataset == "cifar10" else CIFAR100_FILES
+    folder_name, archive_name = cls.base_folder, cls.filename
     candidates = [root / folder_name, *(m / folder_name for m in mirrors), *mirrors]
 
     def locate() -> Path | None:
         for folder in candidates:
-            if all((folder / name).is_file() for name in CIFAR_FILES):
+            if all((folder / name).is_file() for name in needed):
                 return folder
         for mirror in mirrors:
             archive = mirror / archive_name
@@ -165,13 +204,13 @@ def _fetch_cifar10(root: Path, mirrors: list[Path], download: bool) -> dict[str,
     reason = "Downloading is off (data.download=false). "
     if folder is None and download:
         try:
-            torchvision.datasets.CIFAR10(str(root), train=False, download=True)
+            cls(str(root), train=False, download=True)
             folder = locate()
         except Exception as error:  # torchvision raises RuntimeError, URLError or OSError here
             reason = f"Downloading through torchvision failed: {error}. "
     if folder is None:
-        raise _missing("cifar10", [archive_name, *CIFAR_FILES], [root, *mirrors], reason)
-    return {name: folder / name for name in CIFAR_FILES}
+        raise _missing(dataset, [archive_name, *needed], [root, *mirrors], reason)
+    return {name: folder / name for name in needed}
 
 
 def _read_cifar10(files: dict[str, Path]) -> Splits:
@@ -215,3 +254,65 @@ def _read_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
     if len(images) != len(labels):
         raise DataError(f"{path} holds {len(images)} images but {len(labels)} labels")
     return images, labels
+
+
+def _read_cifar100(files: dict[str, Path], label_type: str) -> Splits:
+    meta = _unpickle(files["meta"])
+    key = f"{label_type}_label_names"
+    if key not in meta:
+        raise DataError(f"{files['meta']} has no '{key}' list: it is not a CIFAR-100 meta file")
+
+    def split(name: str) -> tuple[Tensor, Tensor]:
+        entry = _unpickle(files[name])
+        try:
+            images = torch.as_tensor(entry["data"], dtype=torch.uint8).reshape(-1, 3, 32, 32)
+            labels = torch.as_tensor(entry[f"{label_type}_labels"], dtype=torch.long)
+        except Exception as error:
+            raise DataError(f"{files[name]} is not a valid CIFAR-100 python file ({type(error).__name__}: {error}); "
+                            "delete the cifar-100-python folder and run again to fetch a fresh copy") from error
+        if len(images) != len(labels):
+            raise DataError(f"{files[name]} holds {len(images)} images but {len(labels)} labels")
+        return images, labels
+
+    return Splits(train=split("train"), test=split("test"), classes=[str(n) for n in meta[key]])
+
+
+def _fetch_svhn(root: Path, mirrors: list[Path], download: bool) -> dict[str, Path]:
+    folder = root / "SVHN"
+
+    def locate() -> dict[str, Path] | None:
+        for place in (folder, *mirrors):
+            if all((place / name).is_file() for name in SVHN_FILES.values()):
+                return {part: place / name for part, name in SVHN_FILES.items()}
+        return None
+
+    found = locate()
+    reason = "Downloading is off (data.download=false). "
+    if found is None and download:
+        try:
+            for part in SVHN_FILES:
+                torchvision.datasets.SVHN(str(folder), split=part, download=True)
+            found = locate()
+        except Exception as error:  # torchvision raises RuntimeError, URLError or OSError here
+            reason = f"Downloading through torchvision failed: {error}. "
+    if found is None:
+        raise _missing("svhn", list(SVHN_FILES.values()), [folder, *mirrors], reason)
+    return found
+
+
+def _read_svhn(files: dict[str, Path]) -> Splits:
+    from scipy.io import loadmat  # the .mat format SVHN ships in, read as torchvision reads it
+
+    def split(path: Path) -> tuple[Tensor, Tensor]:
+        try:
+            mat = loadmat(str(path))
+            images = torch.as_tensor(mat["X"], dtype=torch.uint8).permute(3, 2, 0, 1).contiguous()  # H W C N -> N C H W
+            labels = torch.as_tensor(mat["y"].astype("int64")).flatten() % 10  # SVHN labels the digit 0 as 10
+        except Exception as error:
+            raise DataError(f"{path} is not a valid SVHN .mat file ({type(error).__name__}: {error}); "
+                            "delete it and run again to fetch a fresh copy") from error
+        if len(images) != len(labels):
+            raise DataError(f"{path} holds {len(images)} images but {len(labels)} labels")
+        return images, labels
+
+    return Splits(train=split(files["train"]), test=split(files["test"]), classes=[str(d) for d in range(10)])
