@@ -103,6 +103,10 @@ class Data(Section):
         "a number of images (1 or more) or a fraction between 0 and 1", 0.2, 0.2
     )
     num_workers: int = spec("a whole number, 0 or more", 2, 2, ge=0)
+    cache_max_gb: Annotated[float, Field(ge=0)] | Annotated[int, Field(ge=0)] | None = spec(
+        "a number of gigabytes, 0 or more, or null (half the device's free memory)", 2, None)
+    cache_dir: str = spec("a directory path", "data/cache", "data/cache")
+    skip_bad_images: bool = spec("true or false", True, True)
     seed: int = spec("a whole number, 0 or more", 42, ge=0)
     test_every_epoch: bool = spec("true or false", True, False)
     augment: Augment = Field(default_factory=Augment)

@@ -3,6 +3,7 @@ classifier normalizes them (tinyvision.preprocessing), so its checkpoint carries
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ from torchvision.transforms.v2 import functional as TF
 from tinyvision.data import sources
 from tinyvision.data.augment import padding_ltrb, random_crop, random_horizontal_flip
 from tinyvision.data.batches import IndexSampler, TensorBatches
-from tinyvision.preprocessing import as_hw
 from tinyvision.errors import ConfigError
+from tinyvision.preprocessing import as_hw
+
+log = logging.getLogger("tinyvision")
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -183,18 +186,25 @@ class TensorDataModule(ImageDataModule):
         return self._train_batches.generator if self._train_batches is not None else None
 
 
-class FolderDataModule(ImageDataModule):
+class FolderDataModule(TensorDataModule):
     """Any directory of images with one subfolder per class (seed 003's ants/bees).
 
     With ``train/`` and ``test/`` subdirectories those are the splits; otherwise the test split is
-    carved from the whole folder (``test_size``). Images are decoded and resized per image with
-    torchvision.transforms.v2 in DataLoader workers; normalization and augmentation then run batched.
+    carved from the whole folder (``test_size``). The images are decoded once, resized and converted,
+    into a uint8 tensor file under ``cache_dir`` (tinyvision.data.folder_cache) and then train through
+    the same device-resident, batch-augmented, resumable path as MNIST or CIFAR. When the decoded set
+    would not fit ``cache_max_gb`` (default: half the training device's free memory), they are decoded per
+    image in DataLoader workers instead, with the same transforms. Unreadable images are listed and
+    skipped (``skip_bad_images=false`` refuses them instead).
     """
 
-    def __init__(self, root: str, test_size: float | int = 0.2, num_workers: int = 2, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, root: str, test_size: float | int = 0.2, num_workers: int = 2, cache_max_gb: float | None = None,
+                 skip_bad_images: bool = True, cache_dir: str = "data/cache", **kwargs):
+        super().__init__(dataset="folder", root=str(root), **kwargs)
         self.root, self.test_size, self.num_workers = Path(root), test_size, num_workers
-        self.datasets: dict[str, torch.utils.data.Dataset] = {}
+        self.cache_max_gb, self.skip_bad_images, self.cache_dir = cache_max_gb, skip_bad_images, Path(cache_dir)
+        self.datasets: dict[str, torch.utils.data.Dataset] = {}  # the per-image path, when the cache does not fit
+        self.skipped: list[tuple[str, str]] = []
 
     def _class_root(self, split: str = "train") -> Path:
         if (self.root / "train").is_dir() and (self.root / "test").is_dir():
@@ -234,30 +244,92 @@ class FolderDataModule(ImageDataModule):
             )
         return classes
 
+    @property
+    def cached(self) -> bool:
+        return bool(self.splits)
+
     def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
+        if self.splits or self.datasets:
             return
-        from torchvision import datasets
-        from torchvision.transforms import v2
+        from tinyvision.data import folder_cache
 
         self.class_names = self.check_folder()
-        transform = v2.Compose(
-            [
-                v2.ToImage(),
-                v2.Grayscale(1) if self.channels == 1 else v2.RGB(),
-                v2.Resize(list(self.hw), antialias=True),
-            ]
-        )
-        train_root = self._class_root("train")
-        full = datasets.ImageFolder(str(train_root), transform=transform)
+        roots = {"train": self._class_root("train")}
+        if roots["train"] != self.root:
+            roots["test"] = self._class_root("test")
+        samples = {split: folder_cache.image_files(root)[0] for split, root in roots.items()}
+        count = sum(len(s) for s in samples.values())
+        need = folder_cache.decoded_bytes(count, self.channels, self.hw)
+        budget = int(self.cache_max_gb * 1e9) if self.cache_max_gb is not None else folder_cache.default_budget_bytes(self._device())
+        if need > budget:
+            log.info("data=folder: %d images decoded would take %.2f GB, over data.cache_max_gb=%s (%.2f GB): decoding them "
+                     "per image in DataLoader workers every epoch; raise data.cache_max_gb to decode them once",
+                     count, need / 1e9, self.cache_max_gb if self.cache_max_gb is not None else "null", budget / 1e9)
+            self._setup_per_image(roots)
+            return
+        decoded = {split: folder_cache.load_or_decode(root, samples[split], self.channels, self.hw, self.cache_dir,
+                                                      self.num_workers)[0] for split, root in roots.items()}
+        self._report_bad([(str(roots[split] / file), reason) for split, d in decoded.items() for file, reason in d.bad])
+        images, labels = decoded["train"].images, decoded["train"].labels
         generator = torch.Generator().manual_seed(self.seed)
-        if train_root == self.root:
+        if "test" in decoded:
+            test_images, test_labels = decoded["test"].images, decoded["test"].labels
+        else:
+            test_count = round(self.test_size * len(images)) if isinstance(self.test_size, float) else self.test_size
+            order = torch.randperm(len(images), generator=generator)
+            test_images, test_labels = images[order[:test_count]], labels[order[:test_count]]
+            images, labels = images[order[test_count:]], labels[order[test_count:]]
+        val_count = self.val_count(len(images), str(self.root))
+        order = torch.randperm(len(images), generator=generator)
+        device = self._device()
+        self.splits = {
+            "train": (images[order[val_count:]].to(device), labels[order[val_count:]].to(device)),
+            "val": (images[order[:val_count]].to(device), labels[order[:val_count]].to(device)),
+            "test": (test_images.to(device), test_labels.to(device)),
+        }
+
+    def _report_bad(self, bad: list[tuple[str, str]]) -> None:
+        if not bad:
+            return
+        listed = "; ".join(f"{file} ({reason})" for file, reason in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        if not self.skip_bad_images:
+            raise ConfigError(f"data.skip_bad_images=false and {len(bad)} images cannot be read: {listed}. Replace or remove "
+                              "them, or set data.skip_bad_images=true to train without them")
+        self.skipped = bad
+        log.warning("data=folder: skipped %d images that cannot be read: %s", len(bad), listed)
+
+    def _setup_per_image(self, roots: dict[str, Path]) -> None:
+        """The images decoded per image in DataLoader workers (a folder too large for the cache)."""
+        from PIL import Image
+        from torchvision import datasets
+
+        from tinyvision.data.folder_cache import transform_for
+
+        bad = []
+
+        def readable(path: str) -> bool:
+            from torchvision.datasets.folder import IMG_EXTENSIONS
+
+            if not path.lower().endswith(IMG_EXTENSIONS):
+                return False
+            try:
+                with Image.open(path) as image:
+                    image.verify()  # the header and structure, without decoding every pixel
+                return True
+            except Exception as error:
+                bad.append((path, f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"))
+                return False
+
+        transform = transform_for(self.channels, self.hw)
+        full = datasets.ImageFolder(str(roots["train"]), transform=transform, is_valid_file=readable)
+        test = datasets.ImageFolder(str(roots["test"]), transform=transform, is_valid_file=readable) if "test" in roots else None
+        self._report_bad(bad)
+        generator = torch.Generator().manual_seed(self.seed)
+        if test is None:
             test_count = round(self.test_size * len(full)) if isinstance(self.test_size, float) else self.test_size
             order = torch.randperm(len(full), generator=generator).tolist()
             test = torch.utils.data.Subset(full, order[:test_count])
             full = torch.utils.data.Subset(full, order[test_count:])
-        else:
-            test = datasets.ImageFolder(str(self._class_root("test")), transform=transform)
         val_count = self.val_count(len(full), str(self.root))
         order = torch.randperm(len(full), generator=generator).tolist()
         self.datasets = {
@@ -266,7 +338,12 @@ class FolderDataModule(ImageDataModule):
             "test": test,
         }
 
-    def _loader(self, split: str, shuffle: bool) -> torch.utils.data.DataLoader:
+    def train_dataloader(self):
+        return super().train_dataloader() if self.cached else self._loader("train", shuffle=True)
+
+    def _loader(self, split: str, shuffle: bool):
+        if self.cached:
+            return super()._loader(split, shuffle)
         return torch.utils.data.DataLoader(
             self.datasets[split],
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
@@ -275,6 +352,9 @@ class FolderDataModule(ImageDataModule):
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
+
+    def _augment_generator(self) -> torch.Generator | None:
+        return super()._augment_generator() if self.cached else None
 
 
 def data_module_settings(data: Any) -> dict[str, Any]:

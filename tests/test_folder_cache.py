@@ -1,0 +1,92 @@
+"""data=folder on the fast path: decoded once into a cache keyed by the folder, the same pixels as the
+per-image path, a fallback when the cache would not fit, and unreadable images listed or refused."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import pytest
+import torch
+
+from conftest import write_image_folder
+from tinyvision.data import folder_cache
+from tinyvision.data.batches import TensorBatches
+from tinyvision.data.datamodule import FolderDataModule
+from tinyvision.errors import ConfigError
+
+
+def folder_module(root, cache_dir, **overrides) -> FolderDataModule:
+    settings = dict(root=str(root), channels=3, image_size=32, num_classes=2, batch_size=8, val_size=0.1, test_size=0.2,
+                    num_workers=0, cache_dir=str(cache_dir), seed=3)
+    return FolderDataModule(**{**settings, **overrides})
+
+
+@pytest.fixture
+def images(tmp_path):
+    root = tmp_path / "images"
+    write_image_folder(root)
+    return root
+
+
+def test_the_folder_is_decoded_once_and_decoded_again_when_it_changes(images, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first = folder_module(images, cache)
+    first.setup("fit")
+    assert first.cached and isinstance(first.train_dataloader(), TensorBatches)
+    assert first.splits["train"][0].dtype == torch.uint8 and first.splits["train"][0].shape[1:] == (3, 32, 32)
+    assert sum(len(first.splits[s][0]) for s in ("train", "val", "test")) == 48 and len(list(cache.glob("*.pt"))) == 1
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again although the folder did not change")
+
+    monkeypatch.setattr(folder_cache, "decode", no_decoding)
+    second = folder_module(images, cache)
+    second.setup("fit")
+    for split in ("train", "val", "test"):
+        assert torch.equal(second.splits[split][0], first.splits[split][0])
+
+    monkeypatch.undo()
+    changed = images / "ants" / "000.png"
+    shutil.copy(images / "bees" / "001.png", changed)  # another image under the same name
+    os.utime(changed, ns=(10**18, 10**18))
+    third = folder_module(images, cache)
+    third.setup("fit")
+    assert len(list(cache.glob("*.pt"))) == 2  # a new key: decoded again
+
+
+def test_the_cached_and_the_per_image_paths_give_the_same_pixels(images, tmp_path, caplog):
+    cached = folder_module(images, tmp_path / "cache")
+    cached.setup("fit")
+    with caplog.at_level(logging.INFO, logger="tinyvision"):
+        per_image = folder_module(images, tmp_path / "cache2", cache_max_gb=0)
+        per_image.setup("fit")
+    assert not per_image.cached and not list((tmp_path / "cache2").glob("*.pt"))
+    [line] = [r.getMessage() for r in caplog.records if "cache_max_gb" in r.getMessage()]
+    assert "decoding them per image" in line and "raise data.cache_max_gb" in line
+    for split in ("train", "val", "test"):
+        images_per_image = torch.stack([per_image.datasets[split][i][0] for i in range(len(per_image.datasets[split]))])
+        assert torch.equal(images_per_image, cached.splits[split][0].cpu()), split
+
+
+def test_unreadable_images_are_listed_and_skipped_or_refused(images, tmp_path, caplog):
+    (images / "bees" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with caplog.at_level(logging.WARNING, logger="tinyvision"):
+        skipping = folder_module(images, tmp_path / "cache")
+        skipping.setup("fit")
+    assert [file for file, _ in skipping.skipped] == [str(images / "bees" / "broken.png")]
+    assert sum(len(skipping.splits[s][0]) for s in ("train", "val", "test")) == 48
+    assert any("skipped 1 images that cannot be read" in r.getMessage() and "broken.png" in r.getMessage() for r in caplog.records)
+    refusing = folder_module(images, tmp_path / "cache", skip_bad_images=False)
+    with pytest.raises(ConfigError, match=r"data.skip_bad_images=false and 1 images cannot be read: .*broken.png"):
+        refusing.setup("fit")
+
+
+def test_a_cached_folder_trains_end_to_end(images, make_config, tmp_path):
+    from tinyvision.training import train
+
+    metrics = train(make_config("data=folder", f"data.root={images}", "data.num_classes=2", "data.image_size=32",
+                                f"data.cache_dir={tmp_path / 'cache'}", "data.augment.crop_padding=2", "trainer.max_epochs=2",
+                                run_dir=tmp_path / "run"))
+    assert metrics["epochs"] == 2 and list((tmp_path / "cache").glob("folder-*.pt"))
