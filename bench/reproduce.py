@@ -50,11 +50,11 @@ EXPERIMENTS = [
     Experiment("cifar_net_v3", "seed 003 §12.3 (CIFAR-10): about 88% after 150 epochs", here=CIFAR_ON_FASHION,
                cpu_budget=["trainer.max_epochs=3"], original="python train.py experiment=cifar_net_v3"),
     Experiment("vgg16_cifar10", "seed 003 §11 (CIFAR-10, ImageNet weights): no accuracy reported", here=CIFAR_ON_FASHION,
-               cpu_budget=["trainer.max_epochs=1", "+trainer.limit_train_batches=100"],
+               cpu_budget=["trainer.max_epochs=1", "trainer.limit_train_batches=100"],
                original="python train.py experiment=vgg16_cifar10 model.weights=IMAGENET1K_V1"),
 ]
 GPU_SET = {"lenet_fashion", "convnet_mnist", "cifar_net_v3"}
-TINY = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "data.val_size=50",
+TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "data.val_size=50",
         "data.eval_batch_size=64"]
 
 
@@ -64,7 +64,7 @@ def run(experiment: Experiment, args, run_dir: Path) -> tuple[list[str], dict]:
     if args.device == "cpu":
         overrides += experiment.cpu_budget
     if args.tiny:
-        overrides = [o for o in overrides if not o.startswith(("trainer.max_epochs", "+trainer.limit"))] + TINY
+        overrides = [o for o in overrides if not o.startswith(("trainer.max_epochs", "trainer.limit"))] + TINY
     command = ["python", "train.py", *overrides]
     print(f"$ {' '.join(command)}", flush=True)
     result = subprocess.run([sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT,

@@ -18,7 +18,7 @@ SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
 @pytest.mark.parametrize("option", ["model=timm", "model=torchvision"])
 def test_a_library_architecture_trains_on_grey_28_pixel_images(option, make_config, tmp_path):
     metrics = train(make_config(option, "model.name=resnet18", "data.val_size=50", "trainer.max_epochs=1",
-                                "+trainer.limit_train_batches=2", run_dir=tmp_path / "run"))
+                                "trainer.limit_train_batches=2", run_dir=tmp_path / "run"))
     assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["epochs"] == 1
 
 

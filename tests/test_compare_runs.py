@@ -21,7 +21,7 @@ from tinyvision.sweep import collect, over_seeds, write_summary
 from tinyvision.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.batch_size=64", "data.val_size=100", "trainer.max_epochs=2", "+trainer.limit_train_batches=3"]
+TINY = ["data.batch_size=64", "data.val_size=100", "trainer.max_epochs=2", "trainer.limit_train_batches=3"]
 
 
 def test_the_report_matches_figures_worked_out_by_hand():

@@ -65,7 +65,7 @@ def test_cifar_net_v3_is_seed_003(make_config):
 def test_every_optimizer_and_scheduler_steps(make_config, optimizer, scheduler):
     cfg = make_config(
         "model=mlp", f"optimizer={optimizer}", f"scheduler={scheduler}", "trainer=cpu", "trainer.max_epochs=2",
-        "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
+        "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
         "logger=none", "data.batch_size=8", "data.val_size=16",
     )
     metrics = train(cfg)

@@ -29,10 +29,18 @@ class ImageClassifier(L.LightningModule):
         data: dict[str, Any],
         optimizer: dict[str, Any],
         scheduler: dict[str, Any] | None = None,
+        loss: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
         num_classes = data["num_classes"]
+        loss = loss or {}
+        self.label_smoothing = float(loss.get("label_smoothing") or 0.0)
+        self.class_weights_setting = loss.get("class_weights")
+        # "auto" weights are counted from the training split at every fit start (a resumed run's split is the
+        # same), so the buffer is not saved: checkpoints of runs without weights load as before.
+        weights = self.class_weights_setting if isinstance(self.class_weights_setting, list) else [1.0] * num_classes
+        self.register_buffer("class_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
         self.net = build_model(model, data["channels"], num_classes, data["image_size"])
         pretrained = getattr(self.net, "pretrained_mean_std", None)
         if pretrained is not None:
@@ -78,7 +86,10 @@ class ImageClassifier(L.LightningModule):
     def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
         logits = self(images)
-        loss = F.cross_entropy(logits, labels)
+        if stage == "train":  # the training objective; validation and test report plain cross-entropy
+            loss = F.cross_entropy(logits, labels, weight=self._weights(), label_smoothing=self.label_smoothing)
+        else:
+            loss = F.cross_entropy(logits, labels)
         loss_value = loss.detach()
         getattr(self, f"{stage}_loss").update(loss_value, weight=torch.full_like(loss_value, len(labels)))
         getattr(self, f"{stage}_acc").update(logits.detach(), labels)
@@ -154,8 +165,16 @@ class ImageClassifier(L.LightningModule):
         return [{"params": [p for p in trainable if id(p) in head]},
                 {"params": [p for p in trainable if id(p) not in head], "lr": lr * backbone_lr_scale}]
 
+    def _weights(self) -> torch.Tensor | None:
+        return self.class_weights if self.class_weights_setting is not None else None
+
     def on_fit_start(self) -> None:
         self._take_class_names()
+        if self.class_weights_setting == "auto":
+            counts = class_counts(self.trainer.datamodule, self.hparams.data["num_classes"])
+            # sklearn's "balanced": N / (C × n_c); a class absent from the split gets no weight at all
+            weights = counts.sum() / (len(counts) * counts.clamp(min=1))
+            self.class_weights.copy_(torch.where(counts > 0, weights, torch.zeros_like(weights)))
 
     def on_test_start(self) -> None:
         self._take_class_names()
@@ -175,3 +194,15 @@ class ImageClassifier(L.LightningModule):
         self.class_names = list(checkpoint.get("class_names", self.class_names))
         self._epoch_lr = checkpoint.get("epoch_lr")
         self.run_config = checkpoint.get("config")
+
+
+def class_counts(datamodule, num_classes: int) -> torch.Tensor:
+    """Images per class in a data module's training split (tensor splits, or a per-image dataset)."""
+    splits = getattr(datamodule, "splits", None)
+    if splits:
+        labels = splits["train"][1].cpu()
+    else:
+        subset = datamodule.datasets["train"]
+        targets = getattr(subset.dataset, "targets", None)
+        labels = torch.tensor([targets[i] for i in subset.indices] if targets is not None else [y for _, y in subset])
+    return torch.bincount(labels, minlength=num_classes).float()

@@ -52,6 +52,12 @@ class Paths(Section):
     output_dir: str = spec("a directory path", "outputs/runs/my_run")
 
 
+class Loss(Section):
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] | Literal[0] = spec("a number from 0 to below 1", 0.1, 0.0)
+    class_weights: Literal["auto"] | Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=2)] | None = spec(
+        "null, auto or a list of positive weights, one per class", "auto", None)
+
+
 class TopLevel(Open):
     seed: int = spec("a whole number from 0 to 4294967295", 42, ge=0, le=2**32 - 1)
     resume: str | None = spec("the folder of a run under outputs/, or null", "outputs/runs/<run>", None)
@@ -306,6 +312,10 @@ class Trainer(Open):
     max_epochs: int | None = spec("a whole number, 1 or more (-1: no limit)", 10, None)
     min_epochs: Annotated[int, Field(ge=0)] | None = spec("a whole number, 0 or more", 1, None)
     log_every_n_steps: PositiveInt = spec("a whole number, 1 or more", 50, 50)
+    accumulate_grad_batches: PositiveInt = spec("a whole number of batches, 1 or more", 4, 1)
+    gradient_clip_val: Annotated[float, Field(gt=0)] | Annotated[int, Field(gt=0)] | None = spec(
+        "a positive number, or null (no clipping)", 1.0, None)
+    check_val_every_n_epoch: PositiveInt | None = spec("a whole number of epochs, 1 or more", 1, 1)
 
     @field_validator("max_epochs")
     @classmethod
@@ -509,6 +519,12 @@ def validate_train(cfg: DictConfig) -> dict[str, Any]:
     """Check every tinyvision key of a composed train config; returns the resolved container."""
     values = to_container(cfg)
     check(TopLevel, {k: values[k] for k in ("seed", "resume", "paths") if k in values}, "")
+    check(Loss, values.get("loss") or {}, "loss")
+    weights = (values.get("loss") or {}).get("class_weights")
+    if isinstance(weights, list) and len(weights) != values["data"].get("num_classes"):
+        count = values["data"].get("num_classes")
+        raise ConfigError(f"loss.class_weights={show(weights)}: one weight per class ({count} for data.num_classes={count}), "
+                          f"e.g. loss.class_weights=auto")
     check(_by_target(values["model"], MODELS, Model), values["model"], "model")
     check(Data, values["data"], "data")
     check(_by_target(values["optimizer"], OPTIMIZERS, Optimizer), values["optimizer"], "optimizer")

@@ -49,6 +49,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ImageClassifier]:
         data=data_info,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) or None,
+        loss=OmegaConf.to_container(cfg.loss, resolve=True) if cfg.get("loss") else None,
     )
     return datamodule, classifier
 

@@ -1,0 +1,66 @@
+"""Recipe knobs: label smoothing and class weights do what the formulas say; Trainer knobs need no +."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from tinyvision.module import ImageClassifier
+from tinyvision.training import train
+
+GREY = {"channels": 1, "image_size": 28, "num_classes": 10, "mean": [0.2860], "std": [0.3530], "dataset": "fashion"}
+SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+
+
+def training_loss(classifier: ImageClassifier, images, labels) -> torch.Tensor:
+    classifier.train()
+    return classifier._step((images, labels), "train")[0]
+
+
+def test_label_smoothing_changes_the_loss_by_the_known_formula():
+    torch.manual_seed(0)
+    images, labels = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (16,))
+    plain = ImageClassifier(model={"_target_": "tinyvision.models.LeNet"}, data=dict(GREY), optimizer=SGD)
+    smoothed = ImageClassifier(model={"_target_": "tinyvision.models.LeNet"}, data=dict(GREY), optimizer=SGD,
+                               loss={"label_smoothing": 0.2})
+    smoothed.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        log_p = F.log_softmax(plain.net(plain.normalize(images)), dim=1)
+    nll, uniform = -log_p.gather(1, labels[:, None]).mean(), -log_p.mean()
+    assert training_loss(plain, images, labels).item() == pytest.approx(nll.item(), rel=1e-5)
+    # (1 - ε) × NLL + ε × the mean over classes of -log p
+    assert training_loss(smoothed, images, labels).item() == pytest.approx((0.8 * nll + 0.2 * uniform).item(), rel=1e-5)
+
+
+def test_auto_class_weights_are_the_inverse_class_frequency_of_the_training_split(make_config, tmp_path):
+    import lightning as L
+
+    from tinyvision.training import build
+
+    datamodule, classifier = build(make_config("loss.class_weights=auto", "data.val_size=50", run_dir=tmp_path / "run"))
+    L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0).fit(classifier, datamodule)
+    counts = torch.bincount(datamodule.splits["train"][1], minlength=10).float()
+    assert counts.sum() == 350 and (counts > 0).all()
+    assert torch.allclose(classifier.class_weights, 350 / (10 * counts))  # N / (C × n_c)
+
+
+def test_class_weights_weigh_the_loss():
+    torch.manual_seed(1)
+    images, labels = torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (12,))
+    weights = [float(i + 1) for i in range(10)]
+    weighted = ImageClassifier(model={"_target_": "tinyvision.models.LeNet"}, data=dict(GREY), optimizer=SGD,
+                               loss={"class_weights": weights})
+    with torch.no_grad():
+        log_p = F.log_softmax(weighted.net(weighted.normalize(images)), dim=1)
+    w = torch.tensor(weights)[labels]
+    expected = (w * -log_p.gather(1, labels[:, None]).flatten()).sum() / w.sum()
+    assert training_loss(weighted, images, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_trainer_knobs_are_set_without_a_plus(make_config, tmp_path):
+    metrics = train(make_config("data.val_size=50", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                                "trainer.limit_test_batches=1", "trainer.gradient_clip_val=1.0", "trainer.accumulate_grad_batches=2",
+                                "trainer.max_epochs=1", run_dir=tmp_path / "run"))
+    assert metrics["history"][0]["train_samples"] == 2 * 64  # two batches of the default 64
