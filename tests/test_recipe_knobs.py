@@ -64,3 +64,28 @@ def test_trainer_knobs_are_set_without_a_plus(make_config, tmp_path):
                                 "trainer.limit_test_batches=1", "trainer.gradient_clip_val=1.0", "trainer.accumulate_grad_batches=2",
                                 "trainer.max_epochs=1", run_dir=tmp_path / "run"))
     assert metrics["history"][0]["train_samples"] == 2 * 64  # two batches of the default 64
+
+
+@pytest.mark.parametrize("scheduler", ["none", "step"])
+def test_warmup_raises_the_lr_linearly_every_batch_then_hands_over(scheduler, make_config, tmp_path):
+    import lightning as L
+
+    from tinyvision.training import build
+
+    class Rates(L.Callback):
+        def __init__(self):
+            self.rates = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    datamodule, classifier = build(make_config("optimizer=sgd", "optimizer.lr=0.5", f"scheduler={scheduler}", "scheduler.warmup_epochs=1",
+                                               *(["scheduler.step_size=1", "scheduler.gamma=0.5"] if scheduler == "step" else []),
+                                               "data.val_size=50", "data.batch_size=32", run_dir=tmp_path / "run"))
+    rates = Rates()
+    L.Trainer(max_epochs=2, limit_train_batches=10, limit_val_batches=1, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=[rates]).fit(classifier, datamodule)
+    expected_warmup = [0.5 * (0.01 + 0.99 * k / 10) for k in range(10)]
+    assert rates.rates[:10] == pytest.approx(expected_warmup)  # epoch 1: from a hundredth up, batch by batch
+    after = 0.5 if scheduler == "none" else 0.25  # epoch 2: the full lr, times StepLR's first decay
+    assert rates.rates[10:] == pytest.approx([after] * 10)

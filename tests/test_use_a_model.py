@@ -115,7 +115,8 @@ def logged_hparams(tensorboard_dir: Path) -> tuple[dict, set[str]]:
     return params, {info.name.tag for info in experiment.metric_infos}
 
 
-COMPARED = {"experiment", "model", "model/freeze", "loss/label_smoothing", "loss/class_weights", "trainer/accumulate_grad_batches",
+COMPARED = {"experiment", "model", "model/freeze", "scheduler/warmup_epochs", "loss/label_smoothing", "loss/class_weights",
+            "trainer/accumulate_grad_batches",
             "data", "optimizer", "scheduler", "data/batch_size", "data/image_size", "data/channels",
             "data/val_size", "augment/crop_padding", "augment/horizontal_flip", "optimizer/lr", "optimizer/betas",
             "optimizer/weight_decay", "optimizer/backbone_lr_scale", "trainer/max_epochs", "trainer/precision", "trainer/devices", "seed"}

@@ -141,18 +141,28 @@ class ImageClassifier(L.LightningModule):
         scale = settings.pop("backbone_lr_scale", 1.0)
         optimizer = hydra.utils.instantiate(settings)(params=self._parameter_groups(scale, settings.get("lr")))
         settings = dict(self.hparams.scheduler or {})
-        if not settings.get("_target_"):
+        warmup_epochs = settings.pop("warmup_epochs", 0) or 0
+        schedulers = []
+        if warmup_epochs:
+            # A linear rise from a hundredth of each group's lr, stepped after every batch. Chained with the main
+            # schedule (both scale the lr step by step), which starts counting its own epochs from the first.
+            steps = max(1, round(warmup_epochs * self.trainer.estimated_stepping_batches / self.trainer.max_epochs))
+            warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=steps)
+            schedulers.append({"scheduler": warmup, "interval": "step"})
+        if settings.get("_target_"):
+            interval = settings.pop("interval", "epoch")
+            # "auto" values are filled in from the run: the length of training and the optimizer's lr.
+            auto = {
+                "total_steps": self.trainer.estimated_stepping_batches,
+                "T_max": self.trainer.max_epochs if interval == "epoch" else self.trainer.estimated_stepping_batches,
+                "max_lr": [group["lr"] for group in optimizer.param_groups],  # per group: a scaled backbone stays scaled
+            }
+            settings = {key: auto[key] if value == "auto" else value for key, value in settings.items()}
+            scheduler = hydra.utils.instantiate(settings, _convert_="all")(optimizer=optimizer)
+            schedulers.append({"scheduler": scheduler, "interval": interval})
+        if not schedulers:
             return optimizer
-        interval = settings.pop("interval", "epoch")
-        # "auto" values are filled in from the run: the length of training and the optimizer's lr.
-        auto = {
-            "total_steps": self.trainer.estimated_stepping_batches,
-            "T_max": self.trainer.max_epochs if interval == "epoch" else self.trainer.estimated_stepping_batches,
-            "max_lr": [group["lr"] for group in optimizer.param_groups],  # per group: a scaled backbone stays scaled
-        }
-        settings = {key: auto[key] if value == "auto" else value for key, value in settings.items()}
-        scheduler = hydra.utils.instantiate(settings, _convert_="all")(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+        return [optimizer], schedulers
 
     def _parameter_groups(self, backbone_lr_scale: float, lr: float | None):
         """All trainable parameters; with backbone_lr_scale other than 1, the head at the optimizer's lr and

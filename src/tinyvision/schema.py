@@ -259,6 +259,13 @@ class Scheduler(Open):
     target: str = Field(alias="_target_")
     partial: bool = Field(True, alias="_partial_")
     interval: Literal["epoch", "step"] = spec("epoch or step", "epoch", "epoch")
+    warmup_epochs: Annotated[float, Field(ge=0)] | Annotated[int, Field(ge=0)] = spec(
+        "a number of epochs, 0 or more (fractions allowed)", 1, 0)
+
+
+class WarmupOnly(Section):  # scheduler=none: a constant lr, after an optional warm-up
+    warmup_epochs: Annotated[float, Field(ge=0)] | Annotated[int, Field(ge=0)] = spec(
+        "a number of epochs, 0 or more (fractions allowed)", 1, 0)
 
 
 class Closed(Scheduler):
@@ -290,6 +297,7 @@ class CosineAnnealingLR(Closed):
 
 
 class OneCycleLR(Closed):
+    warmup_epochs: Literal[0] = spec("0: one-cycle warms up by itself (scheduler.pct_start)", 0, 0)
     max_lr: Literal["auto"] | Annotated[float, Field(gt=0)] = spec("auto (the optimizer's lr) or a positive number", "auto")
     total_steps: Literal["auto"] | PositiveInt = spec("auto (every batch of the run) or a number of steps", "auto")
     pct_start: Annotated[float, Field(gt=0, lt=1)] = spec("a fraction between 0 and 1", 0.3, 0.3)
@@ -529,7 +537,8 @@ def validate_train(cfg: DictConfig) -> dict[str, Any]:
     check(Data, values["data"], "data")
     check(_by_target(values["optimizer"], OPTIMIZERS, Optimizer), values["optimizer"], "optimizer")
     if values.get("scheduler"):
-        check(_by_target(values["scheduler"], SCHEDULERS, Scheduler), values["scheduler"], "scheduler")
+        fallback = Scheduler if values["scheduler"].get("_target_") else WarmupOnly
+        check(_by_target(values["scheduler"], SCHEDULERS, fallback), values["scheduler"], "scheduler")
     check(Trainer, values["trainer"], "trainer")
     for name, section in (values.get("callbacks") or {}).items():
         if name in CALLBACKS and section is not None:
