@@ -153,3 +153,18 @@ def test_a_resumed_run_logs_on_into_the_same_mlflow_run(data_root, tmp_path):
     assert [m.value for m in history] == pytest.approx([row["val/acc"] for row in metrics["history"]])  # epochs 1-3, once each
     assert run.data.params["model"] == "cifar_net_v3"
     assert run.info.status == "FINISHED" and "metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+RECIPE = ["data.augment.mixup_alpha=0.2", "data.augment.cutmix_alpha=1.0", "scheduler.warmup_epochs=1", "loss.label_smoothing=0.1",
+          "loss.class_weights=auto"]
+
+
+def test_sigkill_then_resume_is_bit_identical_with_mixing_warmup_and_weights(data_root, tmp_path):
+    reference, run_dir = tmp_path / "whole", tmp_path / "run"
+    whole = train(*RUN, *RECIPE, f"paths.data_dir={data_root}", f"hydra.run.dir={reference}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = train(*RUN, *RECIPE, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}", fault=("kill-at-step", 6))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = train(f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(run_dir, reference)

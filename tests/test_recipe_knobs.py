@@ -89,3 +89,25 @@ def test_warmup_raises_the_lr_linearly_every_batch_then_hands_over(scheduler, ma
     assert rates.rates[:10] == pytest.approx(expected_warmup)  # epoch 1: from a hundredth up, batch by batch
     after = 0.5 if scheduler == "none" else 0.25  # epoch 2: the full lr, times StepLR's first decay
     assert rates.rates[10:] == pytest.approx([after] * 10)
+
+
+@pytest.mark.parametrize(("mixup", "cutmix"), [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one_and_repeat_for_the_same_batch(mixup, cutmix):
+    from tinyvision.data.augment import mix_batch
+
+    images = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (16,))
+    mixed, soft = mix_batch(images, labels, 10, mixup, cutmix, (42, 0, 7))
+    assert mixed.dtype == torch.uint8 and soft.shape == (16, 10)
+    assert torch.allclose(soft.sum(1), torch.ones(16))
+    assert (soft.gather(1, labels[:, None]) >= 0).all() and not torch.equal(mixed, images)
+    again, soft_again = mix_batch(images, labels, 10, mixup, cutmix, (42, 0, 7))
+    assert torch.equal(again, mixed) and torch.equal(soft_again, soft)  # the same batch number: the same mix
+    other, _ = mix_batch(images, labels, 10, mixup, cutmix, (42, 0, 8))
+    assert not torch.equal(other, mixed)
+
+
+def test_a_mixed_run_trains_with_soft_targets(make_config, tmp_path):
+    metrics = train(make_config("data.augment.mixup_alpha=0.2", "data.augment.cutmix_alpha=1.0", "loss.label_smoothing=0.1",
+                                "data.val_size=50", "trainer.max_epochs=1", run_dir=tmp_path / "run"))
+    assert 0.0 <= metrics["history"][0]["train/acc"] <= 1.0 and metrics["test/acc"] > 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import hydra.utils
@@ -92,7 +93,8 @@ class ImageClassifier(L.LightningModule):
             loss = F.cross_entropy(logits, labels)
         loss_value = loss.detach()
         getattr(self, f"{stage}_loss").update(loss_value, weight=torch.full_like(loss_value, len(labels)))
-        getattr(self, f"{stage}_acc").update(logits.detach(), labels)
+        # MixUp/CutMix give soft labels (rows summing to 1): accuracy is then against the larger share's class.
+        getattr(self, f"{stage}_acc").update(logits.detach(), labels.argmax(1) if labels.dim() == 2 else labels)
         return loss, logits
 
     def _log_epoch(self, stage: str) -> torch.Tensor | None:
@@ -146,15 +148,15 @@ class ImageClassifier(L.LightningModule):
         if warmup_epochs:
             # A linear rise from a hundredth of each group's lr, stepped after every batch. Chained with the main
             # schedule (both scale the lr step by step), which starts counting its own epochs from the first.
-            steps = max(1, round(warmup_epochs * self.trainer.estimated_stepping_batches / self.trainer.max_epochs))
+            steps = max(1, round(warmup_epochs * self._stepping_batches() / self.trainer.max_epochs))
             warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=steps)
             schedulers.append({"scheduler": warmup, "interval": "step"})
         if settings.get("_target_"):
             interval = settings.pop("interval", "epoch")
             # "auto" values are filled in from the run: the length of training and the optimizer's lr.
             auto = {
-                "total_steps": self.trainer.estimated_stepping_batches,
-                "T_max": self.trainer.max_epochs if interval == "epoch" else self.trainer.estimated_stepping_batches,
+                "total_steps": self._stepping_batches(),
+                "T_max": self.trainer.max_epochs if interval == "epoch" else self._stepping_batches(),
                 "max_lr": [group["lr"] for group in optimizer.param_groups],  # per group: a scaled backbone stays scaled
             }
             settings = {key: auto[key] if value == "auto" else value for key, value in settings.items()}
@@ -163,6 +165,19 @@ class ImageClassifier(L.LightningModule):
         if not schedulers:
             return optimizer
         return [optimizer], schedulers
+
+    def _stepping_batches(self) -> int:
+        """The optimizer steps of the whole run, as Lightning's ``estimated_stepping_batches`` counts them.
+
+        Not that property itself: it makes Lightning build the training loader before a resumed run's loop
+        state is loaded, and that loader then never receives it (the run would restart its epoch's batches)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "train_batches_per_epoch"):
+            return int(self.trainer.estimated_stepping_batches)
+        batches = datamodule.train_batches_per_epoch()
+        limit = self.trainer.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        return math.ceil(batches / self.trainer.accumulate_grad_batches) * self.trainer.max_epochs
 
     def _parameter_groups(self, backbone_lr_scale: float, lr: float | None):
         """All trainable parameters; with backbone_lr_scale other than 1, the head at the optimizer's lr and

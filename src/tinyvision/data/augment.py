@@ -46,3 +46,34 @@ def random_horizontal_flip(images: Tensor, p: float = 0.5, generator: torch.Gene
     """Mirror each image left-right with probability ``p``."""
     flip = torch.rand(images.shape[0], device=images.device, generator=generator) < p
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def mix_batch(images: Tensor, labels: Tensor, num_classes: int, mixup_alpha: float, cutmix_alpha: float,
+              key: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """MixUp or CutMix of a uint8 batch with itself in a shuffled order; the labels become soft (N×C, rows summing
+    to 1). With both alphas above 0, each batch uses one of them with equal chance, as timm does.
+
+    The draws come from a NumPy generator keyed by ``key`` (seed, rank, batch number): the same batch always
+    gets the same mix, so a resumed run repeats it bit for bit, and nothing is read back from the device.
+    torchvision's v2 MixUp and CutMix draw from torch's global generator instead. MixUp's blend is rounded
+    back to uint8 (at most half a grey level off), as the classifier takes images as stored.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(list(key))
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < 0.5)
+    lam = float(rng.beta(cutmix_alpha, cutmix_alpha) if use_cutmix else rng.beta(mixup_alpha, mixup_alpha))
+    order = torch.as_tensor(rng.permutation(images.shape[0])).to(images.device, non_blocking=True)
+    if use_cutmix:
+        height, width = images.shape[-2:]
+        cut_h, cut_w = int(height * (1 - lam) ** 0.5), int(width * (1 - lam) ** 0.5)
+        cy, cx = int(rng.integers(height)), int(rng.integers(width))
+        top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+        left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+        images = images.clone()
+        images[..., top:bottom, left:right] = images[order][..., top:bottom, left:right]
+        lam = 1 - (bottom - top) * (right - left) / (height * width)  # the share of the image that is its own
+    else:
+        images = (lam * images.float() + (1 - lam) * images[order].float()).round().to(images.dtype)
+    one_hot = F.one_hot(labels, num_classes).float()
+    return images, lam * one_hot + (1 - lam) * one_hot[order]

@@ -15,7 +15,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from tinyvision.data import sources
-from tinyvision.data.augment import padding_ltrb, random_crop, random_horizontal_flip
+from tinyvision.data.augment import mix_batch, padding_ltrb, random_crop, random_horizontal_flip
 from tinyvision.data.batches import IndexSampler, TensorBatches
 from tinyvision.errors import ConfigError
 from tinyvision.preprocessing import as_hw
@@ -45,7 +45,7 @@ class ImageDataModule(L.LightningDataModule):
         self.hw = as_hw(image_size)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.seed = val_size, seed
-        self.augment = {"crop_padding": None, "horizontal_flip": 0.0, **(augment or {})}
+        self.augment = {"crop_padding": None, "horizontal_flip": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, **(augment or {})}
         if self.augment["crop_padding"] is not None:
             padding_ltrb(self.augment["crop_padding"])  # fails now on a malformed value
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
@@ -72,6 +72,10 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool):
         raise NotImplementedError
 
+    def train_batches_per_epoch(self) -> int:
+        """How many training batches this rank draws an epoch, without handing out a loader to Lightning."""
+        return len(self._loader("train", shuffle=True))
+
     def train_dataloader(self):
         return self._loader("train", shuffle=True)
 
@@ -90,6 +94,11 @@ class ImageDataModule(L.LightningDataModule):
         images, labels = batch
         if self.trainer is not None and self.trainer.training:
             images = self.augment_batch(images, self._augment_generator())
+            mixup, cutmix = float(self.augment["mixup_alpha"]), float(self.augment["cutmix_alpha"])
+            if mixup > 0 or cutmix > 0:
+                # Keyed by the batch's number in the whole run, which Lightning restores on resume.
+                batch_number = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready
+                images, labels = mix_batch(images, labels, self.num_classes, mixup, cutmix, (self.seed, self._rank()[0], batch_number))
         return images, labels  # still uint8: the classifier normalizes
 
     def _augment_generator(self) -> torch.Generator | None:
