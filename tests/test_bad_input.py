@@ -90,6 +90,8 @@ CASES = [
     ("train", ["scheduler.warmup_epochs=-1"], "scheduler.warmup_epochs=-1: a number of epochs, 0 or more"),
     ("train", ["scheduler=onecycle", "+scheduler.warmup_epochs=1"],
      "scheduler.warmup_epochs=1: 0: one-cycle warms up by itself (scheduler.pct_start)"),
+    ("train", ["callbacks.ema.decay=1"], "callbacks.ema.decay=1: a number from 0 (off) to below 1"),
+    ("train", ["data.augment.mixup_alpha=-0.2"], "data.augment.mixup_alpha=-0.2: a number, 0 (off) or more"),
     ("train", ["loss.label_smoothing=1"], "loss.label_smoothing=1: a number from 0 to below 1"),
     ("train", ["loss.class_weights=balanced"], "loss.class_weights=balanced: null, auto or a list of positive weights"),
     ("train", ["loss.class_weights=[1,2]"], "loss.class_weights=[1,2]: one weight per class (10 for data.num_classes=10)"),

@@ -156,10 +156,10 @@ def test_a_resumed_run_logs_on_into_the_same_mlflow_run(data_root, tmp_path):
 
 
 RECIPE = ["data.augment.mixup_alpha=0.2", "data.augment.cutmix_alpha=1.0", "scheduler.warmup_epochs=1", "loss.label_smoothing=0.1",
-          "loss.class_weights=auto"]
+          "loss.class_weights=auto", "callbacks.ema.decay=0.9"]
 
 
-def test_sigkill_then_resume_is_bit_identical_with_mixing_warmup_and_weights(data_root, tmp_path):
+def test_sigkill_then_resume_is_bit_identical_with_mixing_warmup_weights_and_ema(data_root, tmp_path):
     reference, run_dir = tmp_path / "whole", tmp_path / "run"
     whole = train(*RUN, *RECIPE, f"paths.data_dir={data_root}", f"hydra.run.dir={reference}")
     assert whole.returncode == 0, whole.stderr[-3000:]

@@ -111,3 +111,29 @@ def test_a_mixed_run_trains_with_soft_targets(make_config, tmp_path):
     metrics = train(make_config("data.augment.mixup_alpha=0.2", "data.augment.cutmix_alpha=1.0", "loss.label_smoothing=0.1",
                                 "data.val_size=50", "trainer.max_epochs=1", run_dir=tmp_path / "run"))
     assert 0.0 <= metrics["history"][0]["train/acc"] <= 1.0 and metrics["test/acc"] > 0.0
+
+
+def test_ema_weights_differ_from_the_raw_ones_and_are_what_the_best_checkpoint_and_test_use(make_config, tmp_path):
+    import json
+
+    from tinyvision.inference import load_classifier
+
+    run_dir = tmp_path / "run"
+    metrics = train(make_config("callbacks.ema.decay=0.9", "data.val_size=50", "trainer.max_epochs=2", "optimizer.lr=0.01",
+                                run_dir=run_dir))
+    checkpoint = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)
+    averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert not torch.equal(averaged["net.classifier.0.weight"], raw["net.classifier.0.weight"])
+    classifier = load_classifier(metrics["best_checkpoint"])  # what eval, predict and export load
+    assert torch.equal(classifier.state_dict()["net.classifier.0.weight"], averaged["net.classifier.0.weight"])
+    # the final test ran on the averaged weights: the same figure as a fresh test of that checkpoint
+    from tinyvision.inference import datamodule_for
+
+    datamodule = datamodule_for(classifier, None, str(make_config().paths.data_dir))
+    datamodule.setup("test")
+    correct = total = 0
+    with torch.inference_mode():
+        for images, labels in datamodule.test_dataloader():
+            correct += int((classifier(images).argmax(1) == labels).sum())
+            total += len(labels)
+    assert correct / total == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["test/acc"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import lightning as L
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import RichProgressBar, WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from tinyvision.guards import StopOnNonFiniteLoss
@@ -199,6 +199,32 @@ class TestReport(L.Callback):
             probabilities, labels = probabilities.cpu(), labels.cpu()
             for index, name in enumerate(names):
                 writer.add_pr_curve(f"test/pr_curve/{name}", labels == index, probabilities[:, index], trainer.global_step)
+
+
+class EMA(WeightAveraging):
+    """An exponential moving average of the weights, updated after every step from ``start_step`` on:
+    Lightning's WeightAveraging with torch's EMA function. Validation runs on the averaged weights, every
+    checkpoint holds them as its weights (the raw ones ride along for resume), so the best checkpoint, the
+    final test, eval, predict and export all use them."""
+
+    def __init__(self, decay: float = 0.999, start_step: int = 0):
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.decay, self.start_step = decay, start_step
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None and step_idx >= self.start_step
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # Testing the best checkpoint loads its (averaged) weights; only a resumed fit needs the EMA's own state.
+        if trainer.state.fn == "fit":
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+def exponential_moving_average(decay: float = 0.0, start_step: int = 0) -> EMA | None:
+    """The EMA callback, or none when ``decay`` is 0 (the config's way to switch it off)."""
+    return EMA(decay, start_step) if decay > 0 else None
 
 
 class LogHyperparameters(L.Callback):

@@ -362,13 +362,18 @@ class Pictures(Open):
     per_class_accuracy: bool = spec("true or false", True, True)
 
 
+class Ema(Open):
+    decay: Annotated[float, Field(ge=0, lt=1)] | Literal[0] = spec("a number from 0 (off) to below 1", 0.999, 0.0)
+    start_step: Annotated[int, Field(ge=0)] = spec("a whole number of steps, 0 or more", 0, 0)
+
+
 class TestReport(Open):
     top_k: PositiveInt = spec("a whole number, 1 or more", 3, 3)
     pr_curves: bool = spec("true or false", True, True)
 
 
 CALLBACKS = {"stop_on_non_finite_loss": LossCheck, "last_checkpoint": LastCheckpoint, "pictures": Pictures,
-             "test_report": TestReport, "progress_bar": Bar}
+             "test_report": TestReport, "progress_bar": Bar, "ema": Ema}
 
 
 # ---------------------------------------------------------------------------------------------- hparams_search

@@ -112,6 +112,7 @@ def _pruning_callback(cfg: DictConfig) -> tuple[L.Callback | None, type[Exceptio
 
 def _callbacks(cfg: DictConfig, pruning) -> list[L.Callback]:
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = [c for c in callbacks if c is not None]  # a factory may say "off" (callbacks.ema.decay=0)
     callbacks.append(LogHyperparameters(compared_hparams(OmegaConf.to_container(cfg, resolve=True), group_choices())))
     callbacks.append(RememberMlflowRun())
     return callbacks + ([pruning] if pruning is not None else [])
