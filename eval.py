@@ -17,6 +17,7 @@ from tinyvision.inference import datamodule_for, load_classifier
 from tinyvision.pictures import confusion_figure
 from tinyvision.report import PER_CLASS_FILE, classification_report, write_per_class_csv
 from tinyvision.schema import validate_eval
+from tinyvision.tta import probabilities as tta_probabilities
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
@@ -39,8 +40,8 @@ def evaluate(cfg: DictConfig) -> dict:
     probabilities, labels = [], []
     with torch.inference_mode():
         for images, batch_labels in datamodule.test_dataloader():
-            logits = classifier(images.to(device))  # uint8: the classifier applies its own normalization
-            probabilities.append(logits.float().softmax(1).cpu())
+            # uint8: the classifier applies its own normalization; tta averages over flipped/shifted views
+            probabilities.append(tta_probabilities(classifier, images.to(device), cfg.tta).cpu())
             labels.append(batch_labels.cpu())
     probabilities, labels = torch.cat(probabilities), torch.cat(labels)
     names = [str(n) for n in (datamodule.class_names or classifier.class_names)]
@@ -54,6 +55,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "dataset": getattr(datamodule, "dataset", "folder"),
         "test/acc": accuracy,
         "images": len(labels),
+        "tta": cfg.tta,
         "per_class_acc": dict(zip(names, per_class)),
         "report": report,  # per-class precision/recall/F1/support, macro and weighted, top-k, ECE
         "confusion_matrix": matrix.tolist(),

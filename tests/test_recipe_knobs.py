@@ -137,3 +137,34 @@ def test_ema_weights_differ_from_the_raw_ones_and_are_what_the_best_checkpoint_a
             correct += int((classifier(images).argmax(1) == labels).sum())
             total += len(labels)
     assert correct / total == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["test/acc"])
+
+
+def test_tta_averages_the_views_probabilities():
+    from tinyvision.tta import probabilities, shifted, views
+
+    torch.manual_seed(2)
+    model = ImageClassifier(model={"_target_": "tinyvision.models.LeNet"}, data=dict(GREY), optimizer=SGD).eval()
+    images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    with torch.inference_mode():
+        expected = (model(images).softmax(1) + model(images.flip(-1)).softmax(1)) / 2
+        assert torch.allclose(probabilities(model, images, "flip"), expected, atol=1e-6)
+        assert len(views(images, "flip_translate")) == 6
+    moved = shifted(images, 1, 1)
+    assert torch.equal(moved[..., 1:, 1:], images[..., :-1, :-1]) and moved.dtype == torch.uint8
+    assert torch.equal(moved[..., 0, 1:], images[..., 1, :-1])  # the new top row reflects the old second row
+
+
+def test_the_final_test_can_use_tta(make_config, tmp_path):
+    from tinyvision.inference import datamodule_for, load_classifier
+    from tinyvision.tta import probabilities
+
+    metrics = train(make_config("tta=flip", "data.val_size=50", "trainer.max_epochs=1", run_dir=tmp_path / "run"))
+    classifier = load_classifier(metrics["best_checkpoint"])
+    datamodule = datamodule_for(classifier, None, str(make_config().paths.data_dir))
+    datamodule.setup("test")
+    correct = total = 0
+    with torch.inference_mode():
+        for images, labels in datamodule.test_dataloader():
+            correct += int((probabilities(classifier, images, "flip").argmax(1) == labels).sum())
+            total += len(labels)
+    assert metrics["test/acc"] == pytest.approx(correct / total)

@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from tinyvision.models import build_model, head_of
 from tinyvision.preprocessing import Normalize, as_hw
+from tinyvision.tta import probabilities as tta_probabilities
 
 
 class ImageClassifier(L.LightningModule):
@@ -57,6 +58,7 @@ class ImageClassifier(L.LightningModule):
             self.net.compile()  # in place, so checkpoints keep the plain parameter names
         self.class_names: list[str] = list(data.get("class_names") or range(num_classes))
         self.run_config: dict[str, Any] | None = None  # the whole composed config, saved with each checkpoint
+        self.test_tta = "none"  # the final test's test-time augmentation (set by the run; not a weight's concern)
         self._epoch_lr: float | None = None
         height, width = as_hw(data["image_size"])
         if not model.get("compile", False):  # a compiled net cannot be traced for the TensorBoard graph
@@ -133,7 +135,15 @@ class ImageClassifier(L.LightningModule):
             self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
     def test_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "test")[1].detach()  # logits, for the TestReport callback
+        if self.test_tta == "none":
+            return self._step(batch, "test")[1].detach()  # logits, for the TestReport callback
+        # Test-time augmentation: the log of the views' mean probabilities stands in for the logits.
+        images, labels = batch
+        logits = tta_probabilities(self, images, self.test_tta).clamp(min=1e-12).log()
+        loss_value = F.nll_loss(logits, labels).detach()
+        self.test_loss.update(loss_value, weight=torch.full_like(loss_value, len(labels)))
+        self.test_acc.update(logits, labels)
+        return logits
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")

@@ -59,6 +59,7 @@ class Loss(Section):
 
 
 class TopLevel(Open):
+    tta: Literal["none", "flip", "flip_translate"] = spec("none, flip or flip_translate", "flip", "none")
     seed: int = spec("a whole number from 0 to 4294967295", 42, ge=0, le=2**32 - 1)
     resume: str | None = spec("the folder of a run under outputs/, or null", "outputs/runs/<run>", None)
     paths: Paths = spec("data_dir and output_dir", "data", None)
@@ -409,6 +410,7 @@ class EvalConfig(Open):
     ckpt_path: str = spec("the path of a .ckpt file", "outputs/runs/<run>/checkpoints/best.ckpt")
     batch_size: PositiveInt | None = spec("a whole number of images, 1 or more", 1024, None)
     top_k: PositiveInt = spec("a whole number, 1 or more", 3, 3)
+    tta: Literal["none", "flip", "flip_translate"] = spec("none, flip or flip_translate", "flip", "none")
     seed: int = spec("a whole number, 0 or more", 42, 42, ge=0)
 
 
@@ -533,7 +535,7 @@ def _by_target(section: Mapping[str, Any], known: Mapping[str, type[BaseModel]],
 def validate_train(cfg: DictConfig) -> dict[str, Any]:
     """Check every tinyvision key of a composed train config; returns the resolved container."""
     values = to_container(cfg)
-    check(TopLevel, {k: values[k] for k in ("seed", "resume", "paths") if k in values}, "")
+    check(TopLevel, {k: values[k] for k in ("seed", "resume", "paths", "tta") if k in values}, "")
     check(Loss, values.get("loss") or {}, "loss")
     weights = (values.get("loss") or {}).get("class_weights")
     if isinstance(weights, list) and len(weights) != values["data"].get("num_classes"):

@@ -66,6 +66,7 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, classifier = build(cfg)
     classifier.run_config = OmegaConf.to_container(cfg, resolve=True)
+    classifier.test_tta = cfg.get("tta") or "none"
     pruning, trial_pruned = _pruning_callback(cfg) if sweep_job else (None, ())  # () catches nothing
     trainer = make_trainer(cfg, _callbacks(cfg, pruning), _loggers(cfg, resume_from))
     if sweep_job:
