@@ -156,7 +156,7 @@ def test_a_resumed_run_logs_on_into_the_same_mlflow_run(data_root, tmp_path):
 
 
 RECIPE = ["data.augment.mixup_alpha=0.2", "data.augment.cutmix_alpha=1.0", "scheduler.warmup_epochs=1", "loss.label_smoothing=0.1",
-          "loss.class_weights=auto", "callbacks.ema.decay=0.9"]
+          "loss.class_weights=auto", "callbacks.ema.decay=0.9", "data.augment.erasing=0.5", "data.augment.translate=2"]
 
 
 def test_sigkill_then_resume_is_bit_identical_with_mixing_warmup_weights_and_ema(data_root, tmp_path):

@@ -168,3 +168,52 @@ def test_the_final_test_can_use_tta(make_config, tmp_path):
             correct += int((probabilities(classifier, images, "flip").argmax(1) == labels).sum())
             total += len(labels)
     assert metrics["test/acc"] == pytest.approx(correct / total)
+
+
+@pytest.mark.parametrize("augment", ["erasing", "translate", "color_jitter"])
+def test_augmentations_draw_per_image_and_repeat_for_the_same_generator_seed(augment):
+    from tinyvision.data.augment import color_jitter, random_erasing, random_translate
+
+    apply = {"erasing": lambda x, g: random_erasing(x, 1.0, g), "translate": lambda x, g: random_translate(x, 3, g),
+             "color_jitter": lambda x, g: color_jitter(x, 0.5, g)}[augment]
+    base = torch.randint(30, 220, (1, 3, 32, 32), dtype=torch.uint8)
+    images = base.expand(8, -1, -1, -1).contiguous()  # eight copies of one image
+    first = apply(images, torch.Generator().manual_seed(5))
+    again = apply(images, torch.Generator().manual_seed(5))
+    other = apply(images, torch.Generator().manual_seed(6))
+    assert first.dtype == torch.uint8 and first.shape == images.shape
+    assert torch.equal(first, again) and not torch.equal(first, other)  # the same (seed, epoch, rank): the same draws
+    assert len({tuple(image.flatten().tolist()) for image in first}) > 1  # each copy got its own parameters
+
+
+def test_erasing_zeroes_one_rectangle_per_image():
+    from tinyvision.data.augment import random_erasing
+
+    images = torch.full((16, 1, 28, 28), 200, dtype=torch.uint8)
+    erased = random_erasing(images, 1.0, torch.Generator().manual_seed(0))
+    for image in erased[:, 0]:
+        rows, cols = (image == 0).nonzero(as_tuple=True)
+        assert len(rows) > 0 and len(rows) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    assert torch.equal(random_erasing(images, 0.0, torch.Generator().manual_seed(0)), images)
+
+
+def test_every_recipe_knob_is_reachable_from_an_optuna_search_space(make_config):
+    import optuna
+
+    from tinyvision.schema import validate_train
+    from tinyvision.search.space import search_space, trial_overrides
+
+    space = search_space({
+        "loss.label_smoothing": "interval(0.0, 0.3)", "loss.class_weights": "choice(auto)",
+        "data.augment.translate": "int(interval(0, 4))", "data.augment.erasing": "interval(0.0, 0.5)",
+        "data.augment.color_jitter": "interval(0.0, 0.4)", "data.augment.mixup_alpha": "interval(0.0, 0.4)",
+        "data.augment.cutmix_alpha": "interval(0.0, 1.0)", "callbacks.ema.decay": "choice(0.0, 0.99, 0.999)",
+        "scheduler.warmup_epochs": "interval(0.0, 2.0)", "tta": "choice(none, flip, flip_translate)",
+        "trainer.gradient_clip_val": "choice(0.5, 1.0)", "optimizer.backbone_lr_scale": "interval(0.05, 1.0)",
+        "model.freeze": "choice(backbone)",
+    })
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(3):
+        trial = study.ask(space)
+        cfg = make_config(*trial_overrides(trial.params))  # composes: every key exists without a +
+        validate_train(cfg)  # and every drawn value is allowed

@@ -1,8 +1,9 @@
 """Batched, per-image random augmentation on the device.
 
 torchvision's v2 transforms draw one set of random parameters per call, so applied to a batch every
-image gets the same crop; per-image crops would need one call per image. These two functions draw
-per-image parameters and apply them to the whole batch in one indexing operation.
+image gets the same crop; per-image crops would need one call per image. These functions draw per-image
+parameters from the data module's (seed, epoch, rank) generator and apply them to the whole batch in a
+few tensor operations, so a run is repeatable and a resumed one draws what it would have.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ def padding_ltrb(padding: int | Sequence[int]) -> tuple[int, int, int, int]:
     raise ValueError(f"data.augment.crop_padding={padding} must be an int or a list of 2 or 4 ints")
 
 
-def random_crop(images: Tensor, padding, generator: torch.Generator | None = None) -> Tensor:
-    """Zero-pad each N×C×H×W image, then cut an H×W window at a random place per image."""
+def random_crop(images: Tensor, padding, generator: torch.Generator | None = None, mode: str = "constant") -> Tensor:
+    """Pad each N×C×H×W image (zeros, or ``mode="reflect"``), then cut an H×W window at a random place per image."""
     left, top, right, bottom = padding_ltrb(padding)
     n, c, h, w = images.shape
-    padded = F.pad(images, (left, right, top, bottom))
+    if mode == "reflect":
+        padded = F.pad(images.float(), (left, right, top, bottom), mode="reflect").to(images.dtype)
+    else:
+        padded = F.pad(images, (left, right, top, bottom))
     dy = torch.randint(0, top + bottom + 1, (n, 1), device=images.device, generator=generator)
     dx = torch.randint(0, left + right + 1, (n, 1), device=images.device, generator=generator)
     rows = dy + torch.arange(h, device=images.device)  # N×H
@@ -46,6 +50,50 @@ def random_horizontal_flip(images: Tensor, p: float = 0.5, generator: torch.Gene
     """Mirror each image left-right with probability ``p``."""
     flip = torch.rand(images.shape[0], device=images.device, generator=generator) < p
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def random_translate(images: Tensor, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
+    """Shift each image by up to ``max_shift`` pixels in each direction, the border filled by reflection
+    (airbench's translate): a crop of the reflect-padded image at a random place per image."""
+    return random_crop(images, max_shift, generator, mode="reflect")
+
+
+def random_erasing(images: Tensor, p: float, generator: torch.Generator | None = None,
+                   scale: tuple[float, float] = (0.02, 0.33), ratio: tuple[float, float] = (0.3, 3.3)) -> Tensor:
+    """With probability ``p`` per image, set a rectangle of random area (``scale`` of the image) and aspect
+    (``ratio``, drawn log-uniformly) at a random place to 0: torchvision's RandomErasing, drawn per image."""
+    n, _, h, w = images.shape
+    device = images.device
+    draws = torch.rand(n, 5, device=device, generator=generator)
+    area = h * w * (scale[0] + (scale[1] - scale[0]) * draws[:, 0])
+    log_low, log_high = torch.log(torch.tensor(ratio, device=device))
+    aspect = torch.exp(log_low + (log_high - log_low) * draws[:, 1])
+    eh = (area * aspect).sqrt().round().clamp(1, h).long()
+    ew = (area / aspect).sqrt().round().clamp(1, w).long()
+    top = (draws[:, 2] * (h - eh + 1)).long()
+    left = (draws[:, 3] * (w - ew + 1)).long()
+    erase = draws[:, 4] < p
+    rows = torch.arange(h, device=device)[None, :]
+    cols = torch.arange(w, device=device)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])  # N×H
+    in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])  # N×W
+    mask = (in_rows[:, :, None] & in_cols[:, None, :] & erase[:, None, None])[:, None]  # N×1×H×W
+    return images.masked_fill(mask, 0)
+
+
+def color_jitter(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
+    """Brightness, contrast and (for colour images) saturation, each scaled by a factor drawn per image
+    from [1 - strength, 1 + strength]; torchvision's ColorJitter formulas, on the uint8 batch."""
+    n, c = images.shape[:2]
+    factors = 1 + strength * (2 * torch.rand(n, 3, 1, 1, 1, device=images.device, generator=generator) - 1)
+    x = images.float() * factors[:, 0]  # brightness
+    weights = torch.tensor([0.299, 0.587, 0.114], device=images.device)[:, None, None]
+    grey = (x * weights).sum(1, keepdim=True) if c == 3 else x
+    x = (x - grey.mean(dim=(1, 2, 3), keepdim=True)) * factors[:, 1] + grey.mean(dim=(1, 2, 3), keepdim=True)  # contrast
+    if c == 3:
+        grey = (x * weights).sum(1, keepdim=True)
+        x = grey + (x - grey) * factors[:, 2]  # saturation
+    return x.clamp(0, 255).round().to(images.dtype)
 
 
 def mix_batch(images: Tensor, labels: Tensor, num_classes: int, mixup_alpha: float, cutmix_alpha: float,

@@ -15,7 +15,15 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from tinyvision.data import sources
-from tinyvision.data.augment import mix_batch, padding_ltrb, random_crop, random_horizontal_flip
+from tinyvision.data.augment import (
+    color_jitter,
+    mix_batch,
+    padding_ltrb,
+    random_crop,
+    random_erasing,
+    random_horizontal_flip,
+    random_translate,
+)
 from tinyvision.data.batches import IndexSampler, TensorBatches
 from tinyvision.errors import ConfigError
 from tinyvision.preprocessing import as_hw
@@ -45,7 +53,8 @@ class ImageDataModule(L.LightningDataModule):
         self.hw = as_hw(image_size)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.seed = val_size, seed
-        self.augment = {"crop_padding": None, "horizontal_flip": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, **(augment or {})}
+        self.augment = {"crop_padding": None, "horizontal_flip": 0.0, "translate": 0, "color_jitter": 0.0, "erasing": 0.0,
+                        "mixup_alpha": 0.0, "cutmix_alpha": 0.0, **(augment or {})}
         if self.augment["crop_padding"] is not None:
             padding_ltrb(self.augment["crop_padding"])  # fails now on a malformed value
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
@@ -64,9 +73,15 @@ class ImageDataModule(L.LightningDataModule):
     def augment_batch(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
         if self.augment["crop_padding"] is not None:
             images = random_crop(images, self.augment["crop_padding"], generator)
+        if self.augment["translate"]:
+            images = random_translate(images, int(self.augment["translate"]), generator)
         flip = float(self.augment["horizontal_flip"])
         if flip > 0:
             images = random_horizontal_flip(images, flip, generator)
+        if self.augment["color_jitter"]:
+            images = color_jitter(images, float(self.augment["color_jitter"]), generator)
+        if self.augment["erasing"]:
+            images = random_erasing(images, float(self.augment["erasing"]), generator)  # last, as torchvision orders it
         return images
 
     def _loader(self, split: str, shuffle: bool):
