@@ -12,7 +12,8 @@ from conftest import ROOT
 from tinyvision.errors import ConfigError
 from tinyvision.training import train
 
-SCRIPTS = {"train": ROOT / "train.py", "eval": ROOT / "eval.py", "predict": ROOT / "predict.py", "export": ROOT / "export.py"}
+SCRIPTS = {"train": ROOT / "train.py", "eval": ROOT / "eval.py", "predict": ROOT / "predict.py", "export": ROOT / "export.py",
+           "lr_find": ROOT / "find_lr.py"}
 NOT_A_CHECKPOINT = "NOT_A_CHECKPOINT"  # replaced by the path of a text file named .ckpt
 
 # (script, command line, the start of the one error line). Every group, and all four commands.
@@ -108,6 +109,8 @@ CASES = [
     ("predict", [], "ckpt_path=??? is required"),
     ("eval", ["ckpt_path=x.ckpt", "top_k=0"], "top_k=0: a whole number, 1 or more"),
     ("eval", ["ckpt_path=x.ckpt", "tta=all"], "tta=all: none, flip or flip_translate"),
+    ("lr_find", ["lr_find.min_lr=2", "lr_find.max_lr=1"], "lr_find.min_lr=2 and lr_find.max_lr=1: 0 < min_lr < max_lr"),
+    ("lr_find", ["model=lenett"], "model=lenett: no option 'lenett' in model/"),
     ("export", [], "ckpt_path=??? is required: give it on the command line, e.g. ckpt_path="),
     ("export", ["ckpt_path=x.ckpt", "format=pdf"], "format=pdf: onnx, torchscript or safetensors"),
     ("export", ["ckpt_path=/nonexistent/best.ckpt"], "ckpt_path=/nonexistent/best.ckpt does not exist"),
