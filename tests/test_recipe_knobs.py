@@ -109,6 +109,7 @@ def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one_and_repeat_for_the_s
 
 def test_a_mixed_run_trains_with_soft_targets(make_config, tmp_path):
     metrics = train(make_config("data.augment.mixup_alpha=0.2", "data.augment.cutmix_alpha=1.0", "loss.label_smoothing=0.1",
+                                "data.augment.trivial_augment=true", "data.augment.erasing=0.25", "data.augment.color_jitter=0.3",
                                 "data.val_size=50", "trainer.max_epochs=1", run_dir=tmp_path / "run"))
     assert 0.0 <= metrics["history"][0]["train/acc"] <= 1.0 and metrics["test/acc"] > 0.0
 
@@ -217,3 +218,18 @@ def test_every_recipe_knob_is_reachable_from_an_optuna_search_space(make_config)
         trial = study.ask(space)
         cfg = make_config(*trial_overrides(trial.params))  # composes: every key exists without a +
         validate_train(cfg)  # and every drawn value is allowed
+
+
+def test_trivial_augment_picks_an_operation_per_image_and_repeats_for_the_same_seed():
+    from tinyvision.data.augment import TRIVIAL_OPS, trivial_augment
+
+    base = torch.randint(30, 220, (1, 3, 32, 32), dtype=torch.uint8)
+    images = base.expand(64, -1, -1, -1).contiguous()
+    first = trivial_augment(images, torch.Generator().manual_seed(3))
+    assert first.dtype == torch.uint8 and first.shape == images.shape
+    assert torch.equal(first, trivial_augment(images, torch.Generator().manual_seed(3)))
+    distinct = {tuple(image.flatten().tolist()) for image in first}
+    assert len(distinct) > len(TRIVIAL_OPS) // 2  # many different results from one image
+    op = torch.randint(0, len(TRIVIAL_OPS), (64,), generator=torch.Generator().manual_seed(3))
+    untouched = op == TRIVIAL_OPS.index("identity")
+    assert untouched.any() and torch.equal(first[untouched], images[untouched])  # identity leaves the image as it was

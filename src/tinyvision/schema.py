@@ -76,6 +76,7 @@ class Augment(Section):
     translate: Annotated[int, Field(ge=0)] = spec("a whole number of pixels, 0 (off) or more", 2, 0)
     color_jitter: Annotated[float, Field(ge=0, le=1)] | Literal[0, 1] = spec("a strength from 0 (off) to 1", 0.4, 0.0)
     erasing: Probability | Literal[0, 1] = spec("a probability from 0 to 1", 0.25, 0.0)
+    trivial_augment: bool = spec("true or false", True, False)
     mixup_alpha: Annotated[float, Field(ge=0)] | Annotated[int, Field(ge=0)] = spec("a number, 0 (off) or more", 0.2, 0.0)
     cutmix_alpha: Annotated[float, Field(ge=0)] | Annotated[int, Field(ge=0)] = spec("a number, 0 (off) or more", 1.0, 0.0)
 

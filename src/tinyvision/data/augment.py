@@ -125,3 +125,58 @@ def mix_batch(images: Tensor, labels: Tensor, num_classes: int, mixup_alpha: flo
         images = (lam * images.float() + (1 - lam) * images[order].float()).round().to(images.dtype)
     one_hot = F.one_hot(labels, num_classes).float()
     return images, lam * one_hot + (1 - lam) * one_hot[order]
+
+
+# TrivialAugment (Müller & Hutter, 2021): each image gets one operation, chosen uniformly, at a strength
+# drawn uniformly; torchvision's TrivialAugmentWide draws one op for the whole call, so it is batched here.
+TRIVIAL_OPS = ("identity", "brightness", "contrast", "color", "sharpness", "posterize", "solarize", "autocontrast",
+               "rotate", "shear_x", "shear_y", "translate_x", "translate_y")
+
+
+def trivial_augment(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One of TRIVIAL_OPS per image at a random strength (torchvision's "wide" ranges), on a uint8 batch.
+    Geometric ops share one grid_sample over the batch (identity matrices for the others); photometric ops
+    are computed for the batch and kept where chosen."""
+    n, c, h, w = images.shape
+    device = images.device
+    op = torch.randint(0, len(TRIVIAL_OPS), (n,), device=device, generator=generator)
+    strength = torch.rand(n, device=device, generator=generator)
+    sign = torch.where(torch.rand(n, device=device, generator=generator) < 0.5, -1.0, 1.0)
+    chosen = {name: (op == index)[:, None, None, None] for index, name in enumerate(TRIVIAL_OPS)}
+    x = images.float()
+
+    # Geometric: rotate up to 135°, shear up to 0.99, translate up to 32 pixels (wide ranges), fill 0.
+    theta = torch.zeros(n, 2, 3, device=device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    angle = torch.deg2rad(135.0 * strength * sign) * (op == TRIVIAL_OPS.index("rotate"))
+    theta[:, 0, 0], theta[:, 0, 1] = torch.cos(angle), -torch.sin(angle)
+    theta[:, 1, 0], theta[:, 1, 1] = torch.sin(angle), torch.cos(angle)
+    theta[:, 0, 1] += 0.99 * strength * sign * (op == TRIVIAL_OPS.index("shear_x"))
+    theta[:, 1, 0] += 0.99 * strength * sign * (op == TRIVIAL_OPS.index("shear_y"))
+    theta[:, 0, 2] = 2 * 32 * strength * sign / w * (op == TRIVIAL_OPS.index("translate_x"))
+    theta[:, 1, 2] = 2 * 32 * strength * sign / h * (op == TRIVIAL_OPS.index("translate_y"))
+    geometric = (op >= TRIVIAL_OPS.index("rotate"))[:, None, None, None]
+    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
+    warped = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    x = torch.where(geometric, warped, x)
+
+    # Photometric: factors in [0.01, 1.99] (wide), posterize to 2-8 bits, solarize above a random threshold.
+    factor = (1 + 0.99 * strength * sign)[:, None, None, None]
+    weights = torch.tensor([0.299, 0.587, 0.114], device=device)[:, None, None]
+    grey = (x * weights).sum(1, keepdim=True) if c == 3 else x
+    blurred = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    bits = (8 - (6 * strength).round())[:, None, None, None]
+    step = 2 ** (8 - bits)
+    low, high = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
+    candidates = {
+        "brightness": x * factor,
+        "contrast": (x - grey.mean(dim=(1, 2, 3), keepdim=True)) * factor + grey.mean(dim=(1, 2, 3), keepdim=True),
+        "color": grey + (x - grey) * factor,
+        "sharpness": blurred + (x - blurred) * factor,
+        "posterize": torch.floor(x / step) * step,
+        "solarize": torch.where(x >= 255 * (1 - strength)[:, None, None, None], 255 - x, x),
+        "autocontrast": (x - low) * 255 / (high - low).clamp(min=1),
+    }
+    for name, value in candidates.items():
+        x = torch.where(chosen[name], value, x)
+    return x.clamp(0, 255).round().to(images.dtype)

@@ -23,6 +23,7 @@ from tinyvision.data.augment import (
     random_erasing,
     random_horizontal_flip,
     random_translate,
+    trivial_augment,
 )
 from tinyvision.data.batches import IndexSampler, TensorBatches
 from tinyvision.errors import ConfigError
@@ -54,7 +55,7 @@ class ImageDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.seed = val_size, seed
         self.augment = {"crop_padding": None, "horizontal_flip": 0.0, "translate": 0, "color_jitter": 0.0, "erasing": 0.0,
-                        "mixup_alpha": 0.0, "cutmix_alpha": 0.0, **(augment or {})}
+                        "trivial_augment": False, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, **(augment or {})}
         if self.augment["crop_padding"] is not None:
             padding_ltrb(self.augment["crop_padding"])  # fails now on a malformed value
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
@@ -80,6 +81,8 @@ class ImageDataModule(L.LightningDataModule):
             images = random_horizontal_flip(images, flip, generator)
         if self.augment["color_jitter"]:
             images = color_jitter(images, float(self.augment["color_jitter"]), generator)
+        if self.augment["trivial_augment"]:
+            images = trivial_augment(images, generator)
         if self.augment["erasing"]:
             images = random_erasing(images, float(self.augment["erasing"]), generator)  # last, as torchvision orders it
         return images
