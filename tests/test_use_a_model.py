@@ -115,11 +115,13 @@ def logged_hparams(tensorboard_dir: Path) -> tuple[dict, set[str]]:
     return params, {info.name.tag for info in experiment.metric_infos}
 
 
-COMPARED = {"experiment", "model", "model/freeze", "scheduler/warmup_epochs", "loss/label_smoothing", "loss/class_weights",
-            "trainer/accumulate_grad_batches",
-            "data", "optimizer", "scheduler", "data/batch_size", "data/image_size", "data/channels",
-            "data/val_size", "augment/crop_padding", "augment/horizontal_flip", "optimizer/lr", "optimizer/betas",
-            "optimizer/weight_decay", "optimizer/backbone_lr_scale", "trainer/max_epochs", "trainer/precision", "trainer/devices", "seed"}
+COMPARED = {"experiment", "model", "model/freeze", "data", "optimizer", "scheduler", "seed",
+            "data/batch_size", "data/image_size", "data/channels", "data/val_size",
+            "augment/crop_padding", "augment/horizontal_flip", "augment/translate", "augment/color_jitter", "augment/erasing",
+            "augment/trivial_augment", "augment/mixup_alpha", "augment/cutmix_alpha",
+            "loss/label_smoothing", "loss/class_weights", "scheduler/warmup_epochs",
+            "optimizer/lr", "optimizer/betas", "optimizer/weight_decay", "optimizer/backbone_lr_scale",
+            "trainer/max_epochs", "trainer/precision", "trainer/devices", "trainer/accumulate_grad_batches"}
 RESULTS = {"val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss", "run/train_seconds", "run/epochs"}
 
 

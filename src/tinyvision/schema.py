@@ -203,7 +203,14 @@ class Torchvision(Plain):
     weights_path: str | None = spec("null or the path of a state dict of those weights", "resnet18.pth", None)
 
 
+class FastNet(Plain):
+    widths: Annotated[list[PositiveInt], Field(min_length=4, max_length=4)] = spec(
+        "four channel counts (stem and three blocks), each 1 or more", "[24,48,96,96]", [24, 48, 96, 96])
+    head_scale: Annotated[float, Field(gt=0)] = spec("a positive number", 0.2, 0.2)
+
+
 MODELS = {
+    "tinyvision.models.FastNet": FastNet,
     "tinyvision.models.TimmModel": Timm,
     "tinyvision.models.TorchvisionModel": Torchvision,
     "tinyvision.models.LeNet": Plain,

@@ -12,11 +12,12 @@ from tinyvision.errors import ConfigError
 from tinyvision.models.cifar_net import CifarNet, CifarNetV3
 from tinyvision.models.convnet import ConvNet
 from tinyvision.models.external import TimmModel, TorchvisionModel
+from tinyvision.models.fast_net import FastNet
 from tinyvision.models.lenet import LeNet
 from tinyvision.models.mlp import MLP
 from tinyvision.models.vgg import VGG16
 
-__all__ = ["MLP", "VGG16", "CifarNet", "CifarNetV3", "ConvNet", "LeNet", "TimmModel", "TorchvisionModel", "build_model",
+__all__ = ["MLP", "VGG16", "CifarNet", "CifarNetV3", "ConvNet", "FastNet", "LeNet", "TimmModel", "TorchvisionModel", "build_model",
            "head_of"]
 
 # Keys every model entry takes that are tinyvision's, not the architecture's.
