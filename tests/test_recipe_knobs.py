@@ -233,3 +233,11 @@ def test_trivial_augment_picks_an_operation_per_image_and_repeats_for_the_same_s
     op = torch.randint(0, len(TRIVIAL_OPS), (64,), generator=torch.Generator().manual_seed(3))
     untouched = op == TRIVIAL_OPS.index("identity")
     assert untouched.any() and torch.equal(first[untouched], images[untouched])  # identity leaves the image as it was
+
+
+def test_the_fast_recipe_composes_and_trains(make_config, tmp_path):
+    cfg = make_config("experiment=fashion_fast", "data.val_size=50", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                      run_dir=tmp_path / "run")
+    assert cfg.model._target_ == "tinyvision.models.FastNet" and cfg.tta == "flip" and cfg.callbacks.ema.decay == 0.98
+    metrics = train(cfg)
+    assert metrics["epochs"] == 1
