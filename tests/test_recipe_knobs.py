@@ -241,3 +241,11 @@ def test_the_fast_recipe_composes_and_trains(make_config, tmp_path):
     assert cfg.model._target_ == "tinyvision.models.FastNet" and cfg.tta == "flip" and cfg.callbacks.ema.decay == 0.98
     metrics = train(cfg)
     assert metrics["epochs"] == 1
+
+
+def test_the_cifar10_fast_recipe_trains_end_to_end_on_the_fixtures(make_config, tmp_path):
+    cfg = make_config("experiment=cifar10_fast", "data.val_size=50", "data.batch_size=64", "trainer.max_epochs=2",
+                      run_dir=tmp_path / "run")
+    assert cfg.scheduler.anneal_strategy == "linear" and cfg.loss.label_smoothing == 0.2 and cfg.tta == "flip_translate"
+    metrics = train(cfg)
+    assert metrics["epochs"] == 2 and 0.0 <= metrics["test/acc"] <= 1.0

@@ -315,6 +315,7 @@ class OneCycleLR(Closed):
     max_lr: Literal["auto"] | Annotated[float, Field(gt=0)] = spec("auto (the optimizer's lr) or a positive number", "auto")
     total_steps: Literal["auto"] | PositiveInt = spec("auto (every batch of the run) or a number of steps", "auto")
     pct_start: Annotated[float, Field(gt=0, lt=1)] = spec("a fraction between 0 and 1", 0.3, 0.3)
+    anneal_strategy: Literal["cos", "linear"] = spec("cos or linear (with the linear rise: triangular)", "linear", "cos")
 
 
 SCHEDULERS = {
