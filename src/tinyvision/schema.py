@@ -42,6 +42,7 @@ class Open(Section):
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(ge=0, le=1)]
+NonNegative = Annotated[float, Field(ge=0)] | Annotated[int, Field(ge=0)]  # strict mode: 1 and 1.0 both
 
 
 # ---------------------------------------------------------------------------------------------- top level
@@ -77,8 +78,8 @@ class Augment(Section):
     color_jitter: Annotated[float, Field(ge=0, le=1)] | Literal[0, 1] = spec("a strength from 0 (off) to 1", 0.4, 0.0)
     erasing: Probability | Literal[0, 1] = spec("a probability from 0 to 1", 0.25, 0.0)
     trivial_augment: bool = spec("true or false", True, False)
-    mixup_alpha: Annotated[float, Field(ge=0)] | Annotated[int, Field(ge=0)] = spec("a number, 0 (off) or more", 0.2, 0.0)
-    cutmix_alpha: Annotated[float, Field(ge=0)] | Annotated[int, Field(ge=0)] = spec("a number, 0 (off) or more", 1.0, 0.0)
+    mixup_alpha: NonNegative = spec("a number, 0 (off) or more", 0.2, 0.0)
+    cutmix_alpha: NonNegative = spec("a number, 0 (off) or more", 1.0, 0.0)
 
     @field_validator("crop_padding")
     @classmethod
@@ -229,14 +230,7 @@ class Optimizer(Open):
     target: str = Field(alias="_target_")
     partial: bool = Field(True, alias="_partial_")
     lr: Annotated[float, Field(gt=0)] = spec("a positive number", 0.01)
-    backbone_lr_scale: Annotated[float, Field(ge=0)] | int = spec("a number, 0 or more (1: the same lr everywhere)", 0.1, 1.0)
-
-    @field_validator("backbone_lr_scale")
-    @classmethod
-    def _scale(cls, value):
-        if value < 0:
-            raise ValueError("")
-        return float(value)
+    backbone_lr_scale: NonNegative = spec("a number, 0 or more (1: the same lr everywhere)", 0.1, 1.0)
     weight_decay: Annotated[float, Field(ge=0)] = spec("a number, 0 or more", 0.0005, 0.0)
 
 
@@ -273,12 +267,12 @@ class Scheduler(Open):
     target: str = Field(alias="_target_")
     partial: bool = Field(True, alias="_partial_")
     interval: Literal["epoch", "step"] = spec("epoch or step", "epoch", "epoch")
-    warmup_epochs: Annotated[float, Field(ge=0)] | Annotated[int, Field(ge=0)] = spec(
+    warmup_epochs: NonNegative = spec(
         "a number of epochs, 0 or more (fractions allowed)", 1, 0)
 
 
 class WarmupOnly(Section):  # scheduler=none: a constant lr, after an optional warm-up
-    warmup_epochs: Annotated[float, Field(ge=0)] | Annotated[int, Field(ge=0)] = spec(
+    warmup_epochs: NonNegative = spec(
         "a number of epochs, 0 or more (fractions allowed)", 1, 0)
 
 
@@ -358,14 +352,7 @@ class LastCheckpoint(Open):
 
 
 class Bar(Open):
-    refresh_seconds: Annotated[float, Field(ge=0)] | int = spec("a number of seconds, 0 or more", 0.1, 0.1)
-
-    @field_validator("refresh_seconds")
-    @classmethod
-    def _seconds(cls, value):
-        if value < 0:
-            raise ValueError("")
-        return value
+    refresh_seconds: NonNegative = spec("a number of seconds, 0 or more", 0.1, 0.1)
 
 
 class Pictures(Open):

@@ -256,6 +256,13 @@ def _read_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
     return images, labels
 
 
+def _matched(path: Path, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """A split's images and labels, refused when their counts differ (a truncated or mixed-up file)."""
+    if len(images) != len(labels):
+        raise DataError(f"{path} holds {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
 def _read_cifar100(files: dict[str, Path], label_type: str) -> Splits:
     meta = _unpickle(files["meta"])
     key = f"{label_type}_label_names"
@@ -270,9 +277,7 @@ def _read_cifar100(files: dict[str, Path], label_type: str) -> Splits:
         except Exception as error:
             raise DataError(f"{files[name]} is not a valid CIFAR-100 python file ({type(error).__name__}: {error}); "
                             "delete the cifar-100-python folder and run again to fetch a fresh copy") from error
-        if len(images) != len(labels):
-            raise DataError(f"{files[name]} holds {len(images)} images but {len(labels)} labels")
-        return images, labels
+        return _matched(files[name], images, labels)
 
     return Splits(train=split("train"), test=split("test"), classes=[str(n) for n in meta[key]])
 
@@ -311,8 +316,6 @@ def _read_svhn(files: dict[str, Path]) -> Splits:
         except Exception as error:
             raise DataError(f"{path} is not a valid SVHN .mat file ({type(error).__name__}: {error}); "
                             "delete it and run again to fetch a fresh copy") from error
-        if len(images) != len(labels):
-            raise DataError(f"{path} holds {len(images)} images but {len(labels)} labels")
-        return images, labels
+        return _matched(path, images, labels)
 
     return Splits(train=split(files["train"]), test=split(files["test"]), classes=[str(d) for d in range(10)])
