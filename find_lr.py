@@ -14,13 +14,13 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 
 from tinyvision.cli import exit_bad_input, precheck
-from tinyvision.errors import ConfigError, TinyVisionError
+from tinyvision.errors import TinyVisionError
 from tinyvision.files import write_json
-from tinyvision.schema import validate_train
+from tinyvision.schema import validate_lr_find
 from tinyvision.training import build, make_trainer
 
 BETA = 0.98  # the smoothing of Lightning's lr finder
@@ -40,11 +40,7 @@ def find_lr(cfg: DictConfig) -> float | None:
     import lightning as L
     from lightning.pytorch.tuner import Tuner
 
-    settings = OmegaConf.to_container(cfg.lr_find, resolve=True)
-    if not 0 < settings["min_lr"] < settings["max_lr"]:
-        raise ConfigError(f"lr_find.min_lr={settings['min_lr']} and lr_find.max_lr={settings['max_lr']}: "
-                          "0 < min_lr < max_lr, e.g. lr_find.min_lr=1e-6 lr_find.max_lr=1")
-    validate_train(cfg)
+    settings = validate_lr_find(cfg)["lr_find"]  # every train key, and min_lr < max_lr, 20 steps or more
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, classifier = build(cfg)
     trainer = make_trainer(cfg, [], [])  # no checkpoints, logs, loss stop or pictures: only the sweep

@@ -88,7 +88,12 @@ class ImageClassifier(L.LightningModule):
 
     def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
-        logits = self(images)
+        if stage == "test" and self.test_tta != "none":
+            # Test-time augmentation: the log of the views' mean probabilities stands in for the logits
+            # (cross-entropy on log-probabilities is their negative log-likelihood).
+            logits = tta_probabilities(self, images, self.test_tta).clamp(min=1e-12).log()
+        else:
+            logits = self(images)
         if stage == "train":  # the training objective; validation and test report plain cross-entropy
             loss = F.cross_entropy(logits, labels, weight=self._weights(), label_smoothing=self.label_smoothing)
         else:
@@ -135,15 +140,7 @@ class ImageClassifier(L.LightningModule):
             self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
     def test_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if self.test_tta == "none":
-            return self._step(batch, "test")[1].detach()  # logits, for the TestReport callback
-        # Test-time augmentation: the log of the views' mean probabilities stands in for the logits.
-        images, labels = batch
-        logits = tta_probabilities(self, images, self.test_tta).clamp(min=1e-12).log()
-        loss_value = F.nll_loss(logits, labels).detach()
-        self.test_loss.update(loss_value, weight=torch.full_like(loss_value, len(labels)))
-        self.test_acc.update(logits, labels)
-        return logits
+        return self._step(batch, "test")[1].detach()  # logits, for the TestReport callback
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
@@ -154,26 +151,26 @@ class ImageClassifier(L.LightningModule):
         optimizer = hydra.utils.instantiate(settings)(params=self._parameter_groups(scale, settings.get("lr")))
         settings = dict(self.hparams.scheduler or {})
         warmup_epochs = settings.pop("warmup_epochs", 0) or 0
-        schedulers = []
+        if not warmup_epochs and not settings.get("_target_"):
+            return optimizer
+        total_steps, schedulers = self._stepping_batches(), []
         if warmup_epochs:
             # A linear rise from a hundredth of each group's lr, stepped after every batch. Chained with the main
             # schedule (both scale the lr step by step), which starts counting its own epochs from the first.
-            steps = max(1, round(warmup_epochs * self._stepping_batches() / self.trainer.max_epochs))
+            steps = max(1, round(warmup_epochs * total_steps / self.trainer.max_epochs))
             warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=steps)
             schedulers.append({"scheduler": warmup, "interval": "step"})
         if settings.get("_target_"):
             interval = settings.pop("interval", "epoch")
             # "auto" values are filled in from the run: the length of training and the optimizer's lr.
             auto = {
-                "total_steps": self._stepping_batches(),
-                "T_max": self.trainer.max_epochs if interval == "epoch" else self._stepping_batches(),
+                "total_steps": total_steps,
+                "T_max": self.trainer.max_epochs if interval == "epoch" else total_steps,
                 "max_lr": [group["lr"] for group in optimizer.param_groups],  # per group: a scaled backbone stays scaled
             }
             settings = {key: auto[key] if value == "auto" else value for key, value in settings.items()}
             scheduler = hydra.utils.instantiate(settings, _convert_="all")(optimizer=optimizer)
             schedulers.append({"scheduler": scheduler, "interval": interval})
-        if not schedulers:
-            return optimizer
         return [optimizer], schedulers
 
     def _stepping_batches(self) -> int:

@@ -376,6 +376,31 @@ CALLBACKS = {"stop_on_non_finite_loss": LossCheck, "last_checkpoint": LastCheckp
              "test_report": TestReport, "progress_bar": Bar, "ema": Ema}
 
 
+# ---------------------------------------------------------------------------------------------- loggers
+
+MLFLOW_SCHEMES = ("file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+class MLflow(Open):
+    experiment_name: str = spec("a name", "tinyvision", "tinyvision")
+    tracking_uri: str | None = spec(f"a tracking URI ({', '.join(s + ':' for s in MLFLOW_SCHEMES)}) or null",
+                                    "sqlite:///outputs/mlflow.db", None)
+    artifact_location: str | None = spec("null or a directory or URI", "outputs/mlartifacts", None)
+    run_name: str | None = spec("null (the run dir's name) or a name", "my_run", None)
+    log_model: bool | Literal["all"] = spec("true, false or all", False, False)
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _scheme(cls, value):
+        scheme = value.split(":", 1)[0] if value and "://" in value else None
+        if scheme is not None and scheme.split("+")[0] not in MLFLOW_SCHEMES:
+            raise ValueError("")
+        return value
+
+
+LOGGERS = {"lightning.pytorch.loggers.MLFlowLogger": MLflow}
+
+
 # ---------------------------------------------------------------------------------------------- hparams_search
 
 
@@ -551,8 +576,30 @@ def validate_train(cfg: DictConfig) -> dict[str, Any]:
     for name, section in (values.get("callbacks") or {}).items():
         if name in CALLBACKS and section is not None:
             check(CALLBACKS[name], section, f"callbacks.{name}")
+    for name, section in (values.get("logger") or {}).items():
+        if section is not None and section.get("_target_") in LOGGERS:
+            check(LOGGERS[section["_target_"]], section, f"logger.{name}")
     if values.get("hparams_search") is not None:
         check(Search, values["hparams_search"], "hparams_search")
+    return values
+
+
+class LrFind(Section):
+    min_lr: Annotated[float, Field(gt=0)] | Annotated[int, Field(gt=0)] = spec("a positive number below lr_find.max_lr", 1e-6)
+    max_lr: Annotated[float, Field(gt=0)] | Annotated[int, Field(gt=0)] = spec("a positive number above lr_find.min_lr", 1)
+    num_training: Annotated[int, Field(ge=20)] = spec("a whole number of steps, 20 or more", 100)
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.min_lr >= self.max_lr:
+            raise ConfigValueError("min_lr", self.min_lr, f"below lr_find.max_lr={self.max_lr:g}", 1e-6)
+        return self
+
+
+def validate_lr_find(cfg: DictConfig) -> dict[str, Any]:
+    """The train config's keys, and the learning-rate finder's own."""
+    values = validate_train(cfg)
+    check(LrFind, values.get("lr_find") or {}, "lr_find")
     return values
 
 
