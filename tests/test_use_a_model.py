@@ -115,8 +115,8 @@ def logged_hparams(tensorboard_dir: Path) -> tuple[dict, set[str]]:
     return params, {info.name.tag for info in experiment.metric_infos}
 
 
-COMPARED = {"experiment", "model", "model/freeze", "data", "optimizer", "scheduler", "seed",
-            "data/batch_size", "data/image_size", "data/channels", "data/val_size",
+COMPARED = {"experiment", "model", "model/freeze", "model/bn_momentum", "data", "optimizer", "scheduler", "seed",
+            "data/batch_size", "data/image_size", "data/channels", "data/val_size", "data/train_size",
             "augment/crop_padding", "augment/horizontal_flip", "augment/translate", "augment/color_jitter", "augment/erasing",
             "augment/trivial_augment", "augment/mixup_alpha", "augment/cutmix_alpha",
             "loss/label_smoothing", "loss/class_weights", "scheduler/warmup_epochs",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import lightning as L
@@ -10,6 +11,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from tinyvision.guards import StopOnNonFiniteLoss
 from tinyvision.loggers import log_compared_hparams
+
+log = logging.getLogger("tinyvision")
 
 
 class ProgressBar(RichProgressBar):
@@ -73,6 +76,8 @@ class RunRecord(L.Callback):
         self._pending: dict[str, float] | None = None
         self._trainer: L.Trainer | None = None
         self.first_step_at: float | None = None  # Unix time of the first training step: start-up ends there
+        self.warnings: list[str] = []  # what the run's summary and metrics.json should say about its results
+        self._warned = False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self.first_step_at is None:
@@ -136,9 +141,23 @@ class RunRecord(L.Callback):
         if row is not None:
             self.history.append(row)
             self._pending = None
+            # Said in the log as soon as two epochs in a row show it, so a long run need not be waited out.
+            if not self._warned and len(self.history) >= 2 and all(self._chance(trainer, r) for r in self.history[-2:]):
+                self._warned = True
+                log.warning(self._chance(trainer, row))
+
+    def _chance(self, trainer, row: dict) -> str | None:
+        ema = any(isinstance(c, EMA) for c in trainer.callbacks)
+        return chance_warning(row, trainer.lightning_module.hparams.data["num_classes"], ema)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._add_pending_row(trainer)
+        # The summary says it when the run ended that way (a slow first epoch that recovered is no warning).
+        warning = self._chance(trainer, self.history[-1]) if self.history else None
+        self.warnings = [warning] if warning else []
+        if warning and not self._warned:
+            log.warning(warning)
+        self._warned = self._warned or bool(warning)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._trainer = trainer  # state_dict() needs it to complete a row still waiting for its metrics
@@ -158,6 +177,27 @@ class RunRecord(L.Callback):
     @property
     def samples_per_second(self) -> float:
         return self.train_samples / self.train_seconds if self.train_seconds else 0.0
+
+
+def chance_warning(row: dict, num_classes: int, ema: bool) -> str | None:
+    """A line saying that a run's validation accuracy is at chance while its training accuracy has climbed, with
+    the likely causes; None when the epoch's ``row`` (train/acc, val/acc) shows no such gap.
+
+    Chance is 1/num_classes; "at chance" is within 5 points of it, "learned" is 20 points above it in training.
+    A model that fits its training batches yet predicts one class on held-out images is usually not the model
+    that trained: averaged weights that lag far behind, or BatchNorm statistics that no longer fit the weights."""
+    train, val = row.get("train/acc"), row.get("val/acc")
+    chance = 1.0 / num_classes
+    if train is None or val is None or not (val < chance + 0.05 and train > chance + 0.2):
+        return None
+    causes = ["BatchNorm running statistics that lag behind fast-changing weights (a lower optimizer.lr, or more "
+              "steps: a larger data.train_size or a smaller data.batch_size)"]
+    if ema:
+        causes.insert(0, "an average of the weights that has not caught up with training (callbacks.ema.decay too "
+                         "high for the run's steps; callbacks.ema.decay=0 turns it off)")
+    return (f"val/acc={val:.3f} is at chance (1/{num_classes}) at epoch {row.get('epoch')} while train/acc={train:.3f}: "
+            f"the evaluated model has not learned what training shows. Likely causes: {'; '.join(causes)}; or a "
+            "validation split unlike the training data")
 
 
 class TestReport(L.Callback):
@@ -201,16 +241,43 @@ class TestReport(L.Callback):
                 writer.add_pr_curve(f"test/pr_curve/{name}", labels == index, probabilities[:, index], trainer.global_step)
 
 
+class WarmedUpDecay:
+    """The EMA update with timm's decay warm-up: after t updates the decay is ``min(decay, 1 - (1 + t) ** -power)``.
+
+    A fixed decay of 0.98 keeps 0.98^t of the first weights in the average: after 20 steps (a short run with large
+    batches) two thirds of the averaged model are still its random initialisation, and its averaged BatchNorm
+    statistics match neither weights, so it predicts at chance while the raw model has learned. Warmed up, the
+    average follows the raw weights closely at first and averages over ~1/(1-decay) steps once t is large."""
+
+    def __init__(self, decay: float, power: float | None):
+        self.decay, self.power = decay, power
+
+    def decay_at(self, updates: int) -> float:
+        if self.power is None:
+            return self.decay
+        return min(self.decay, 1.0 - (1.0 + updates) ** -self.power)
+
+    def __call__(self, averaged: list, current: list, updates) -> None:
+        # ``updates`` is AveragedModel's count, which it reads on the host itself at every update.
+        import torch
+
+        decay = self.decay_at(int(updates))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1.0 - decay)
+        else:  # integer buffers (BatchNorm's num_batches_tracked) follow the model
+            torch._foreach_copy_(averaged, current)
+
+
 class EMA(WeightAveraging):
     """An exponential moving average of the weights, updated after every step from ``start_step`` on:
-    Lightning's WeightAveraging with torch's EMA function. Validation runs on the averaged weights, every
-    checkpoint holds them as its weights (the raw ones ride along for resume), so the best checkpoint, the
-    final test, eval, predict and export all use them."""
+    Lightning's WeightAveraging with a warmed-up EMA function (``WarmedUpDecay``; ``warmup_power: null`` for
+    torch's fixed decay). BatchNorm statistics are averaged like the weights. Validation runs on the averaged
+    weights, every checkpoint holds them as its weights (the raw ones ride along for resume), so the best
+    checkpoint, the final test, eval, predict and export all use them."""
 
-    def __init__(self, decay: float = 0.999, start_step: int = 0):
-        from torch.optim.swa_utils import get_ema_multi_avg_fn
-
-        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    def __init__(self, decay: float = 0.999, start_step: int = 0, warmup_power: float | None = 2 / 3):
+        self.update_rule = WarmedUpDecay(decay, warmup_power)
+        super().__init__(multi_avg_fn=self.update_rule, use_buffers=True)
         self.decay, self.start_step = decay, start_step
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
@@ -222,9 +289,9 @@ class EMA(WeightAveraging):
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
 
-def exponential_moving_average(decay: float = 0.0, start_step: int = 0) -> EMA | None:
+def exponential_moving_average(decay: float = 0.0, start_step: int = 0, warmup_power: float | None = 2 / 3) -> EMA | None:
     """The EMA callback, or none when ``decay`` is 0 (the config's way to switch it off)."""
-    return EMA(decay, start_step) if decay > 0 else None
+    return EMA(decay, start_step, warmup_power) if decay > 0 else None
 
 
 class LogHyperparameters(L.Callback):

@@ -14,7 +14,7 @@ from typing import Any
 GROUPS = ("experiment", "model", "data", "optimizer", "scheduler")
 # Model keys that change speed or where weights come from, not what is trained.
 MODEL_KEYS_LEFT_OUT = {"channels_last", "compile", "weights_path"}
-DATA_KEYS = ("batch_size", "image_size", "channels", "val_size")
+DATA_KEYS = ("batch_size", "image_size", "channels", "val_size", "train_size")
 TRAINER_KEYS = ("max_epochs", "precision", "devices", "accumulate_grad_batches", "gradient_clip_val")
 # The columns TensorBoard's HPARAMS view shows before any is ticked (it shows the first five of its order).
 HEADLINE = ("model", "data", "data/batch_size", "optimizer/lr", "seed")

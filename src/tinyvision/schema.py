@@ -113,6 +113,9 @@ class Data(Section):
     val_size: PositiveInt | Annotated[float, Field(gt=0, lt=1)] = spec(
         "a number of images (1 or more) or a fraction between 0 and 1", 0.1
     )
+    train_size: PositiveInt | Annotated[float, Field(gt=0, le=1)] | None = spec(
+        "null (all), a number of images (1 or more) or a fraction from 0 to 1", 5000, None
+    )
     test_size: PositiveInt | Annotated[float, Field(gt=0, lt=1)] = spec(
         "a number of images (1 or more) or a fraction between 0 and 1", 0.2, 0.2
     )
@@ -155,6 +158,8 @@ class Model(Open):
     channels_last: bool = spec("true or false", True, True)
     compile: bool = spec("true or false", False, False)
     freeze: Literal["backbone"] | None = spec("null or backbone (train the head only)", "backbone", None)
+    bn_momentum: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = spec(
+        "null (the architecture's own) or a number above 0 up to 1", 0.6, None)
 
 
 class Plain(Model):
@@ -193,6 +198,8 @@ class Timm(Open):  # other keys go to timm.create_model (drop_rate, ...)
     channels_last: bool = spec("true or false", True, True)
     compile: bool = spec("true or false", False, False)
     freeze: Literal["backbone"] | None = spec("null or backbone (train the head only)", "backbone", None)
+    bn_momentum: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = spec(
+        "null (the architecture's own) or a number above 0 up to 1", 0.6, None)
     name: str = spec("a timm architecture name", "resnet18")
     pretrained: bool = spec("true or false", True, False)
     weights_path: str | None = spec("null or the path of a weights file (.safetensors or a state dict)", "resnet18.safetensors", None)
@@ -365,6 +372,8 @@ class Pictures(Open):
 class Ema(Open):
     decay: Annotated[float, Field(ge=0, lt=1)] | Literal[0] = spec("a number from 0 (off) to below 1", 0.999, 0.0)
     start_step: Annotated[int, Field(ge=0)] = spec("a whole number of steps, 0 or more", 0, 0)
+    warmup_power: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = spec(
+        "null (a fixed decay) or a number above 0 up to 1", 0.6667, 2 / 3)
 
 
 class TestReport(Open):

@@ -29,6 +29,8 @@ def print_summary(metrics: dict[str, Any], console: Console | None = None) -> No
     table.add_row("time", f"{metrics.get('wall_seconds', 0):.1f} s ({metrics.get('train_samples_per_second') or 0:,.0f} training images/s)")
     table.add_row("run dir", _short(metrics.get("run_dir")))
     console.print(table)
+    for warning in metrics.get("warnings") or []:
+        console.print(f"[bold yellow]warning:[/] {warning}")
     # The log file gets the figures as one line; the console has just shown them in the table.
     log_to_file(f"test/acc={metrics.get('test/acc')} val/acc_best={metrics.get('val/acc_best')} run_dir={metrics.get('run_dir')}")
 

@@ -187,6 +187,7 @@ def _run_metrics(trainer: L.Trainer, test: dict, best: str | None, run_dir: Path
         "best_checkpoint": best,
         "run_dir": str(run_dir),
         "test_report": report,  # per class, macro and weighted averages (tinyvision.report)
+        "warnings": record.warnings if record else [],  # what the summary says about the results (a dead model)
         "history": history,
     }
 

@@ -43,6 +43,7 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: int = 64,
         eval_batch_size: int = 1024,
         val_size: float | int = 0.1,
+        train_size: float | int | None = None,
         seed: int = 42,
         augment: dict[str, Any] | None = None,
         test_every_epoch: bool = False,
@@ -53,21 +54,33 @@ class ImageDataModule(L.LightningDataModule):
         self.image_size = image_size if isinstance(image_size, int) else tuple(image_size)
         self.hw = as_hw(image_size)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.val_size, self.seed = val_size, seed
+        self.val_size, self.train_size, self.seed = val_size, train_size, seed
         self.augment = {"crop_padding": None, "horizontal_flip": 0.0, "translate": 0, "color_jitter": 0.0, "erasing": 0.0,
                         "trivial_augment": False, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, **(augment or {})}
         if self.augment["crop_padding"] is not None:
             padding_ltrb(self.augment["crop_padding"])  # fails now on a malformed value
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
 
-    def val_count(self, train_size: int, what: str) -> int:
-        """The validation size as a count, checked against the training split it is carved from."""
-        size = self.val_size
-        count = max(1, round(size * train_size)) if isinstance(size, float) and 0 < size < 1 else size
-        if not isinstance(count, int) or isinstance(count, bool) or not 0 < count < train_size:
+    def carve(self, count: int, what: str, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """The indices of the validation and training images among ``count``, drawn with ``generator``:
+        ``val_size`` images for validation, then ``train_size`` of the rest (all of them when null) for training."""
+        val_count = self._count("val_size", self.val_size, count, what)
+        order = torch.randperm(count, generator=generator)
+        val_index, train_index = order[:val_count], order[val_count:]
+        if self.train_size is not None:
+            train_count = self._count("train_size", self.train_size, len(train_index), f"{what} less data.val_size", upto=True)
+            train_index = train_index[torch.randperm(len(train_index), generator=generator)[:train_count]]
+        return val_index, train_index
+
+    @staticmethod
+    def _count(key: str, size: float | int, available: int, what: str, upto: bool = False) -> int:
+        """A size as a count of images, checked against what it is carved from (``upto``: may take all)."""
+        count = max(1, round(size * available)) if isinstance(size, float) and 0 < size <= 1 else size
+        largest = available if upto else available - 1
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= largest:
             raise ConfigError(
-                f"data.val_size={size} does not fit the training split of {what} ({train_size} images): "
-                f"use a count from 1 to {train_size - 1} or a fraction between 0 and 1 such as 0.1"
+                f"data.{key}={size} does not fit the training split of {what} ({available} images): "
+                f"use a count from 1 to {largest} or a fraction between 0 and 1 such as 0.1"
             )
         return count
 
@@ -161,9 +174,7 @@ class TensorDataModule(ImageDataModule):
             )
         self.class_names = data.classes
         train_images, train_labels = self._adapt(data.train[0]), data.train[1]
-        val_count = self.val_count(len(train_images), self.dataset)
-        order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(self.seed))
-        val_index, train_index = order[:val_count], order[val_count:]
+        val_index, train_index = self.carve(len(train_images), self.dataset, torch.Generator().manual_seed(self.seed))
         device = self._device()
         self.splits = {
             "train": (train_images[train_index].to(device), train_labels[train_index].to(device)),
@@ -306,12 +317,11 @@ class FolderDataModule(TensorDataModule):
             order = torch.randperm(len(images), generator=generator)
             test_images, test_labels = images[order[:test_count]], labels[order[:test_count]]
             images, labels = images[order[test_count:]], labels[order[test_count:]]
-        val_count = self.val_count(len(images), str(self.root))
-        order = torch.randperm(len(images), generator=generator)
+        val_index, train_index = self.carve(len(images), str(self.root), generator)
         device = self._device()
         self.splits = {
-            "train": (images[order[val_count:]].to(device), labels[order[val_count:]].to(device)),
-            "val": (images[order[:val_count]].to(device), labels[order[:val_count]].to(device)),
+            "train": (images[train_index].to(device), labels[train_index].to(device)),
+            "val": (images[val_index].to(device), labels[val_index].to(device)),
             "test": (test_images.to(device), test_labels.to(device)),
         }
 
@@ -357,11 +367,10 @@ class FolderDataModule(TensorDataModule):
             order = torch.randperm(len(full), generator=generator).tolist()
             test = torch.utils.data.Subset(full, order[:test_count])
             full = torch.utils.data.Subset(full, order[test_count:])
-        val_count = self.val_count(len(full), str(self.root))
-        order = torch.randperm(len(full), generator=generator).tolist()
+        val_index, train_index = self.carve(len(full), str(self.root), generator)
         self.datasets = {
-            "train": torch.utils.data.Subset(full, order[val_count:]),
-            "val": torch.utils.data.Subset(full, order[:val_count]),
+            "train": torch.utils.data.Subset(full, train_index.tolist()),
+            "val": torch.utils.data.Subset(full, val_index.tolist()),
             "test": test,
         }
 
