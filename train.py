@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from tinyvision.checkpoints import config_for_resume
+from tinyvision.checkpoints import RunInterrupted, config_for_resume
 from tinyvision.cli import exit_bad_input, precheck, report
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import FAILURE_FILE, write_json
@@ -32,6 +32,8 @@ def main(cfg: DictConfig) -> dict:
         if cfg.get("resume"):
             cfg = config_for_resume(cfg, list(HydraConfig.get().overrides.task))
         metrics = train(cfg, sweep_job=multirun)
+    except RunInterrupted as stop:
+        exit_interrupted(cfg, stop)
     except TinyVisionError as error:
         if not multirun:
             exit_bad_input(error)
@@ -48,6 +50,17 @@ def main(cfg: DictConfig) -> dict:
         print_summary(metrics)
     # What a sweeper reads: the Optuna sweeper optimizes one of these metrics; Hydra's basic one ignores it.
     return {"status": "done", **{key: value for key, value in metrics.items() if key != "history"}}
+
+
+def exit_interrupted(cfg: DictConfig, stop: RunInterrupted) -> None:
+    """One line saying where the run stopped and how to go on, then the signal's exit status (143, 130)."""
+    run_dir = Path(cfg.paths.output_dir)
+    if stop.checkpoint is not None:
+        log.warning("stopped by %s; %s holds the step reached: resume with  python train.py resume=%s",
+                    stop, stop.checkpoint, run_dir)
+    else:
+        log.warning("stopped by %s before the first checkpoint: nothing to resume in %s", stop, run_dir)
+    sys.exit(stop.exit_status)
 
 
 def record_failure(cfg: DictConfig, error: Exception) -> dict[str, str]:

@@ -2,6 +2,8 @@
 own config, which must stay clean):
 
     python tests/faults.py kill-at-step N train.py ARGS...      # SIGKILL after training step N
+    python tests/faults.py term-at-step N train.py ARGS...      # SIGTERM during training step N (a scheduler's stop)
+    python tests/faults.py int-at-step N train.py ARGS...       # SIGINT during training step N (Ctrl+C)
     python tests/faults.py nan-at-step N train.py ARGS...       # a NaN weight before training step N+1
     python tests/faults.py kill-during-save N train.py ARGS...  # SIGKILL halfway through the N-th checkpoint write
     python tests/faults.py kill-in-trial N train.py -m ARGS...  # SIGKILL the sweep at trial N's 2nd training step
@@ -26,6 +28,18 @@ def kill_at_step(step: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     ImageClassifier.on_train_batch_end = on_train_batch_end
+
+
+def signal_at_step(signum: int):
+    def at_step(step: int) -> None:
+        # Sent while step N is computed, where a signal mostly lands (the step is where the time goes).
+        def on_train_batch_start(self, batch, batch_idx):
+            if self.trainer.global_step == step - 1:
+                os.kill(os.getpid(), signum)
+
+        ImageClassifier.on_train_batch_start = on_train_batch_start
+
+    return at_step
 
 
 def nan_at_step(step: int) -> None:
@@ -65,7 +79,8 @@ def kill_during_save(nth: int) -> None:
 
 if __name__ == "__main__":
     mode, number, script, *args = sys.argv[1:]
-    faults = {"kill-at-step": kill_at_step, "nan-at-step": nan_at_step, "kill-during-save": kill_during_save,
+    faults = {"kill-at-step": kill_at_step, "term-at-step": signal_at_step(signal.SIGTERM),
+              "int-at-step": signal_at_step(signal.SIGINT), "nan-at-step": nan_at_step, "kill-during-save": kill_during_save,
               "kill-in-trial": kill_in_trial}
     faults[mode](int(number))
     sys.argv = [script, *args]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -151,8 +153,74 @@ class LastCheckpoint(Checkpoint):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._save(trainer)
 
+    def save_now(self, trainer) -> None:
+        """last.ckpt at the step just completed (a signal's stop), unless this step's is already written."""
+        if not self.saves_at(trainer.global_step):
+            self._save(trainer)
+
     def _save(self, trainer) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, for resume
+
+
+class RunInterrupted(BaseException):
+    """A run stopped by SIGTERM or SIGINT. A BaseException, as KeyboardInterrupt is: a sweep's handler of failed
+    jobs must not catch it and go on with the next job when a scheduler or a user has asked the process to stop."""
+
+    def __init__(self, signum: int, checkpoint: Path | None):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.checkpoint = signum, checkpoint
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum  # what a shell reports for a process the signal ended: 143 for SIGTERM, 130 for SIGINT
+
+
+class StopOnSignal(L.Callback):
+    """SIGTERM (a scheduler's stop, ``kill``) and SIGINT (Ctrl+C) end training after the step under way: last.ckpt
+    is written at that step, then ``RunInterrupted`` carries the signal out, so the script prints the resume
+    command and exits 143 or 130 instead of Lightning's status 0.
+
+    Lightning notes SIGTERM itself (``trainer.received_sigterm``) and would stop at the same place without a
+    checkpoint; SIGINT is noted here, and a second Ctrl+C stops at once (the checkpoint before it stays)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous_sigint = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._note_sigint)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def _note_sigint(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self.signum = signal.SIGINT
+
+    def _requested(self, trainer) -> int | None:
+        return signal.SIGTERM if trainer.received_sigterm else self.signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        signum = self._requested(trainer)
+        if signum is None:
+            return
+        last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+        if last is not None:
+            last.save_now(trainer)
+        raise RunInterrupted(signum, last.path if last is not None else None)
+
+    def interrupted(self, trainer) -> RunInterrupted | None:
+        """After fit or test ended by an exception: the stop a signal asked for, if one did (stopped outside a
+        training step, during validation or the test, the last checkpoint written is the one to resume)."""
+        signum = self._requested(trainer)
+        if signum is None:
+            return None
+        last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+        return RunInterrupted(signum, last.path if last is not None and last.path.is_file() else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import shutil
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinyvision import schema
 from tinyvision.callbacks import LogHyperparameters, RunRecord, TestReport
-from tinyvision.checkpoints import last_checkpoint, load_checkpoint_file
+from tinyvision.checkpoints import RunInterrupted, StopOnSignal, last_checkpoint, load_checkpoint_file
 from tinyvision.cli import trainer_error
 from tinyvision.data.datamodule import data_module_settings
 from tinyvision.errors import ConfigError, TinyVisionError
@@ -74,12 +75,14 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
 
     started, started_at = time.perf_counter(), time.time()
     try:
-        _fit(trainer, classifier, datamodule, resume_from, pruning)
+        with _signals_stop(trainer):
+            _fit(trainer, classifier, datamodule, resume_from, pruning)
     except trial_pruned:
         return _record_pruned(trainer, run_dir, time.perf_counter() - started)
     record = next((c for c in trainer.callbacks if isinstance(c, RunRecord)), None)
     log_final_figures(trainer, round(record.train_seconds, 2) if record else None, trainer.current_epoch)
-    best, test = _test_best_checkpoint(trainer, classifier, datamodule)
+    with _signals_stop(trainer):
+        best, test = _test_best_checkpoint(trainer, classifier, datamodule)
     metrics = _run_metrics(trainer, test, best, run_dir, time.perf_counter() - started, started_at)
     if trainer.is_global_zero:
         write_json(run_dir / METRICS_FILE, metrics)
@@ -87,6 +90,22 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
             write_per_class_csv(run_dir / PER_CLASS_FILE, metrics["test_report"])
         log_run_files(trainer, run_dir, best)
     return metrics
+
+
+@contextlib.contextmanager
+def _signals_stop(trainer: L.Trainer):
+    """A SIGTERM or SIGINT that ended fit or test leaves as RunInterrupted, whatever Lightning raised for it
+    (its SIGTERMException is a SystemExit with status 0, which would tell a scheduler the run succeeded)."""
+    try:
+        yield
+    except RunInterrupted:
+        raise
+    except BaseException:
+        stop = next((c for c in trainer.callbacks if isinstance(c, StopOnSignal)), None)
+        interrupted = stop.interrupted(trainer) if stop is not None else None
+        if interrupted is None:
+            raise
+        raise interrupted from None
 
 
 def _checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -116,6 +135,7 @@ def _callbacks(cfg: DictConfig, pruning) -> list[L.Callback]:
     callbacks = [c for c in callbacks if c is not None]  # a factory may say "off" (callbacks.ema.decay=0)
     callbacks.append(LogHyperparameters(compared_hparams(OmegaConf.to_container(cfg, resolve=True), group_choices())))
     callbacks.append(RememberMlflowRun())
+    callbacks.append(StopOnSignal())  # always: a stopped run must never look finished
     return callbacks + ([pruning] if pruning is not None else [])
 
 
