@@ -10,6 +10,7 @@ from rich.console import Console
 from tinyvision.cli import exit_bad_input, precheck
 from tinyvision.errors import TinyVisionError
 from tinyvision.export import FORMATS, export
+from tinyvision.files import output_file
 from tinyvision.inference import load_classifier
 from tinyvision.schema import validate_export
 
@@ -19,8 +20,8 @@ def main(cfg: DictConfig) -> None:
     try:
         validate_export(cfg)
         classifier = load_classifier(cfg.ckpt_path)
-        path = Path(cfg.output) if cfg.output else Path(cfg.paths.output_dir) / f"model{FORMATS[cfg.format]}"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        name = f"model{FORMATS[cfg.format]}"
+        path = output_file("output", cfg.output, name, FORMATS[cfg.format]) if cfg.output else Path(cfg.paths.output_dir) / name
         model, card = export(classifier, cfg.format, path, source=str(cfg.ckpt_path))
     except TinyVisionError as error:
         exit_bad_input(error)

@@ -61,7 +61,9 @@ def test_safetensors_holds_the_weights(tmp_path):
     images = example_images(classifier, batch=3)
     with torch.inference_mode():
         assert not torch.equal(rebuilt(images), classifier(images))
-    rebuilt.load_state_dict(load_file(str(path)))
+    weights = load_file(str(path))
+    assert set(weights) == {f"net.{key}" for key in classifier.net.state_dict()}  # the network alone, no metric state
+    rebuilt.net.load_state_dict({key.removeprefix("net."): value for key, value in weights.items()})
     with torch.inference_mode():
         assert torch.equal(rebuilt(images), classifier(images))
     assert json.loads(card.read_text())["model"]["_target_"] == "tinyvision.models.LeNet"
@@ -101,7 +103,7 @@ def test_predict_gives_the_same_classes_from_the_checkpoint_and_the_onnx_file(ma
 
     truncated = tmp_path / "export" / "truncated.onnx"
     truncated.write_bytes(onnx_file.read_bytes()[: onnx_file.stat().st_size // 2])
-    (tmp_path / "export" / "truncated.json").write_text((tmp_path / "export" / "model.json").read_text())
+    (tmp_path / "export" / "truncated.onnx.json").write_text((tmp_path / "export" / "model.onnx.json").read_text())
     result = run("predict.py", f"ckpt_path={truncated}", f"inputs={photos}", f"hydra.run.dir={tmp_path / 'predict_bad'}")
     assert result.returncode == 2 and f"error: ckpt_path={truncated} cannot be read as an ONNX model" in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1

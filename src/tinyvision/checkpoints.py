@@ -18,7 +18,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from tinyvision.errors import ConfigError
-from tinyvision.files import LAST_CHECKPOINT, METRICS_FILE
+from tinyvision.files import LAST_CHECKPOINT, METRICS_FILE, replacing
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -122,14 +122,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        with open(partial, "wb") as handle:
+        # A full disk or a refused write: the .partial file goes, the previous checkpoint stays, one line says why.
+        with replacing(path, hidden=True) as partial, open(partial, "wb") as handle:
             torch.save(checkpoint, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(partial, path)
 
 
 class LastCheckpoint(Checkpoint):

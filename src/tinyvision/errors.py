@@ -15,3 +15,7 @@ class DataError(TinyVisionError):
 
 class TrainingDiverged(TinyVisionError):
     """The loss stopped being a finite number."""
+
+
+class WriteFailed(TinyVisionError):
+    """A file could not be written (a full disk, no permission); what was there before is kept."""

@@ -9,7 +9,6 @@ still lists them, with the channels, image size and class names.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from tinyvision.errors import ConfigError
+from tinyvision.files import replacing, write_atomic
 from tinyvision.module import ImageClassifier
 from tinyvision.preprocessing import as_hw
 
@@ -50,16 +50,23 @@ def example_images(classifier: ImageClassifier, batch: int = 2) -> torch.Tensor:
     return torch.randint(0, 256, (batch, data["channels"], height, width), dtype=torch.uint8)
 
 
+def card_path(model: Path) -> Path:
+    """A model's card: its whole file name plus .json (model.onnx.json), so two formats of one name keep two cards."""
+    return model.with_name(model.name + CARD_SUFFIX)
+
+
 def export(classifier: ImageClassifier, fmt: str, path: Path, source: str | None = None) -> tuple[Path, Path]:
-    """Write the model to ``path`` and its card beside it; each file appears whole or not at all."""
+    """Write the model to ``path`` (which must end in the format's suffix) and its card beside it; each file
+    appears whole or not at all."""
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt}: one of {', '.join(FORMATS)}, e.g. format=onnx")
+    if path.suffix != FORMATS[fmt]:
+        raise ConfigError(f"output={path}: a {fmt} export ends in {FORMATS[fmt]}, e.g. output={path.with_suffix(FORMATS[fmt])}")
     classifier = classifier.cpu().eval()
-    partial = path.with_name(path.name + ".partial")
-    {"onnx": _onnx, "torchscript": _torchscript, "safetensors": _safetensors}[fmt](classifier, partial)
-    os.replace(partial, path)
-    card = path.with_suffix(CARD_SUFFIX)
-    card.write_text(json.dumps(model_card(classifier, fmt, source), indent=2) + "\n")
+    with replacing(path) as partial:
+        {"onnx": _onnx, "torchscript": _torchscript, "safetensors": _safetensors}[fmt](classifier, partial)
+    card = card_path(path)
+    write_atomic(card, json.dumps(model_card(classifier, fmt, source), indent=2) + "\n")
     return path, card
 
 
@@ -92,7 +99,9 @@ def _safetensors(classifier: ImageClassifier, path: Path) -> None:
         from safetensors.torch import save_file
     except ImportError:
         raise ConfigError("format=safetensors needs the safetensors package: pip install 'tinyvision[export]'") from None
-    save_file({key: value.contiguous() for key, value in classifier.state_dict().items()}, str(path))
+    # The network's weights (normalization is in the card), not the metrics' running state (train_acc.tp, ...)
+    weights = {key: value for key, value in classifier.state_dict().items() if key.startswith("net.")}
+    save_file({key: value.contiguous() for key, value in weights.items()}, str(path))
 
 
 class OnnxClassifier:
@@ -100,11 +109,13 @@ class OnnxClassifier:
 
     def __init__(self, path: str | Path):
         path = Path(path)
-        card_path = path.with_suffix(CARD_SUFFIX)
+        card = card_path(path)
+        if not card.is_file() and path.with_suffix(CARD_SUFFIX).is_file():
+            card = path.with_suffix(CARD_SUFFIX)  # exports before cards were named after the whole file
         if not path.is_file():
             raise ConfigError(f"ckpt_path={path} does not exist: give a .ckpt file or an .onnx file written by export.py")
-        if not card_path.is_file():
-            raise ConfigError(f"ckpt_path={path} has no card {card_path.name} beside it: export it again with export.py")
+        if not card.is_file():
+            raise ConfigError(f"ckpt_path={path} has no card {card_path(path).name} beside it: export it again with export.py")
         try:
             import onnxruntime
         except ImportError:
@@ -114,9 +125,12 @@ class OnnxClassifier:
         except Exception as error:  # onnxruntime raises its own exception types for a broken file
             reason = str(error).splitlines()[0][:200]
             raise ConfigError(f"ckpt_path={path} cannot be read as an ONNX model ({reason}): is it truncated? export it again") from None
-        self.card = json.loads(card_path.read_text())
-        self.data = self.card["data"]
-        self.class_names = self.card["class_names"]
+        try:
+            self.card = json.loads(card.read_text())
+            self.data, self.class_names = self.card["data"], self.card["class_names"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"ckpt_path={path}: its card {card} is not an export card ({type(error).__name__}): "
+                              "export the model again with export.py") from None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         (logits,) = self.session.run(["logits"], {"images": images.to(torch.uint8).cpu().numpy()})

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from tinyvision.files import replacing
+
 CACHE_VERSION = 1
 
 
@@ -113,10 +115,8 @@ def load_or_decode(root: Path, samples: list[tuple[Path, int]], channels: int, h
         except Exception:  # a cache file that cannot be read is decoded again and replaced
             pass
     decoded = decode(root, samples, channels, hw, num_workers)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save({"images": decoded.images, "labels": decoded.labels, "files": decoded.files, "bad": decoded.bad}, partial)
-    os.replace(partial, path)
+    with replacing(path) as partial:
+        torch.save({"images": decoded.images, "labels": decoded.labels, "files": decoded.files, "bad": decoded.bad}, partial)
     return decoded, path, False
 
 

@@ -1,0 +1,100 @@
+"""Where a user's path meets the file system: nothing written is lost or overwritten, and a refused write is one
+line that leaves no partial file behind."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+import torch
+
+from tinyvision.errors import ConfigError, WriteFailed
+from tinyvision.export import card_path, export
+from tinyvision.files import output_file, replacing
+from tinyvision.module import ImageClassifier
+
+GREY = {"channels": 1, "image_size": 28, "num_classes": 10, "mean": [0.2860], "std": [0.3530], "dataset": "fashion"}
+
+
+def lenet() -> ImageClassifier:
+    return ImageClassifier(model={"_target_": "tinyvision.models.LeNet"}, data=GREY,
+                           optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1})
+
+
+def test_an_export_never_writes_its_weights_under_its_cards_name(tmp_path):
+    with pytest.raises(ConfigError, match=r"output=.*model.json: a safetensors export ends in .safetensors, "
+                                          r"e.g. output=.*model.safetensors"):
+        export(lenet(), "safetensors", tmp_path / "model.json")
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a partial file
+
+
+def test_two_formats_of_one_name_keep_their_own_cards(tmp_path):
+    classifier = lenet()
+    onnx_file, onnx_card = export(classifier, "onnx", tmp_path / "model.onnx")
+    weights, weights_card = export(classifier, "safetensors", tmp_path / "model.safetensors")
+    assert onnx_card != weights_card and onnx_card == card_path(onnx_file)
+    assert json.loads(onnx_card.read_text())["format"] == "onnx"
+    assert json.loads(weights_card.read_text())["format"] == "safetensors"
+
+
+def test_output_file_takes_a_folder_and_names_a_file_in_the_way(tmp_path):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    assert output_file("output", folder, "model.onnx", ".onnx") == folder / "model.onnx"
+    assert output_file("output", tmp_path / "new" / "deeper" / "m.onnx", "model.onnx", ".onnx") == tmp_path / "new" / "deeper" / "m.onnx"
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"a_file is a file, not a folder"):
+        output_file("output", blocker / "model.onnx", "model.onnx", ".onnx")
+    with pytest.raises(ConfigError, match=r"output=.*model.pt: this file must end in .onnx"):
+        output_file("output", folder / "model.pt", "model.onnx", ".onnx")
+
+
+def test_a_card_that_is_not_json_is_one_line(tmp_path):
+    from tinyvision.export import OnnxClassifier
+
+    onnx_file, card = export(lenet(), "onnx", tmp_path / "model.onnx")
+    for text in ("not json at all", "", "[1, 2]"):
+        card.write_text(text)
+        with pytest.raises(ConfigError, match=r"its card .* is not an export card .*: export the model again"):
+            OnnxClassifier(onnx_file)
+
+
+@pytest.mark.parametrize("code, hint", [(errno.ENOSPC, "free some space"), (errno.EACCES, "choose a folder you can write to")])
+def test_a_refused_write_removes_the_partial_file_and_keeps_the_previous_one(tmp_path, code, hint):
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"the previous checkpoint")
+    with pytest.raises(WriteFailed, match=rf"cannot write .*last.ckpt: .* \(the previous file is kept\): {hint}"):
+        with replacing(target, hidden=True) as partial:
+            partial.write_bytes(b"half of a new one")
+            raise OSError(code, "injected")
+    assert target.read_bytes() == b"the previous checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_full_disk_during_a_checkpoint_ends_the_run_in_one_line_and_keeps_the_last_checkpoint(make_config, tmp_path,
+                                                                                                 monkeypatch):
+    """ENOSPC at the third checkpoint write of a run: WriteFailed (the script's one line, exit 2), no .partial left,
+    and last.ckpt still the one written before."""
+    from tinyvision.training import train
+
+    real_save, writes = torch.save, {"n": 0}
+
+    def save(obj, f, *args, **kwargs):
+        if hasattr(f, "write"):
+            writes["n"] += 1
+            if writes["n"] == 3:
+                f.write(b"half")
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    run_dir = tmp_path / "run"
+    with pytest.raises(WriteFailed, match=r"No space left on device \(the previous file is kept\): free some space"):
+        train(make_config("data=mnist", "data.val_size=50", "trainer.max_epochs=2",
+                          "callbacks.last_checkpoint.every_n_train_steps=2", run_dir=run_dir))
+    files = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert not [name for name in files if name.endswith(".partial")], files
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 4  # written at steps 2 and 4; the third write (step 6) failed
