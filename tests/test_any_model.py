@@ -19,6 +19,8 @@ SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
 def test_a_library_architecture_trains_on_grey_28_pixel_images(option, make_config, tmp_path):
     metrics = train(make_config(option, "model.name=resnet18", "data.val_size=50", "trainer.max_epochs=1",
                                 "trainer.limit_train_batches=2", run_dir=tmp_path / "run"))
+    # No accuracy floor: two batches of an untrained ResNet-18 are too few to learn (this checks the architecture
+    # builds, trains and tests on 1-channel 28-pixel images); the knob tests observe learning elsewhere.
     assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["epochs"] == 1
 
 

@@ -40,7 +40,11 @@ def test_run_dir_holds_config_log_checkpoints_and_metrics(single_run):
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and len(metrics["history"]) == 2
-    assert 0 <= metrics["test/acc"] <= 1 and metrics["val/acc_best"] == max(r["val/acc"] for r in metrics["history"])
+    assert metrics["val/acc_best"] == max(r["val/acc"] for r in metrics["history"])
+    # LeNet (sigmoid) at lr 1e-3 stays near chance accuracy over these 22 batches (measured test/acc 0.09): its loss
+    # falls (train 2.35 -> 2.31, val 2.33 -> 2.30), so the run is learning; an accuracy floor would need a longer run.
+    first, second = metrics["history"]
+    assert second["train/loss"] < first["train/loss"] and second["val/loss"] < first["val/loss"]
     assert metrics["wall_seconds"] > 0 and metrics["train_samples_per_second"] > 0
 
 

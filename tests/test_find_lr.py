@@ -40,12 +40,20 @@ def test_no_suggestion_when_the_loss_never_falls():
 
 @pytest.mark.slow
 def test_find_lr_saves_the_plot_and_prints_the_command(data_root, tmp_path):
+    """On the fixtures' easy classes the finder sees the loss fall and suggests a learning rate where it falls."""
+    import json
+
     run_dir = tmp_path / "find"
-    result = subprocess.run([sys.executable, "find_lr.py", "model=lenet", "data.val_size=50", "lr_find.num_training=30",
+    # ConvNet, not LeNet: in 30 steps LeNet's sigmoid layers barely move (its smoothed loss falls 0.06, within the
+    # noise), while ConvNet's falls from 2.30 to about 1.45 before it diverges at the largest rates.
+    result = subprocess.run([sys.executable, "find_lr.py", "model=convnet", "data.val_size=50", "lr_find.num_training=30",
                              f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True,
                             timeout=600)
-    assert (run_dir / "lr_find.png").stat().st_size > 5000 and (run_dir / "lr_find.json").is_file()
-    if result.returncode == 0:
-        assert "suggested learning rate" in result.stdout and "train with it: python train.py model=lenet" in result.stdout
-    else:  # a plain no, not a traceback
-        assert result.returncode == 1 and "no learning rate could be suggested" in result.stdout, result.stderr[-2000:]
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "suggested learning rate" in result.stdout and "train with it: python train.py model=convnet" in result.stdout
+    assert (run_dir / "lr_find.png").stat().st_size > 5000
+    found = json.loads((run_dir / "lr_find.json").read_text())
+    lrs, losses, suggestion = found["lr"], found["loss"], found["suggestion"]
+    assert 1e-4 <= suggestion <= 0.1  # Adam's workable range here (the runs use 1e-3 to 3e-3), not an end of the sweep
+    at = lrs.index(suggestion)
+    assert min(losses[at:]) < losses[0] - 0.5  # past the suggestion the loss falls well below where it started

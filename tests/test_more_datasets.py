@@ -89,13 +89,27 @@ def test_svhn_reads_the_mat_files_with_zero_as_zero(more_root):
     assert torch.equal(splits.train[0][5], torch.as_tensor(stored["X"][..., 5]).permute(2, 0, 1))
 
 
-@pytest.mark.parametrize("overrides", [["data=kmnist"], ["data=emnist"], ["data=emnist", "data.split=letters", "data.num_classes=27"],
-                                       ["data=cifar100"], ["data=cifar100", "data.label_type=coarse", "data.num_classes=20"],
-                                       ["data=svhn"]], ids=lambda o: " ".join(o))
-def test_each_dataset_trains_through_the_tensor_path(overrides, more_root, make_config, tmp_path):
-    metrics = train(make_config(*overrides, "model=lenet", "data.val_size=50", "trainer.max_epochs=1",
+# Test accuracy floors, about half what ConvNet reaches in two epochs on these fixtures, several times chance: a
+# reader that mislabels images (SVHN's 10 for 0, EMNIST's transpose, CIFAR-100's fine/coarse) stays at chance.
+# Measured: KMNIST 1.0, SVHN 1.0, EMNIST balanced 0.24 (chance 0.02; its 47 classes share 16 square places, so
+# about a third is the most it can reach), letters 0.41 (chance 0.04). CIFAR-100 gets no floor: its 100 fine classes
+# share the 16 places, 2.5 training images a class, and two epochs stay at chance (fine 0.0, coarse 0.06).
+LEARNED = [(["data=kmnist"], 0.5), (["data=emnist"], 0.12), (["data=emnist", "data.split=letters", "data.num_classes=27"], 0.2),
+           (["data=cifar100"], None), (["data=cifar100", "data.label_type=coarse", "data.num_classes=20"], None),
+           (["data=svhn"], 0.5)]
+
+
+@pytest.mark.parametrize(("overrides", "floor"), LEARNED, ids=[" ".join(o) for o, _ in LEARNED])
+def test_each_dataset_trains_through_the_tensor_path(overrides, floor, more_root, make_config, tmp_path):
+    """Each dataset trains: its training loss falls, and where the fixture's classes can be learned in two epochs
+    the test accuracy is well above chance."""
+    # ConvNet, not LeNet: LeNet's sigmoid layers stay at chance for the few batches these fixtures give
+    metrics = train(make_config(*overrides, "model=convnet", "data.val_size=50", "trainer.max_epochs=2",
                                 data_dir=more_root, run_dir=tmp_path / "run"))
-    assert metrics["epochs"] == 1 and 0.0 <= metrics["test/acc"] <= 1.0
+    assert metrics["epochs"] == 2
+    assert metrics["history"][1]["train/loss"] < metrics["history"][0]["train/loss"]  # it learns from these labels
+    if floor is not None:
+        assert metrics["test/acc"] > floor
 
 
 def test_a_missing_dataset_says_how_to_get_it(tmp_path, make_config):

@@ -108,10 +108,12 @@ def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one_and_repeat_for_the_s
 
 
 def test_a_mixed_run_trains_with_soft_targets(make_config, tmp_path):
-    metrics = train(make_config("data.augment.mixup_alpha=0.2", "data.augment.cutmix_alpha=1.0", "loss.label_smoothing=0.1",
-                                "data.augment.trivial_augment=true", "data.augment.erasing=0.25", "data.augment.color_jitter=0.3",
-                                "data.val_size=50", "trainer.max_epochs=1", run_dir=tmp_path / "run"))
-    assert 0.0 <= metrics["history"][0]["train/acc"] <= 1.0 and metrics["test/acc"] > 0.0
+    # ConvNet: LeNet's sigmoid layers stay at chance for one epoch of six batches; ConvNet learns the easy fixture
+    # classes through all this mixing (measured test/acc 0.92 after one epoch), so 0.5 (chance: 0.1) has a margin.
+    metrics = train(make_config("model=convnet", "data.augment.mixup_alpha=0.2", "data.augment.cutmix_alpha=1.0",
+                                "loss.label_smoothing=0.1", "data.augment.trivial_augment=true", "data.augment.erasing=0.25",
+                                "data.augment.color_jitter=0.3", "data.val_size=50", "trainer.max_epochs=1", run_dir=tmp_path / "run"))
+    assert metrics["test/acc"] > 0.5
 
 
 def test_ema_weights_differ_from_the_raw_ones_and_are_what_the_best_checkpoint_and_test_use(make_config, tmp_path):
@@ -248,4 +250,6 @@ def test_the_cifar10_fast_recipe_trains_end_to_end_on_the_fixtures(make_config, 
                       run_dir=tmp_path / "run")
     assert cfg.scheduler.anneal_strategy == "linear" and cfg.loss.label_smoothing == 0.2 and cfg.tta == "flip_translate"
     metrics = train(cfg)
-    assert metrics["epochs"] == 2 and 0.0 <= metrics["test/acc"] <= 1.0
+    # Eight steps of a recipe made for batch 1024: measured test/acc 0.29 (best val 0.36; chance 0.1) with BatchNorm
+    # momentum 0.6 and the EMA's warm-up; before those the EMA weights stayed at chance. 0.2 leaves a margin.
+    assert metrics["epochs"] == 2 and metrics["test/acc"] > 0.2

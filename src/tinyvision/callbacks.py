@@ -200,6 +200,19 @@ def chance_warning(row: dict, num_classes: int, ema: bool) -> str | None:
             "validation split unlike the training data")
 
 
+def gather_uneven(pl_module, rows):
+    """Every rank's ``rows`` concatenated in rank order, when ranks hold different numbers of rows (the evaluation
+    sampler splits N images over the ranks without repeating any): all_gather needs equal shapes, so each rank pads
+    its rows to the longest share and the padding is dropped after the gather."""
+    import torch
+
+    counts = pl_module.all_gather(torch.tensor(len(rows), device=rows.device)).flatten().tolist()
+    padded = torch.zeros((max(counts), *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+    padded[: len(rows)] = rows
+    gathered = pl_module.all_gather(padded)  # world_size × longest × ...
+    return torch.cat([gathered[rank, :count] for rank, count in enumerate(counts)])
+
+
 class TestReport(L.Callback):
     """After a test: the per-class report (tinyvision.report) in ``self.report``, its single figures logged
     as test/* metrics (so the test results, metrics.json and every logger hold them), and one precision-recall
@@ -227,9 +240,8 @@ class TestReport(L.Callback):
         if not self._labels:
             return
         probabilities, labels = torch.cat(self._probabilities), torch.cat(self._labels)
-        if trainer.world_size > 1:  # every rank's share (DistributedSampler may repeat a few images to even them)
-            probabilities = pl_module.all_gather(probabilities).flatten(0, 1)
-            labels = pl_module.all_gather(labels).flatten(0, 1)
+        if trainer.world_size > 1:  # every rank's share, each image once
+            probabilities, labels = gather_uneven(pl_module, probabilities), gather_uneven(pl_module, labels)
         names = [str(name) for name in pl_module.class_names]
         self.report = classification_report(probabilities, labels, names, self.top_k)
         pl_module.log_dict(scalars(self.report))

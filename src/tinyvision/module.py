@@ -98,8 +98,10 @@ class ImageClassifier(L.LightningModule):
             loss = F.cross_entropy(logits, labels, weight=self._weights(), label_smoothing=self.label_smoothing)
         else:
             loss = F.cross_entropy(logits, labels)
-        loss_value = loss.detach()
-        getattr(self, f"{stage}_loss").update(loss_value, weight=torch.full_like(loss_value, len(labels)))
+        # The batch's mean loss once per image, so the epoch's figure is the mean over images (a short last batch
+        # counts for its size). Not update(loss, weight=n): with nan_strategy="disable" torchmetrics 1.9 drops the
+        # weight (torchmetrics#3434), and every other strategy reads a NaN check back from the device each step.
+        getattr(self, f"{stage}_loss").update(loss.detach().expand(len(labels)))
         # MixUp/CutMix give soft labels (rows summing to 1): accuracy is then against the larger share's class.
         getattr(self, f"{stage}_acc").update(logits.detach(), labels.argmax(1) if labels.dim() == 2 else labels)
         return loss, logits
