@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 ARGS ?=
 
-.PHONY: setup data train test test-fast lint bench reproduce tensorboard lock clean
+.PHONY: setup data train test test-fast lint bench recipes tensorboard lock clean
 
 setup: $(VENV)/.installed data
 
@@ -43,8 +43,8 @@ lint: $(VENV)/.installed
 bench: setup
 	$(BIN)/python bench/bench.py $(ARGS)
 
-reproduce: setup
-	$(BIN)/python bench/reproduce.py $(ARGS)
+recipes: setup
+	$(BIN)/python bench/recipes.py $(ARGS)
 
 tensorboard: setup
 	$(BIN)/tensorboard --logdir outputs

@@ -29,21 +29,24 @@ def test_benchmark_runs_end_to_end(data_root, tmp_path):
     assert "## Whole process" in report and "| tinyvision trainer=debug |" in report
 
 
-def test_reproduce_writes_results_with_curves(data_root, tmp_path):
+def test_recipes_write_their_sections_of_results_from_the_runs(data_root, tmp_path):
+    """Each mode rewrites its own section (full data, a training subset) and keeps the other; every figure in the
+    table is the run's own metrics.json value."""
     out = tmp_path / "RESULTS.md"
-    result = subprocess.run(
-        [sys.executable, "bench/reproduce.py", "--tiny", "--experiments", "lenet_fashion,cifar_net_v3",
-         "--data-dir", str(data_root), "--out", str(out), "--runs", str(tmp_path / "runs")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    common = ["--tiny", "--data-dir", str(data_root), "--out", str(out), "--runs", str(tmp_path / "runs")]
+    for extra in (["--recipes", "lenet_fashion,cifar10_fast"], ["--recipes", "lenet_fashion", "--train-size", "100",
+                                                                "--val-size", "50"]):
+        result = subprocess.run([sys.executable, "bench/recipes.py", *common, *extra], cwd=ROOT, capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
     report = out.read_text()
-    assert "## lenet_fashion" in report and "| tutorial | 0.168 |" in report
-    assert "## cifar_net_v3 — on Fashion-MNIST" in report and "python train.py experiment=cifar_net_v3" in report
-    for name in ("lenet_fashion", "cifar_net_v3"):
-        assert (tmp_path / "results" / f"{name}.png").stat().st_size > 1000
-        assert f"](results/{name}.png)" in report
-    assert len(list((tmp_path / "runs").glob("*/*/metrics.json"))) == 2
+    assert report.count("<!-- recipes: full -->") == 1 and report.count("<!-- recipes: 100-image -->") == 1
+    assert "### cifar10_fast" in report and "data.channels=3" in report and "| tutorial | 0.168 |" in report
+    assert (tmp_path / "results" / "lenet_fashion.png").stat().st_size > 1000
+    runs = sorted((tmp_path / "runs").glob("*/*/metrics.json"))
+    assert len(runs) == 3
+    first = json.loads(next(r for r in runs if r.parent.name == "lenet_fashion").read_text())  # the full-data mode's
+    assert f"| lenet_fashion | Fashion-MNIST | {first['history'][0]['train_samples']:,} | 1 | {first['test/acc']:.4f} |" in report
 
 
 def test_a_training_step_reads_nothing_back_from_the_device(data_root, tmp_path):
