@@ -90,3 +90,33 @@ def test_a_cached_folder_trains_end_to_end(images, make_config, tmp_path):
                                 f"data.cache_dir={tmp_path / 'cache'}", "data.augment.crop_padding=2", "trainer.max_epochs=2",
                                 run_dir=tmp_path / "run"))
     assert metrics["epochs"] == 2 and list((tmp_path / "cache").glob("folder-*.pt"))
+
+
+@pytest.mark.parametrize("mode, value, expected", [("I;16", 65535, 255), ("I;16", 32896, 128), ("I", 1000, 255),
+                                                   ("F", 0.5, 128)])
+def test_deep_images_are_scaled_to_8_bit_on_both_paths_in_decode_workers(tmp_path, mode, value, expected):
+    """A 16-bit (or 32-bit, float) grey PNG/TIFF among ordinary images: decoded in two worker processes on the
+    cached path (it used to kill them) and per image, scaled to 8 bits rather than clipped white."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "images"
+    write_image_folder(root, per_class=6)
+    dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+    deep = Image.fromarray(np.full((40, 40), value, dtype=dtype))
+    assert deep.mode == mode
+    name = "deep.png" if mode == "I;16" else "deep.tif"  # PNG holds 16-bit grey; 32-bit and float need TIFF
+    deep.save(root / "ants" / name)
+    settings = dict(val_size=2, test_size=2, num_workers=2, channels=1, seed=0)
+    cached = folder_module(root, tmp_path / "cache", **settings)
+    cached.setup("fit")
+    per_image = folder_module(root, tmp_path / "cache", cache_max_gb=0, **settings)
+    per_image.setup("fit")
+    decoded = folder_cache.load_or_decode(root, folder_cache.image_files(root)[0], 1, (32, 32), tmp_path / "cache", 0)[0]
+    index = decoded.files.index(os.path.join("ants", name))
+    assert decoded.images[index].unique().tolist() == [expected] and not decoded.bad
+    folder = per_image.datasets["train"]
+    while isinstance(folder, torch.utils.data.Subset):
+        folder = folder.dataset  # the ImageFolder under the splits
+    sample = next(i for i, (path, _) in enumerate(folder.samples) if path.endswith(name))
+    assert folder[sample][0].unique().tolist() == [expected]

@@ -340,7 +340,7 @@ class FolderDataModule(TensorDataModule):
         from PIL import Image
         from torchvision import datasets
 
-        from tinyvision.data.folder_cache import transform_for
+        from tinyvision.data.folder_cache import open_image, transform_for
 
         bad = []
 
@@ -358,8 +358,9 @@ class FolderDataModule(TensorDataModule):
                 return False
 
         transform = transform_for(self.channels, self.hw)
-        full = datasets.ImageFolder(str(roots["train"]), transform=transform, is_valid_file=readable)
-        test = datasets.ImageFolder(str(roots["test"]), transform=transform, is_valid_file=readable) if "test" in roots else None
+        full = datasets.ImageFolder(str(roots["train"]), transform=transform, loader=open_image, is_valid_file=readable)
+        test = (datasets.ImageFolder(str(roots["test"]), transform=transform, loader=open_image, is_valid_file=readable)
+                if "test" in roots else None)
         self._report_bad(bad)
         generator = torch.Generator().manual_seed(self.seed)
         if test is None:

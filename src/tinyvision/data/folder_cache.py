@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from tinyvision.data.photos import eight_bit
 from tinyvision.files import replacing
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: images made 8-bit by photos.eight_bit before the transform
 
 
 @dataclass
@@ -40,10 +41,31 @@ def image_files(root: Path) -> list[tuple[Path, int, list[str]]]:
     return [(Path(path), label) for path, label in samples], classes
 
 
+class EightBit:
+    """A transform step: any PIL image as 8-bit grey or RGB (photos.eight_bit); a class, so workers can pickle it."""
+
+    def __init__(self, channels: int):
+        self.channels = channels
+
+    def __call__(self, image):
+        return eight_bit(image, self.channels)
+
+
+def open_image(path: str):
+    """ImageFolder's loader without its convert("RGB"), which clips 16-bit images: transform_for makes them 8-bit."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image
+
+
 def transform_for(channels: int, hw: tuple[int, int]):
+    """PIL image -> uint8 C×H×W tensor of the data's channels and size. Made 8-bit first: ToImage keeps a 16-bit
+    PNG as uint16, which the decode workers cannot hand back and which would not fit the uint8 cache."""
     from torchvision.transforms import v2
 
-    return v2.Compose([v2.ToImage(), v2.Grayscale(1) if channels == 1 else v2.RGB(), v2.Resize(list(hw), antialias=True)])
+    return v2.Compose([EightBit(channels), v2.ToImage(), v2.Resize(list(hw), antialias=True)])
 
 
 def cache_key(root: Path, samples: list[tuple[Path, int]], channels: int, hw: tuple[int, int]) -> str:

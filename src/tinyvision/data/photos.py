@@ -23,6 +23,26 @@ def find_images(inputs: str | Path) -> list[Path]:
     return [path]
 
 
+def eight_bit(image: Image.Image, channels: int) -> Image.Image:
+    """The image as 8-bit grey ("L") or colour ("RGB").
+
+    PIL's own convert("L") clips 16-bit and 32-bit grey images (microscopy, scans, depth maps) at 255, so nearly
+    every pixel turns white: their values are scaled instead, 16-bit by 1/257 (65535 -> 255), float on [0, 1] by
+    255, 32-bit integer and other float images by their largest value when it exceeds 8 bits. Palette, alpha and CMYK images convert as PIL converts them."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        largest = float(values.max(initial=0))
+        if image.mode.startswith("I;16"):
+            top = 65535.0
+        elif image.mode == "F" and largest <= 1.0:
+            top = 1.0  # a float image on [0, 1]
+        else:
+            top = max(largest, 255.0)
+        grey = Image.fromarray(np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+        return grey if channels == 1 else grey.convert("RGB")
+    return image.convert("L" if channels == 1 else "RGB")
+
+
 def preparation_style(dataset: str | None) -> str:
     """How photos are turned into inputs: as MNIST digits (EMNIST and KMNIST were made the same way), as
     Fashion-MNIST items, or a plain resize."""
@@ -36,11 +56,11 @@ def prepare_image(path: Path, data: dict[str, Any], style: str) -> torch.Tensor:
         image = ImageOps.exif_transpose(image)
     height, width = as_hw(data["image_size"])
     if style in ("digit", "clothing"):
-        array = centred_like_mnist(image.convert("L"), (height, width), box=0.72 if style == "digit" else 1.0,
+        array = centred_like_mnist(eight_bit(image, 1), (height, width), box=0.72 if style == "digit" else 1.0,
                                    by_mass=style == "digit")
         tensor = torch.from_numpy(array).unsqueeze(0)
     else:
-        image = image.convert("L" if data["channels"] == 1 else "RGB").resize((width, height), Image.BILINEAR)
+        image = eight_bit(image, data["channels"]).resize((width, height), Image.BILINEAR)
         tensor = torch.from_numpy(np.asarray(image).copy())
         tensor = tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1)
     if tensor.shape[0] != data["channels"]:
