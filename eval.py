@@ -93,5 +93,6 @@ def show(metrics: dict, matrix: torch.Tensor, run_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    precheck("eval", sys.argv[1:])  # a command line Hydra cannot compose gets the same one-line answer
+    # A command line Hydra cannot compose gets the same one-line answer; the output folder is claimed here.
+    sys.argv[1:] = precheck("eval", sys.argv[1:])
     main()

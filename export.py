@@ -31,5 +31,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    precheck("export", sys.argv[1:])  # a command line Hydra cannot compose gets the same one-line answer
+    # A command line Hydra cannot compose gets the same one-line answer; the output folder is claimed here.
+    sys.argv[1:] = precheck("export", sys.argv[1:])
     main()

@@ -129,5 +129,6 @@ def plot(lrs: list[float], losses: list[float], suggestion: float | None, path: 
 
 
 if __name__ == "__main__":
-    precheck("lr_find", sys.argv[1:])  # a command line Hydra cannot compose gets the same one-line answer
+    # A command line Hydra cannot compose gets the same one-line answer; the output folder is claimed here.
+    sys.argv[1:] = precheck("lr_find", sys.argv[1:])
     main()

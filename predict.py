@@ -80,5 +80,6 @@ def show(rows: list[dict], base: Path) -> None:
 
 
 if __name__ == "__main__":
-    precheck("predict", sys.argv[1:])  # a command line Hydra cannot compose gets the same one-line answer
+    # A command line Hydra cannot compose gets the same one-line answer; the output folder is claimed here.
+    sys.argv[1:] = precheck("predict", sys.argv[1:])
     main()

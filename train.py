@@ -71,5 +71,6 @@ def record_failure(cfg: DictConfig, error: Exception) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    precheck("train", sys.argv[1:])  # a command line Hydra cannot compose gets the same one-line answer
+    # A command line Hydra cannot compose gets the same one-line answer; the output folder is claimed here.
+    sys.argv[1:] = precheck("train", sys.argv[1:])
     main()

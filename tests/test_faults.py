@@ -217,3 +217,49 @@ def test_sigkill_then_resume_is_bit_identical_with_mixing_warmup_weights_and_ema
     resumed = train(f"resume={run_dir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(run_dir, reference)
+
+
+def test_a_moved_run_folder_resumes_in_its_new_place(uninterrupted, data_root, tmp_path):
+    """Stopped, then moved (as to another disk): resumed, it writes only into its new folder and equals the run
+    that was never stopped."""
+    first, moved = tmp_path / "first", tmp_path / "elsewhere" / "moved"
+    stopped = train(*RUN, f"paths.data_dir={data_root}", f"hydra.run.dir={first}", fault=("term-at-step", 6))
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    moved.parent.mkdir()
+    first.rename(moved)
+    resumed = train(f"resume={moved}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not first.exists()  # nothing written into the old place
+    assert json.loads((moved / "metrics.json").read_text())["best_checkpoint"] == str(moved / "checkpoints" / "best.ckpt")
+    assert_same_run(moved, uninterrupted)
+
+
+def test_two_runs_started_at_once_get_two_folders(data_root, tmp_path):
+    """Same command, same second, default folder: each run claims its own folder (the second one ..._2)."""
+    command = [sys.executable, str(ROOT / "train.py"), "model=lenet", "data=mnist", "data.val_size=50", "trainer.max_epochs=1",
+               "callbacks=minimal", f"paths.data_dir={data_root}"]
+    runs = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for run in runs:
+        _, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, stderr[-3000:]
+    folders = sorted((tmp_path / "outputs" / "runs").iterdir())
+    assert len(folders) == 2 and all((folder / "metrics.json").is_file() for folder in folders)
+    # each folder holds one process's TensorBoard events (the writer's PID is in each file's name), not two merged
+    writers = [{name.name.split(".")[-2] for name in (folder / "tensorboard").rglob("events.out.tfevents.*")} for folder in folders]
+    assert all(len(pids) == 1 for pids in writers) and writers[0] != writers[1]
+
+
+def test_a_run_given_the_folder_of_another_run_is_refused_and_touches_nothing(uninterrupted, data_root, tmp_path):
+    before = {p: p.read_bytes() for p in uninterrupted.rglob("*") if p.is_file()}
+    refused = train("model=convnet", "optimizer.lr=0.5", f"paths.data_dir={data_root}", f"hydra.run.dir={uninterrupted}")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (f"error: hydra.run.dir={uninterrupted} already holds a run: it is kept as it is; "
+                                      f"choose a new folder, or continue that run with python train.py resume={uninterrupted}")
+    assert {p: p.read_bytes() for p in uninterrupted.rglob("*") if p.is_file()} == before
+
+
+def test_a_refused_run_leaves_no_folder(data_root, tmp_path):
+    refused = subprocess.run([sys.executable, str(ROOT / "train.py"), "optimizer.lr=abc", f"paths.data_dir={data_root}"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "error: optimizer.lr=abc" in refused.stderr
+    assert list((tmp_path / "outputs" / "runs").iterdir()) == []

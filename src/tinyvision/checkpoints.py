@@ -52,10 +52,22 @@ def config_for_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
                 f"resume={run_dir} was started with other settings than this command: {'; '.join(differences[:8])}. "
                 f"Resume with `python train.py resume={run_dir}` alone (it takes the run's own settings), or start a new run"
             )
-    resumed = OmegaConf.create(saved)
+    resumed = OmegaConf.create(_moved(saved, str(saved.get("paths", {}).get("output_dir") or run_dir), str(run_dir)))
     resumed.resume = str(run_dir)
     resumed.paths.output_dir = str(run_dir)
     return resumed
+
+
+def _moved(value: Any, old: str, new: str) -> Any:
+    """The saved config with every path inside the run's old folder moved into its folder now: a run folder
+    copied or moved elsewhere resumes there (the checkpoint holds its settings resolved, old paths included)."""
+    if isinstance(value, dict):
+        return {key: _moved(item, old, new) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_moved(item, old, new) for item in value]
+    if isinstance(value, str) and old != new and (value == old or value.startswith(old.rstrip("/") + "/")):
+        return new + value[len(old):]
+    return value
 
 
 def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:

@@ -43,13 +43,15 @@ def report(error: TinyVisionError) -> None:
 
 def exit_bad_input(error: TinyVisionError) -> None:
     report(error)
+    discard_claimed_output()
     sys.exit(EXIT_BAD_INPUT)
 
 
-def precheck(config_name: str, argv: list[str]) -> None:
-    """Compose the command line as Hydra will; exit 2 with one line if it cannot be composed."""
+def precheck(config_name: str, argv: list[str]) -> list[str]:
+    """Compose the command line as Hydra will; exit 2 with one line if it cannot be composed. Returns the command
+    line with the output folder pinned to one this process has created (``claim_output_dir``)."""
     if any(arg in _INFO_FLAGS or arg.startswith(("--cfg", "-c", "--package", "-p", "--config")) for arg in argv):
-        return
+        return argv
     multirun = any(arg in ("-m", "--multirun") for arg in argv)
     overrides = [arg for arg in argv if not arg.startswith("-")]
     try:
@@ -60,6 +62,72 @@ def precheck(config_name: str, argv: list[str]) -> None:
         error = _composition_error(config_name, command_line)
         if error is not None:
             exit_bad_input(error)
+    try:
+        return claim_output_dir(config_name, argv, command_lines[0], multirun)
+    except ConfigError as error:
+        exit_bad_input(error)
+
+
+_CLAIMED: list[Path] = []  # the output folder this process created, for discard_claimed_output
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether a folder holds a training run's files (a refused run leaves none)."""
+    return any((folder / name).exists() for name in ("metrics.json", "checkpoints", "pruned.json", "failure.json"))
+
+
+def claim_output_dir(config_name: str, argv: list[str], overrides: list[str], multirun: bool) -> list[str]:
+    """The command line with the output folder (a sweep's with -m) pinned to one this process has just created with
+    an exclusive mkdir: two runs started in the same second get two folders (the second named ..._2). A folder given
+    with hydra.run.dir that already holds a run is refused before Hydra writes its .hydra/ and log into it; a resume
+    continues in its own folder."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = next((arg.split("=", 1)[1] for arg in argv if arg.startswith(f"{key}=")), None)
+    if any(o.split("=")[0] in ("resume", "hparams_search.resume") for o in overrides):
+        return argv
+    if given is not None:
+        if config_name == "train" and not multirun and holds_run(Path(given)):
+            raise ConfigError(f"hydra.run.dir={given} already holds a run: it is kept as it is; choose a new folder, or "
+                              f"continue that run with python train.py resume={given}")
+        return argv
+    folder = Path(_resolved(config_name, overrides, key))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        candidate = folder if attempt == 1 else folder.with_name(f"{folder.name}_{attempt}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        _CLAIMED.append(candidate)
+        return [*argv, f"{key}={candidate}"]
+    raise ConfigError(f"{key}: {folder} and 998 more folders of that name exist already: name one with {key}=FOLDER")
+
+
+def discard_claimed_output() -> None:
+    """Remove the output folder this process created when the run was refused before writing anything of its own
+    (only Hydra's .hydra/ and log file): a refused command leaves nothing behind."""
+    import shutil
+
+    for folder in _CLAIMED:
+        if folder.is_dir() and not holds_run(folder) and all(p.name == ".hydra" or p.suffix == ".log" for p in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _resolved(config_name: str, overrides: list[str], key: str) -> str:
+    """A hydra.* value as Hydra will resolve it for this command line (its ${now:...} at this moment)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            return str(OmegaConf.select(cfg, key))
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def _each_sweep_value(overrides: list[str]) -> list[list[str]]:

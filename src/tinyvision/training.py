@@ -179,6 +179,8 @@ def _fit(trainer: L.Trainer, classifier, datamodule, resume_from: Path | None, p
 def _test_best_checkpoint(trainer: L.Trainer, classifier, datamodule) -> tuple[str | None, dict[str, float]]:
     checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    if best is not None and not Path(best).is_file() and (Path(checkpoint.dirpath) / Path(best).name).is_file():
+        best = str(Path(checkpoint.dirpath) / Path(best).name)  # a resumed run whose folder was moved: the copy here
     return best, trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)[0]
 
 
