@@ -86,6 +86,10 @@ def test_sigterm_or_sigint_saves_the_step_reached_exits_non_zero_and_resumes_bit
     resumed = train(f"resume={run_dir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(run_dir, uninterrupted)
+    # the resumed run reports its own throughput: the stopped epoch's seconds before and after the stop count
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["train_samples_per_second"] > 0 and all(row["train_seconds"] > 0 for row in metrics["history"])
+    assert metrics["train_seconds"] == pytest.approx(sum(row["train_seconds"] for row in metrics["history"]), abs=0.05)
 
 
 def test_kill_during_a_checkpoint_write_leaves_a_loadable_checkpoint(uninterrupted, data_root, tmp_path):

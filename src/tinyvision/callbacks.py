@@ -73,6 +73,7 @@ class RunRecord(L.Callback):
         self._fit_started = self._eval_started = 0.0
         self._val_seconds = 0.0
         self._samples_before = 0
+        self._carried_seconds = 0.0  # training seconds of the current epoch before the checkpoint a run resumed from
         self._pending: dict[str, float] | None = None
         self._trainer: L.Trainer | None = None
         self.first_step_at: float | None = None  # Unix time of the first training step: start-up ends there
@@ -82,13 +83,17 @@ class RunRecord(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self.first_step_at is None:
             self.first_step_at = time.time()
+        if self._started is None:
+            # A run resumed mid-epoch (no epoch start), or training again after a mid-epoch validation: the clock
+            # goes on, counting the seconds of this epoch that the checkpoint carried.
+            self._started, self._carried_seconds = time.perf_counter() - self._carried_seconds, 0.0
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._fit_started = time.perf_counter()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._add_pending_row(trainer)
-        self._started, self._epoch_seconds = time.perf_counter(), 0.0
+        self._started, self._epoch_seconds, self._carried_seconds = time.perf_counter(), 0.0, 0.0
         self._samples_before = self.train_samples
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
@@ -96,8 +101,9 @@ class RunRecord(L.Callback):
 
     def _stop_clock(self) -> None:
         if self._started is not None:
-            self._epoch_seconds, self._started = time.perf_counter() - self._started, None
-            self.train_seconds += self._epoch_seconds
+            elapsed, self._started = time.perf_counter() - self._started, None
+            self._epoch_seconds += elapsed
+            self.train_seconds += elapsed
 
     def on_validation_start(self, trainer, pl_module) -> None:
         # Inside fit, validation runs before the training epoch ends: stop the training clock here.
@@ -166,13 +172,19 @@ class RunRecord(L.Callback):
         # With a checkpoint, so that a resumed run's metrics.json holds the epochs before the stop.
         pending = self._completed_pending_row(self._trainer) if self._trainer is not None else None
         history = self.history + ([pending] if pending else [])
-        return {"history": history, "train_seconds": self.train_seconds, "train_samples": self.train_samples}
+        running = time.perf_counter() - self._started if self._started is not None else 0.0  # a mid-epoch checkpoint
+        return {"history": history, "train_seconds": self.train_seconds, "train_samples": self.train_samples,
+                "epoch_seconds": self._epoch_seconds, "running_seconds": running, "epoch_samples_before": self._samples_before}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if self._trainer is not None and self._trainer.state.fn != "fit":
             return  # testing a checkpoint must not roll the record back to that checkpoint's time
         self.history = list(state_dict["history"])
         self.train_seconds, self.train_samples = state_dict["train_seconds"], state_dict["train_samples"]
+        # The epoch under way when the checkpoint was written: the clock's open stretch is not in train_seconds yet.
+        self._epoch_seconds = state_dict.get("epoch_seconds", 0.0)
+        self._carried_seconds = state_dict.get("running_seconds", 0.0)
+        self._samples_before = state_dict.get("epoch_samples_before", self.train_samples)
 
     @property
     def samples_per_second(self) -> float:
