@@ -19,9 +19,9 @@ from tinyvision.schema import validate_export
 def main(cfg: DictConfig) -> None:
     try:
         validate_export(cfg)
-        classifier = load_classifier(cfg.ckpt_path)
-        name = f"model{FORMATS[cfg.format]}"
+        name = f"model{FORMATS[cfg.format]}"  # output= is checked before the model is loaded
         path = output_file("output", cfg.output, name, FORMATS[cfg.format]) if cfg.output else Path(cfg.paths.output_dir) / name
+        classifier = load_classifier(cfg.ckpt_path)
         model, card = export(classifier, cfg.format, path, source=str(cfg.ckpt_path))
     except TinyVisionError as error:
         exit_bad_input(error)

@@ -12,12 +12,12 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from tinyvision.boundaries import image_problem
 from tinyvision.cli import exit_bad_input, precheck
 from tinyvision.data.photos import find_images, preparation_style, prepare_image
-from tinyvision.errors import TinyVisionError
-from tinyvision.export import OnnxClassifier
-from tinyvision.files import write_json
-from tinyvision.inference import load_classifier
+from tinyvision.errors import ConfigError, TinyVisionError
+from tinyvision.files import output_file, write_json
+from tinyvision.inference import load_classifier, load_onnx
 from tinyvision.schema import validate_predict
 
 
@@ -33,22 +33,28 @@ def main(cfg: DictConfig) -> None:
 
 def predict(cfg: DictConfig) -> list[dict]:
     validate_predict(cfg)
+    # Where the predictions go is checked before any work: no prediction is made to be lost to a typo in it.
+    output = output_file("output", cfg.output, "predictions.json") if cfg.output else None
     if str(cfg.ckpt_path).endswith(".onnx"):  # exported by export.py, run by onnxruntime
-        classifier = OnnxClassifier(cfg.ckpt_path)
+        classifier = load_onnx(cfg.ckpt_path)
         data = classifier.data
     else:
         classifier = load_classifier(cfg.ckpt_path)
         data = classifier.hparams.data
-    style = preparation_style(data.get("dataset")) if cfg.style == "auto" else cfg.style
+    if not Path(cfg.inputs).exists():
+        raise ConfigError(f"inputs={cfg.inputs} does not exist: give an image file or a folder of images, e.g. inputs=photos/")
     files = find_images(cfg.inputs)
     if not files:
-        raise TinyVisionError(f"inputs={cfg.inputs} holds no image files (PNG, JPEG, BMP, ...)")
+        raise ConfigError(f"inputs={cfg.inputs} holds no image files: give a folder of PNG, JPEG, BMP, GIF, TIFF or WebP "
+                          "images, e.g. inputs=photos/")
+    style = preparation_style(data.get("dataset")) if cfg.style == "auto" else cfg.style
     names = [str(n) for n in classifier.class_names]
-    rows = []
+    rows, problems = [], []
     for path in files:
         try:
             image = prepare_image(path, data, style)
         except Exception as error:  # unreadable, missing or not an image: report it and go on
+            problems.append((path, image_problem(path, error)))
             rows.append({"file": str(path), "error": f"{type(error).__name__}: {error}"})
             continue
         with torch.inference_mode():
@@ -60,11 +66,23 @@ def predict(cfg: DictConfig) -> list[dict]:
             "probability": round(top.values[0].item(), 4),
             "top": [{"class": names[i], "probability": round(p, 4)} for p, i in zip(top.values.tolist(), top.indices.tolist())],
         })
+    if len(problems) == len(files):  # nothing to show: the input, not some files of it, is wrong
+        raise ConfigError(unreadable_inputs(cfg.inputs, problems))
     base = Path(cfg.inputs) if Path(cfg.inputs).is_dir() else Path(cfg.inputs).parent
     show(rows, base)
-    if cfg.output:
-        write_json(cfg.output, {"ckpt_path": str(cfg.ckpt_path), "predictions": rows})
+    if output is not None:
+        write_json(output, {"ckpt_path": str(cfg.ckpt_path), "predictions": rows})
     return rows
+
+
+def unreadable_inputs(inputs: str, problems: list[tuple[Path, str]]) -> str:
+    """The one line for inputs of which no file is an image that can be read."""
+    fix = "give PNG, JPEG, BMP, GIF, TIFF or WebP images"
+    if len(problems) == 1 and not Path(inputs).is_dir():
+        return f"inputs={inputs}: it {problems[0][1]}: {fix}, e.g. inputs=photo.png"
+    listed = "; ".join(f"{path.name} {reason}" for path, reason in problems[:3])
+    more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+    return f"inputs={inputs}: none of its {len(problems)} image files can be read ({listed}{more}): {fix}, e.g. inputs=photos/"
 
 
 def show(rows: list[dict], base: Path) -> None:

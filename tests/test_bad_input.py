@@ -5,8 +5,11 @@ from __future__ import annotations
 import runpy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
+from test_boundaries_input import write_checkpoint
 
 from conftest import ROOT
 from tinyvision.errors import ConfigError
@@ -14,7 +17,17 @@ from tinyvision.training import train
 
 SCRIPTS = {"train": ROOT / "train.py", "eval": ROOT / "eval.py", "predict": ROOT / "predict.py", "export": ROOT / "export.py",
            "lr_find": ROOT / "find_lr.py"}
-NOT_A_CHECKPOINT = "NOT_A_CHECKPOINT"  # replaced by the path of a text file named .ckpt
+# Words in a command line replaced by paths the test makes (see test_bad_input_gets_one_line_and_exit_status_2):
+NOT_A_CHECKPOINT = "NOT_A_CHECKPOINT"  # a text file named .ckpt
+EMPTY_FILE = "EMPTY_FILE"  # an empty file named .ckpt
+A_FILE = "A_FILE"  # a plain file, in the way of a folder path
+CHECKPOINT = "CHECKPOINT"  # a real checkpoint of a LeNet on Fashion-MNIST's shapes (tests/test_boundaries_input.py)
+ONE_CLASS = "ONE_CLASS"  # an image folder with one class folder
+TWO_CLASSES = "TWO_CLASSES"  # the ants/bees image folder of tests/conftest.py
+TEXT_IMAGE = "TEXT_IMAGE"  # a text file named .png
+EMPTY_IMAGE = "EMPTY_IMAGE"  # an empty file named .png
+CLOSED = "127.0.0.1:9"  # the discard port, closed: a connection to it is refused at once
+SHORT_MNIST = ["data=mnist", "data.val_size=50", "data.batch_size=64"]  # 350 training images: 6 batches an epoch
 
 # (script, command line, the start of the one error line). Every group, and all four commands.
 CASES = [
@@ -102,7 +115,7 @@ CASES = [
     ("train", ["-m", "seed=1,2", "trainer.max_epoch=1"], "trainer.max_epoch=1: no key 'max_epoch' in trainer"),
     ("eval", [], "ckpt_path=??? is required: give it on the command line, e.g. ckpt_path="),
     ("eval", ["ckpt_path=/nonexistent/best.ckpt"], "ckpt_path=/nonexistent/best.ckpt does not exist"),
-    ("eval", [f"ckpt_path={NOT_A_CHECKPOINT}"], "ckpt_path="),
+    ("eval", [f"ckpt_path={NOT_A_CHECKPOINT}"], "ckpt_path=NOT_A_CHECKPOINT cannot be read: it is a text file, not a PyTorch checkpoint"),
     ("eval", ["ckpt_path=x.ckpt", "batch_size=0"], "batch_size=0: a whole number of images, 1 or more"),
     ("eval", ["ckpt_path=x.ckpt", "bacth_size=5"], "bacth_size=5: no key 'bacth_size' in the config; did you mean batch_size?"),
     ("eval", ["ckpt_path=x.ckpt", "data=imagenet"], "data=imagenet: no option 'imagenet' in data/"),
@@ -126,6 +139,76 @@ CASES = [
     ("predict", ["ckpt_path=x.ckpt", "inputs=photos", "style=cartoon"], "style=cartoon: auto, digit, clothing or plain"),
     ("predict", ["ckpt_path=x.ckpt", "inputs=photos", "topk=3"], "topk=3: no key 'topk' in the config; did you mean top_k?"),
     ("predict", ["ckpt_path=/nonexistent/best.ckpt", "inputs=photos"], "ckpt_path=/nonexistent/best.ckpt does not exist"),
+    # Kind 1: a user's file that a library reads (text, empty; cut-short files in tests/test_boundaries_input.py)
+    ("eval", [f"ckpt_path={EMPTY_FILE}"], "ckpt_path=EMPTY_FILE cannot be read: the file is empty (0 bytes)"),
+    ("predict", [f"ckpt_path={NOT_A_CHECKPOINT}", f"inputs={TEXT_IMAGE}"],
+     "ckpt_path=NOT_A_CHECKPOINT cannot be read: it is a text file, not a PyTorch checkpoint"),
+    ("predict", [f"ckpt_path={EMPTY_FILE}", f"inputs={TEXT_IMAGE}"], "ckpt_path=EMPTY_FILE cannot be read: the file is empty (0 bytes)"),
+    ("train", ["model=timm", f"model.weights_path={NOT_A_CHECKPOINT}"],
+     "model.weights_path=NOT_A_CHECKPOINT cannot be read: it is a text file, not a PyTorch state dict"),
+    ("train", ["model=torchvision", f"model.weights_path={EMPTY_FILE}"], "model.weights_path=EMPTY_FILE cannot be read: the file is empty"),
+    ("train", ["model=vgg16", f"model.weights_path={NOT_A_CHECKPOINT}"],
+     "model.weights_path=NOT_A_CHECKPOINT cannot be read: it is a text file"),
+    # Kind 2: an output path that cannot be a folder of files, refused before any work
+    ("predict", [f"ckpt_path={CHECKPOINT}", f"inputs={TEXT_IMAGE}", f"output={A_FILE}/predictions.json"],
+     f"output={A_FILE}/predictions.json: {A_FILE} is a file, not a folder"),
+    ("train", ["data=folder", f"data.root={TWO_CLASSES}", f"data.cache_dir={A_FILE}/cache"],
+     f"data.cache_dir={A_FILE}/cache: {A_FILE} is a file, not a folder"),
+    ("train", ["logger=csv", f"logger.csv.save_dir={A_FILE}/logs"], f"logger.csv.save_dir={A_FILE}/logs: {A_FILE} is a file"),
+    ("train", ["logger=mlflow", f"logger.mlflow.tracking_uri=sqlite:///{A_FILE}/mlflow.db"],
+     f"logger.mlflow.tracking_uri=sqlite:///{A_FILE}/mlflow.db: {A_FILE} is a file, not a folder"),
+    # Kind 3: the network, offline (every address is routed to a closed local port; no download may start)
+    ("train", ["model=timm", "model.pretrained=true"],
+     "model.pretrained=true: timm's resnet18 weights are not on this machine and cannot be downloaded"),
+    ("train", ["model=torchvision", "model.weights=DEFAULT"],
+     "model.weights=DEFAULT: torchvision's resnet18 weights (IMAGENET1K_V1) are not on this machine and cannot be downloaded"),
+    ("train", ["model=vgg16", "model.weights=IMAGENET1K_V1"], "model.weights=IMAGENET1K_V1: torchvision's vgg16 weights"),
+    ("train", ["logger=mlflow", f"logger.mlflow.tracking_uri=http://{CLOSED}/"],
+     f"logger.mlflow.tracking_uri=http://{CLOSED}/: no MLflow server answers there ({CLOSED} does not answer"),
+    ("train", ["-m", "hparams_search=lenet_fashion", "hparams_search.storage=bogus://x"],
+     "hparams_search.storage=bogus://x: SQLAlchemy knows no database 'bogus'"),
+    ("train", ["-m", "hparams_search=lenet_fashion", f"hparams_search.storage=postgresql://{CLOSED}/study"],
+     f"hparams_search.storage=postgresql://{CLOSED}/study: the database server does not answer"),
+    # Kind 4: settings a library refuses only later, declared
+    ("train", ["callbacks.checkpoint.monitor=val/accuracy"],
+     "callbacks.checkpoint.monitor=val/accuracy: not a metric the model logs; did you mean val/acc?"),
+    ("train", ["callbacks.checkpoint.mode=maximum"], "callbacks.checkpoint.mode=maximum: min or max"),
+    ("train", ["callbacks.checkpoint.mode=min"], "callbacks.checkpoint.mode=min: max for monitor=val/acc"),
+    ("train", ["callbacks.checkpoint.monitor=test/acc"],
+     "callbacks.checkpoint.monitor=test/acc: test metrics are logged during training only with data.test_every_epoch=true"),
+    ("train", [*SHORT_MNIST, "+trainer.val_check_interval=1000"],
+     "trainer.val_check_interval=1000: an epoch has 6 training batches here"),
+    ("train", ["data=mnist", "data.augment.translate=100"],
+     "data.augment.translate=100: less than the image's side: at most 27 pixels for 28×28 images"),
+    ("train", ["data=mnist", "data.augment.crop_padding=[2,30]"],
+     "data.augment.crop_padding=[2,30]: less than the image's side"),
+    ("train", ["data.augment.cutmix_alpha=inf"], "data.augment.cutmix_alpha=inf: a number, 0 (off) or more (a finite number"),
+    ("train", ["scheduler.warmup_epochs=inf"], "scheduler.warmup_epochs=inf: a number of epochs, 0 or more"),
+    ("train", ["optimizer.lr=inf"], "optimizer.lr=inf: a positive number (a finite number: not inf or nan)"),
+    ("train", ["optimizer.lr=nan"], "optimizer.lr=nan: a positive number (a finite number: not inf or nan)"),
+    ("train", ["scheduler=onecycle", "scheduler.total_steps=1"],
+     "scheduler.total_steps=1: auto (every batch of the run) or a number of steps, 2 or more"),
+    ("train", [*SHORT_MNIST, "trainer.max_epochs=2", "scheduler=onecycle", "scheduler.total_steps=5"],
+     "scheduler.total_steps=5: this run takes 12 optimizer steps and one-cycle stops it at 6"),
+    ("train", ["data.image_size=100000"], "data.image_size=100000: at most 4096 pixels a side"),
+    ("train", ["data.image_size=[28,5000]"], "data.image_size=[28,5000]: at most 4096 pixels a side"),
+    ("train", ["data.augment.erasing=true"], "data.augment.erasing=true: a probability from 0 to 1 (not true or false)"),
+    ("train", ["trainer.deterministic=maybe"], "trainer.deterministic=maybe: true, false or warn"),
+    # Kind 5: messages that say what was typed
+    ("train", ["optimizer.lr='0.1'"], "optimizer.lr='0.1': '0.1' is text: write optimizer.lr=0.1 without quotes"),
+    ("train", ["optimizer.lr='-1'"], "optimizer.lr='-1': '-1' is text, and -1 unquoted is not allowed either: a positive number"),
+    ("train", ["model.compile='true'"], "model.compile='true': 'true' is text: write model.compile=true without quotes"),
+    ("train", ["paths.data_dir=${oc.env:TINYVISION_NO_SUCH_VARIABLE}"],
+     "paths.data_dir=${oc.env:TINYVISION_NO_SUCH_VARIABLE}: the environment variable TINYVISION_NO_SUCH_VARIABLE is not set"),
+    ("eval", ["ckpt_path=${oc.env:TINYVISION_UNSET_PATH}"],
+     "ckpt_path=${oc.env:TINYVISION_UNSET_PATH}: the environment variable TINYVISION_UNSET_PATH is not set"),
+    ("train", ["data=folder", f"data.root={ONE_CLASS}"],
+     f"data.root={ONE_CLASS} has one class folder (ants): a classifier needs at least two class folders"),
+    # Kind 6: predict.py when none of its inputs can be read
+    ("predict", [f"ckpt_path={CHECKPOINT}", f"inputs={TEXT_IMAGE}"], f"inputs={TEXT_IMAGE}: it is a text file, not an image"),
+    ("predict", [f"ckpt_path={CHECKPOINT}", f"inputs={EMPTY_IMAGE}"], f"inputs={EMPTY_IMAGE}: it is empty (0 bytes)"),
+    ("predict", [f"ckpt_path={CHECKPOINT}", "inputs=/nonexistent/photos"], "inputs=/nonexistent/photos does not exist"),
+    ("predict", [f"ckpt_path={CHECKPOINT}", "inputs=/dev/null"], "inputs=/dev/null: it is not a regular file"),
 ]
 
 
@@ -142,12 +225,68 @@ def run_in_process(script: str, argv: list[str], monkeypatch, capsys) -> tuple[i
     return stopped.value.code, capsys.readouterr().err
 
 
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("checkpoint") / "best.ckpt")
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    """This machine as one without internet, whatever it has: every address check goes to a closed local port, no
+    weights are cached, and a download or a retry loop that starts anyway fails the test by its name."""
+    import huggingface_hub
+    import mlflow.utils.rest_utils
+    import timm.models._builder
+    import torch
+    import torchvision.models._api
+
+    from tinyvision import boundaries
+
+    host, port = CLOSED.split(":")
+    monkeypatch.setattr(boundaries, "_route", lambda *_: (host, int(port)))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch_hub"))
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)
+
+    def entered(name):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"{name} was called: a download (and its retries) started")
+        return fail
+
+    for module, name in ((torchvision.models._api, "load_state_dict_from_url"), (timm.models._builder, "load_state_dict_from_url"),
+                         (timm.models._builder, "load_state_dict_from_hf"), (huggingface_hub, "hf_hub_download"),
+                         (mlflow.utils.rest_utils, "http_request")):
+        monkeypatch.setattr(module, name, entered(f"{module.__name__}.{name}"))
+
+
+def placeholders(tmp_path: Path, data_root: Path, checkpoint: Path) -> dict[str, str]:
+    """The files and folders the words of CASES stand for."""
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    (tmp_path / "a_file").write_text("a file where a folder is expected")
+    (tmp_path / "notes.png").write_text("a text file named like an image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    one_class = tmp_path / "one_class"
+    (one_class / "ants").mkdir(parents=True)
+    for image in list((data_root / "ants_bees" / "ants").iterdir())[:3]:
+        (one_class / "ants" / image.name).write_bytes(image.read_bytes())
+    return {NOT_A_CHECKPOINT: str(tmp_path / "notes.ckpt"), EMPTY_FILE: str(tmp_path / "empty.ckpt"),
+            A_FILE: str(tmp_path / "a_file"), CHECKPOINT: str(checkpoint), ONE_CLASS: str(one_class),
+            TWO_CLASSES: str(data_root / "ants_bees"), TEXT_IMAGE: str(tmp_path / "notes.png"),
+            EMPTY_IMAGE: str(tmp_path / "empty.png")}
+
+
+def filled(text: str, paths: dict[str, str]) -> str:
+    for word in sorted(paths, key=len, reverse=True):  # longest first: no word is cut by a shorter one
+        text = text.replace(word, paths[word])
+    return text
+
+
 @pytest.mark.parametrize(("script", "argv", "expected"), CASES, ids=[" ".join([s, *a]) or s for s, a, _ in CASES])
-def test_bad_input_gets_one_line_and_exit_status_2(script, argv, expected, data_root, tmp_path, monkeypatch, capsys):
+def test_bad_input_gets_one_line_and_exit_status_2(script, argv, expected, data_root, checkpoint, tmp_path, monkeypatch,
+                                                     capsys):
     run_dir = tmp_path / "run"
-    not_a_checkpoint = tmp_path / "notes.ckpt"
-    not_a_checkpoint.write_text("not a checkpoint")
-    argv = [a.replace(NOT_A_CHECKPOINT, str(not_a_checkpoint)) for a in argv]
+    paths = placeholders(tmp_path, data_root, checkpoint)
+    argv, expected = [filled(a, paths) for a in argv], filled(expected, paths)
     extra = [f"hydra.run.dir={run_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     if script == "train":
         extra += [f"{key}={value}" for key, value in (("logger", "tensorboard"), ("paths.data_dir", data_root))
@@ -160,6 +299,27 @@ def test_bad_input_gets_one_line_and_exit_status_2(script, argv, expected, data_
     for leftover in ("checkpoints", "metrics.json", "tensorboard"):
         assert not (run_dir / leftover).exists(), leftover
         assert not list((tmp_path / "sweep").glob(f"*/{leftover}")), leftover
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: trainer=gpu is not refused here")
+def test_a_gpu_trainer_without_a_gpu_names_the_setting_and_the_way_out(data_root, tmp_path, monkeypatch, capsys):
+    status, stderr = run_in_process("train", ["trainer=gpu", f"paths.data_dir={data_root}", f"hydra.run.dir={tmp_path / 'run'}"],
+                                    monkeypatch, capsys)
+    assert status == 2
+    assert stderr.strip().splitlines() == [
+        "error: trainer.accelerator=gpu: no GPU is available here (PyTorch finds no CUDA device): train on the CPU with "
+        "trainer=cpu, or let Lightning choose with trainer.accelerator=auto, e.g. trainer.accelerator=cpu"]
+
+
+def test_a_run_refused_by_its_data_prints_no_device_census_before_its_line(data_root, tmp_path):
+    """Lightning's "GPU available: ... / TPU available: ..." lines come when the Trainer is made, before the data is
+    read: tinyvision.noise drops them, so a run refused by its data still answers with one line."""
+    result = subprocess.run([sys.executable, "train.py", "data=mnist", "data.val_size=500", f"paths.data_dir={data_root}",
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: data.val_size=500 does not fit the training split of mnist (400 images): use a count from 1 to 399 or a "
+        "fraction between 0 and 1 such as 0.1"]
 
 
 def test_a_refusal_from_a_real_process_has_no_traceback(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -270,3 +271,69 @@ def test_ddp_inside_a_multirun_is_refused_with_the_way_out(shapes_root, tmp_path
     assert "trainer.strategy=ddp with 2 devices cannot run inside a multirun" in error
     assert "hydra/launcher=joblib" in error and "hydra/launcher=slurm" in error
     assert not (sweep_dir / "0" / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------------------------------------- the sweep loop, without training
+
+
+class FinishedJobs:
+    """A launcher that trains nothing: every job returns the same metrics at once; the overrides it was given are kept."""
+
+    def __init__(self) -> None:
+        self.launched: list[list[str]] = []
+
+    def launch(self, job_overrides, initial_job_idx: int):
+        from hydra.core.utils import JobReturn, JobStatus
+
+        self.launched += [list(o) for o in job_overrides]
+        return [JobReturn(overrides=list(o), status=JobStatus.COMPLETED,
+                          _return_value={"status": "done", "val/acc_best": 0.5, "val/loss": 1.0}) for o in job_overrides]
+
+
+def run_study(sweep_dir: Path, *arguments: str) -> FinishedJobs:
+    """The Optuna sweeper's loop (tinyvision.search.runner) on this command line, with FinishedJobs as its launcher."""
+    from tinyvision.search.runner import Study
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        config = compose("train", overrides=[*arguments, f"hydra.sweep.dir={sweep_dir}"], return_hydra_config=True)
+    launcher = FinishedJobs()
+    Study(config.hparams_search, config, launcher).run(list(arguments))
+    return launcher
+
+
+def test_a_storage_url_with_a_sweep_folder_not_made_yet_runs(tmp_path):
+    """hydra.sweep.dir given on the command line is not created before the sweep: the study's own storage elsewhere used
+    to leave it missing, and multirun.yaml could not be written (FileNotFoundError)."""
+    sweep_dir, storage = tmp_path / "not" / "made" / "yet", tmp_path / "studies" / "deeper" / "study.db"  # neither exists
+    run_study(sweep_dir, "hparams_search=lenet_fashion", "hparams_search.n_trials=2", f"hparams_search.storage=sqlite:///{storage}")
+    assert (sweep_dir / "multirun.yaml").is_file() and (sweep_dir / "best.yaml").is_file()
+    assert storage.is_file()  # SQLite's folder was made for it
+    assert not (sweep_dir / "optuna.db").exists()
+
+
+def test_pruning_follows_a_minimized_loss_unless_prune_on_is_given(tmp_path):
+    launcher = run_study(tmp_path / "loss", "hparams_search=lenet_fashion", "hparams_search.n_trials=1", "hparams_search.metric=val/loss",
+                         "hparams_search.direction=minimize")
+    assert "hparams_search.prune_on=val/loss" in launcher.launched[0]  # the jobs report what the study minimizes
+    launcher = run_study(tmp_path / "none", "hparams_search=lenet_fashion", "hparams_search.n_trials=1", "hparams_search.metric=val/loss",
+                         "hparams_search.direction=minimize", "hparams_search.prune_on=null")
+    assert "hparams_search.prune_on=null" in launcher.launched[0]  # given: kept
+    with pytest.raises(SystemExit) as refused:  # given the wrong way: still refused, in one line
+        run_study(tmp_path / "wrong", "hparams_search=lenet_fashion", "hparams_search.metric=val/loss",
+                  "hparams_search.direction=minimize", "hparams_search.prune_on=val/acc")
+    assert refused.value.code == 2
+
+
+def test_a_sweep_whose_jobs_all_failed_names_only_the_files_it_wrote(tmp_path, capsys):
+    from tinyvision.sweep import SweepSummary
+
+    for job in ("0", "1"):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- trainer=ddp\n- seed={job}\n")
+        (tmp_path / job / "failure.json").write_text(json.dumps({"error": "trainer.strategy=ddp ... cannot run inside a multirun"}))
+    (tmp_path / "summary.png").write_bytes(b"a picture of an earlier session")
+    with pytest.raises(SystemExit):  # every job failed: exit status 1
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("summary:"))
+    assert line == f"summary: {tmp_path / 'summary.md'}, {tmp_path / 'summary.csv'}"
+    assert not (tmp_path / "summary.png").exists()

@@ -4,10 +4,8 @@ the callbacks and IO plugin that write resumable, never-half-written checkpoints
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import threading
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -84,16 +82,10 @@ def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
 
 
 def load_checkpoint_file(path: Path) -> dict[str, Any]:
-    """torch.load with weights_only, failing with a message that names a truncated or foreign file."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        if isinstance(error, pickle.UnpicklingError):
-            reason = "not a PyTorch checkpoint"  # torch's own text is a paragraph about weights_only
-        raise ConfigError(
-            f"{path} cannot be read ({type(error).__name__}: {reason}); it may be truncated or not a checkpoint"
-        ) from error
+    """torch.load with weights_only, failing with a message that names an empty, truncated or foreign file."""
+    from tinyvision.boundaries import load_torch
+
+    checkpoint = load_torch("resume", path, "a PyTorch checkpoint", "it may be truncated or not a checkpoint: start the run anew")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ConfigError(f"{path} is not a Lightning checkpoint (it has no state_dict)")
     return checkpoint

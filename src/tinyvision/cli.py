@@ -251,6 +251,9 @@ def trainer_error(trainer_cfg: dict[str, Any], error: Exception) -> ConfigError:
     key = next((k for k in named if show(trainer_cfg[k]) in text or str(trainer_cfg[k]) in text), named[0] if named else None)
     if key is None and isinstance(error, ModuleNotFoundError):  # the accelerator's or strategy's package is missing
         key = "accelerator" if trainer_cfg.get("accelerator") not in (None, "auto", "cpu") else "strategy"
+    if key is None and re.search(r"no supported \w+ backend|can not run on your system", text, re.I):
+        return ConfigError(f"trainer.accelerator={show(trainer_cfg.get('accelerator'))}: no such device is available here "
+                           f"({text.rstrip('.!')}); use trainer=cpu, e.g. trainer.accelerator=cpu")
     examples = {"accelerator": "cpu", "devices": 1, "precision": "bf16-mixed", "strategy": "ddp", "num_nodes": 1}
     if key is None:
         return ConfigError(f"trainer: Lightning refused the Trainer arguments: {text}")

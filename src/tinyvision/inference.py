@@ -7,26 +7,61 @@ from typing import Any
 
 import torch
 
-from tinyvision.checkpoints import load_checkpoint_file
+from tinyvision.boundaries import input_file, is_state_dict_mismatch, load_torch, looks_like_text, weights_do_not_fit
 from tinyvision.data.datamodule import data_module_settings
 from tinyvision.errors import ConfigError
 from tinyvision.module import ImageClassifier
 
+ONNX_FIX = "give an .onnx file written by export.py (with its .onnx.json card beside it), or a .ckpt checkpoint"
+CHECKPOINT_FIX = "give best.ckpt or last.ckpt from a run's checkpoints/ folder, e.g. ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt"
+# Settings that fetch weights when a model is built: a checkpoint holds its weights, so they are not fetched again
+# (a model trained from model.weights=DEFAULT would otherwise be downloaded anew, or its file looked for, at each load).
+WEIGHT_SOURCES = {"weights": None, "weights_path": None, "pretrained": False}
+
 
 def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> ImageClassifier:
-    """Load a tinyvision checkpoint, or fail with a message naming the file and what is wrong with it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={path} does not exist: give the path of a .ckpt file from a run's checkpoints/ folder")
+    """Load a tinyvision checkpoint, or fail with one line naming the file and what is wrong with it (missing, empty,
+    text, cut short, not Lightning's, not tinyvision's, or weights that do not fit the model its settings describe)."""
+    checkpoint = load_torch("ckpt_path", path, "a PyTorch checkpoint", CHECKPOINT_FIX)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"ckpt_path={path}: it is not a Lightning checkpoint (it has no state_dict); {CHECKPOINT_FIX}")
+    settings = checkpoint.get("hyper_parameters", {})
+    if not {"model", "data", "optimizer"} <= set(settings):
+        raise ConfigError(f"ckpt_path={path} is not a tinyvision checkpoint (it has no model and data settings); {CHECKPOINT_FIX}")
+    model = {key: (WEIGHT_SOURCES[key] if key in WEIGHT_SOURCES else value) for key, value in settings["model"].items()}
     try:
-        checkpoint = load_checkpoint_file(path)
-    except ConfigError as error:
-        raise ConfigError(f"ckpt_path={error}: use best.ckpt or last.ckpt from a finished run") from error
-    if not {"model", "data", "optimizer"} <= set(checkpoint.get("hyper_parameters", {})):
-        raise ConfigError(f"ckpt_path={path} is not a tinyvision checkpoint (it has no model and data settings)")
-    classifier = ImageClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+        classifier = ImageClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True, model=model)
+    except RuntimeError as error:
+        if not is_state_dict_mismatch(error):
+            raise
+        raise weights_do_not_fit("ckpt_path", path, error, f"the model its settings describe ({describe(settings)})",
+                                 "the file was edited or pieced together from two runs: " + CHECKPOINT_FIX) from None
+    except ConfigError as error:  # the settings name a model this installation cannot build
+        raise ConfigError(f"ckpt_path={path}: its model cannot be built here: {error}") from None
+    classifier.hparams.model.update({key: value for key, value in settings["model"].items() if key in WEIGHT_SOURCES})
     classifier.eval()
     return classifier
+
+
+def describe(settings: dict[str, Any]) -> str:
+    """A checkpoint's model in a few words: 'LeNet, 1×28×28 images, 10 classes'."""
+    model, data = settings.get("model") or {}, settings.get("data") or {}
+    name = str(model.get("_target_", "?")).rsplit(".", 1)[-1] + (f" {model['name']}" if model.get("name") else "")
+    size = data.get("image_size")
+    size = f"{size}×{size}" if isinstance(size, int) else "×".join(map(str, size or []))
+    return f"{name}, {data.get('channels')}×{size} images, {data.get('num_classes')} classes"
+
+
+def load_onnx(path: str | Path):
+    """An .onnx file from export.py, run by onnxruntime; an empty or text file is named before onnxruntime reads it."""
+    from tinyvision.export import OnnxClassifier
+
+    file = input_file("ckpt_path", path, ONNX_FIX)
+    with open(file, "rb") as handle:
+        head = handle.read(512)
+    if looks_like_text(head):
+        raise ConfigError(f"ckpt_path={path} cannot be read: it is a text file, not an ONNX model; {ONNX_FIX}")
+    return OnnxClassifier(file)
 
 
 def datamodule_for(classifier: ImageClassifier, data: dict[str, Any] | None, data_dir: str):

@@ -5,9 +5,14 @@ from __future__ import annotations
 import logging
 import warnings
 
-# Lightning's info lines that say nothing to act on: an advert for its cloud logger at every run, and a
-# note that it will not add a second model summary next to the RichModelSummary that conf/callbacks adds.
-_DROPPED_LINES = ("💡 Tip", "Trainer already configured with model summary callbacks")
+# Lightning's info lines that say nothing to act on: an advert for its cloud logger at every run, a note that it
+# will not add a second model summary next to the RichModelSummary that conf/callbacks adds, and the device census
+# it prints when the Trainer is made ("GPU available: False, used: False", "TPU available: ...": on stderr, so a
+# run refused after that, by its data, printed them above its one error line). The census is dropped for every run,
+# not only refused ones: a GPU left unused still gets Lightning's warning ("GPU available but not used"), and the
+# device used is the accelerator the config names.
+_DROPPED_LINES = ("💡 Tip", "Trainer already configured with model summary callbacks", "GPU available:", "TPU available:",
+                  "HPU available:", "IPU available:")
 
 
 class _DropAdverts(logging.Filter):

@@ -13,6 +13,7 @@ way); only what Lightning accepts silently (a negative ``max_epochs``) is declar
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tinyvision import boundaries
 from tinyvision.errors import ConfigError
 
 
@@ -29,20 +31,29 @@ def spec(allowed: str, example: Any, default: Any = ..., **constraints: Any) -> 
 
 
 class Section(BaseModel):
-    """Strict types (no "3" for 3, no true for 1), and unknown keys refused (a misspelt ``+key``)."""
+    """Strict types (no "3" for 3, no true for 1), finite numbers (no inf, no nan: a library takes them and fails an
+    epoch later), and unknown keys refused (a misspelt ``+key``). Subclasses' model_config merge into this one."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class Open(Section):
     """A section whose other keys belong to a class we do not know (a user's own model or optimizer)."""
 
-    model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True)
+    model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True, allow_inf_nan=False)
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 NonNegative = Annotated[float, Field(ge=0)] | Annotated[int, Field(ge=0)]  # strict mode: 1 and 1.0 both
+# Whole-number ends of a range written as ints (0 for 0.0, 1 for 1.0): strict ints, so true and false are refused
+# (a Literal[0, 1] would take true for 1).
+ZeroOrOne = Annotated[int, Field(ge=0, le=1)]
+Zero = Annotated[int, Field(ge=0, le=0)]
+# The largest image side accepted: one batch of 64 colour 4096×4096 images is 3.2 GB as uint8 and 12.9 GB as the
+# float input of the first layer, before any activation; larger sides are a typo (100000) or need tiling, not resizing.
+MAX_IMAGE_SIDE = 4096
+ImageSide = Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)]
 
 
 # ---------------------------------------------------------------------------------------------- top level
@@ -54,7 +65,7 @@ class Paths(Section):
 
 
 class Loss(Section):
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] | Literal[0] = spec("a number from 0 to below 1", 0.1, 0.0)
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] | Zero = spec("a number from 0 to below 1", 0.1, 0.0)
     class_weights: Literal["auto"] | Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=2)] | None = spec(
         "null, auto or a list of positive weights, one per class", "auto", None)
 
@@ -75,8 +86,8 @@ class Augment(Section):
     )
     horizontal_flip: Probability = spec("a probability from 0 to 1", 0.5, 0.0)
     translate: Annotated[int, Field(ge=0)] = spec("a whole number of pixels, 0 (off) or more", 2, 0)
-    color_jitter: Annotated[float, Field(ge=0, le=1)] | Literal[0, 1] = spec("a strength from 0 (off) to 1", 0.4, 0.0)
-    erasing: Probability | Literal[0, 1] = spec("a probability from 0 to 1", 0.25, 0.0)
+    color_jitter: Annotated[float, Field(ge=0, le=1)] | ZeroOrOne = spec("a strength from 0 (off) to 1", 0.4, 0.0)
+    erasing: Probability | ZeroOrOne = spec("a probability from 0 to 1 (not true or false)", 0.25, 0.0)
     trivial_augment: bool = spec("true or false", True, False)
     mixup_alpha: NonNegative = spec("a number, 0 (off) or more", 0.2, 0.0)
     cutmix_alpha: NonNegative = spec("a number, 0 (off) or more", 1.0, 0.0)
@@ -100,8 +111,8 @@ class Data(Section):
     mirrors: list[str] = spec("a list of directories", "[/usr/share/datasets/fashion-mnist]", [])
     download: bool = spec("true or false", True, True)
     channels: Literal[1, 3] = spec("1 (grey) or 3 (colour)", 3)
-    image_size: PositiveInt | Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] = spec(
-        "a size in pixels, 1 or more, or [height, width]", 32
+    image_size: ImageSide | Annotated[list[ImageSide], Field(min_length=2, max_length=2)] = spec(
+        f"a size in pixels from 1 to {MAX_IMAGE_SIDE}, or [height, width]", 32
     )
     num_classes: int = spec("a whole number, 2 or more", 10, ge=2)
     mean: Annotated[list[float], Field(min_length=1)] = spec("one number, or one per channel", "[0.5]")
@@ -140,6 +151,17 @@ class Data(Section):
             return [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
         return value
 
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _fits_in_memory(cls, value):
+        sides = value if isinstance(value, list) else [value]
+        if any(isinstance(v, int) and not isinstance(v, bool) and v > MAX_IMAGE_SIDE for v in sides):
+            largest = 64 * 3 * 4 * MAX_IMAGE_SIDE**2 / 1e9
+            raise ConfigValueError("image_size", value, f"at most {MAX_IMAGE_SIDE} pixels a side: a batch of 64 colour "
+                                   f"{MAX_IMAGE_SIDE}×{MAX_IMAGE_SIDE} images is already {largest:.1f} GB as the model's "
+                                   "input; a larger side is a typo, or needs tiling rather than resizing", 224)
+        return value
+
     @model_validator(mode="after")
     def _per_channel(self):
         for key in ("mean", "std"):
@@ -147,6 +169,28 @@ class Data(Section):
             if len(values) not in (1, self.channels):
                 allowed = "one value" + (f" or {self.channels}" if self.channels > 1 else "")
                 raise ConfigValueError(key, values, f"{allowed} (data.channels={self.channels})", "[0.5]")
+        return self
+
+    @model_validator(mode="after")
+    def _shifts_inside_the_image(self):
+        """A translation reflects the image into its border, which needs fewer pixels than the image has; a crop
+        padded by as much as the image may hold none of it."""
+        from tinyvision.data.augment import padding_ltrb
+        from tinyvision.preprocessing import as_hw
+
+        height, width = as_hw(self.image_size)
+        size = f"{height}×{width} images (data.image_size={show(self.image_size)})"
+        shift = self.augment.translate
+        if shift >= min(height, width):
+            raise ConfigValueError("augment.translate", shift, f"less than the image's side: at most {min(height, width) - 1} "
+                                   f"pixels for {size}", min(2, min(height, width) - 1))
+        padding = self.augment.crop_padding
+        if padding is not None:
+            left, top, right, bottom = padding_ltrb(padding)
+            if max(left, right) >= width or max(top, bottom) >= height:
+                raise ConfigValueError("augment.crop_padding", padding, f"less than the image's side: at most {width - 1} "
+                                       f"pixels left and right, {height - 1} top and bottom, for {size}",
+                                       min(4, min(height, width) - 1))
         return self
 
 
@@ -312,9 +356,13 @@ class CosineAnnealingLR(Closed):
 
 
 class OneCycleLR(Closed):
-    warmup_epochs: Literal[0] = spec("0: one-cycle warms up by itself (scheduler.pct_start)", 0, 0)
+    warmup_epochs: Zero | Annotated[float, Field(ge=0, le=0)] = spec("0: one-cycle warms up by itself (scheduler.pct_start)",
+                                                                       0, 0)
     max_lr: Literal["auto"] | Annotated[float, Field(gt=0)] = spec("auto (the optimizer's lr) or a positive number", "auto")
-    total_steps: Literal["auto"] | PositiveInt = spec("auto (every batch of the run) or a number of steps", "auto")
+    # OneCycleLR divides by (total_steps - 1): one step is a ZeroDivisionError; fewer than the run's optimizer steps
+    # end the run when the schedule runs out (checked against the data at fit start: tinyvision.boundaries.FitChecks).
+    total_steps: Literal["auto"] | Annotated[int, Field(ge=2)] = spec(
+        "auto (every batch of the run) or a number of steps, 2 or more (at least the run's)", "auto")
     pct_start: Annotated[float, Field(gt=0, lt=1)] = spec("a fraction between 0 and 1", 0.3, 0.3)
     anneal_strategy: Literal["cos", "linear"] = spec("cos or linear (with the linear rise: triangular)", "linear", "cos")
 
@@ -340,6 +388,9 @@ class Trainer(Open):
     gradient_clip_val: Annotated[float, Field(gt=0)] | Annotated[int, Field(gt=0)] | None = spec(
         "a positive number, or null (no clipping)", 1.0, None)
     check_val_every_n_epoch: PositiveInt | None = spec("a whole number of epochs, 1 or more", 1, 1)
+    # Lightning takes any truthy value here (deterministic=maybe) as true.
+    deterministic: bool | Literal["warn"] | None = spec("true, false or warn (deterministic where PyTorch can be, warn where not)",
+                                                        True, None)
 
     @field_validator("max_epochs")
     @classmethod
@@ -347,6 +398,20 @@ class Trainer(Open):
         if value is not None and value < 1 and value != -1:
             raise ValueError("")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _device_here(cls, values):
+        """Lightning's own refusal of a missing GPU names no setting ("No supported gpu backend found!")."""
+        accelerator = values.get("accelerator") if isinstance(values, Mapping) else None
+        if accelerator in ("gpu", "cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigValueError("accelerator", accelerator, "no GPU is available here (PyTorch finds no CUDA device): "
+                                       "train on the CPU with trainer=cpu, or let Lightning choose with trainer.accelerator=auto",
+                                       "cpu")
+        return values
 
 
 class LossCheck(Open):
@@ -370,7 +435,7 @@ class Pictures(Open):
 
 
 class Ema(Open):
-    decay: Annotated[float, Field(ge=0, lt=1)] | Literal[0] = spec("a number from 0 (off) to below 1", 0.999, 0.0)
+    decay: Annotated[float, Field(ge=0, lt=1)] | Zero = spec("a number from 0 (off) to below 1", 0.999, 0.0)
     start_step: Annotated[int, Field(ge=0)] = spec("a whole number of steps, 0 or more", 0, 0)
     warmup_power: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = spec(
         "null (a fixed decay) or a number above 0 up to 1", 0.6667, 2 / 3)
@@ -381,8 +446,44 @@ class TestReport(Open):
     pr_curves: bool = spec("true or false", True, True)
 
 
+# What ImageClassifier logs with self.log (tinyvision/module.py): per epoch, train/* at the end of the training epoch,
+# val/* at the end of validation, test/* in validation only with data.test_every_epoch (and in the final test).
+LOGGED_METRICS = ("val/acc", "val/loss", "val/acc_best", "train/acc", "train/loss", "train/lr", "test/acc", "test/loss")
+
+
+class Monitor(Open):
+    """ModelCheckpoint's and EarlyStopping's metric: Lightning finds a misspelt one missing only after the first
+    validation, and stops the run there."""
+
+    monitor: str | None = spec("a metric the model logs: " + ", ".join(LOGGED_METRICS), "val/acc", None)
+    mode: Literal["min", "max"] = spec("min or max", "max", "min")
+
+    @field_validator("monitor")
+    @classmethod
+    def _logged(cls, value):
+        if value is not None and value not in LOGGED_METRICS:
+            close = difflib.get_close_matches(value, LOGGED_METRICS, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigValueError("monitor", value, f"not a metric the model logs; {hint}(it logs {', '.join(LOGGED_METRICS)})",
+                                   close[0] if close else "val/acc")
+        return value
+
+    @model_validator(mode="after")
+    def _direction(self):
+        """The best checkpoint of a loss is its lowest, of an accuracy its highest: the other mode keeps the worst."""
+        metric = self.monitor or ""
+        wanted = "min" if metric.endswith("/loss") else "max" if metric.endswith(("/acc", "/acc_best")) else None
+        if wanted is not None and self.mode != wanted:
+            raise ConfigValueError("mode", self.mode, f"{wanted} for monitor={metric} (the other way keeps the worst epoch)",
+                                   wanted)
+        return self
+
+
 CALLBACKS = {"stop_on_non_finite_loss": LossCheck, "last_checkpoint": LastCheckpoint, "pictures": Pictures,
              "test_report": TestReport, "progress_bar": Bar, "ema": Ema}
+CALLBACK_TARGETS = {"lightning.pytorch.callbacks.ModelCheckpoint": Monitor, "lightning.pytorch.callbacks.EarlyStopping": Monitor,
+                    "lightning.pytorch.callbacks.early_stopping.EarlyStopping": Monitor,
+                    "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint": Monitor}
 
 
 # ---------------------------------------------------------------------------------------------- loggers
@@ -433,6 +534,15 @@ class Search(Open):
     def _jobs(cls, value):
         if value < 1 and value != -1:
             raise ValueError("")
+        return value
+
+    @field_validator("storage")
+    @classmethod
+    def _database(cls, value):
+        """A URL SQLAlchemy cannot use (bogus://x) fails in SQLAlchemy with NoSuchModuleError; no connection is made here."""
+        problem = boundaries.database_url_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
 
@@ -517,7 +627,55 @@ def check(model: type[BaseModel], values: Mapping[str, Any], prefix: str) -> Bas
     try:
         return model.model_validate(dict(values))
     except ValidationError as error:
-        raise ConfigError(_message(model, values, prefix, error.errors()[0])) from None
+        problem = error.errors()[0]
+        quoted = _quoted_value(model, values, prefix, problem)
+        raise ConfigError(quoted or _message(model, values, prefix, problem)) from None
+
+
+def _typed(text: str) -> tuple[bool, Any]:
+    """What a quoted command-line value would be without its quotes: a number, true, false or null."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return True, lowered == "true"
+    if lowered == "null":
+        return True, None
+    for kind in (int, float):
+        try:
+            return True, kind(text)
+        except ValueError:
+            continue
+    return False, None
+
+
+def _quoted_value(model: type[BaseModel], values: Mapping[str, Any], prefix: str, problem: dict) -> str | None:
+    """A number (or true/false/null) written in quotes is text, and the schema's "a positive number" would read as
+    nonsense beside optimizer.lr='0.1': say it is text, and whether the same value unquoted is allowed."""
+    keys, allowed, example = _field_spec(model, problem["loc"])
+    value = _lookup(values, keys)
+    if not keys or not isinstance(value, str) or problem["type"] == "extra_forbidden":
+        return None
+    readable, typed = _typed(value)
+    if not readable:
+        return None
+    name = ".".join([prefix, *keys] if prefix else keys)
+    changed = _replaced(values, keys, typed)
+    try:
+        model.model_validate(changed)
+        still_wrong = False
+    except ValidationError as error:
+        still_wrong = any(_field_spec(model, p["loc"])[0] == keys for p in error.errors())
+    if not still_wrong:
+        return f"{name}='{value}': '{value}' is text: write {name}={show(typed)} without quotes ({allowed or 'a value'})"
+    return f"{name}='{value}': '{value}' is text, and {show(typed)} unquoted is not allowed either: {allowed}, e.g. {name}={show(example)}"
+
+
+def _replaced(values: Mapping[str, Any], keys: Sequence[str], new: Any) -> dict[str, Any]:
+    copied = dict(values)
+    if len(keys) == 1:
+        copied[keys[0]] = new
+    else:
+        copied[keys[0]] = _replaced(copied.get(keys[0]) or {}, keys[1:], new)
+    return copied
 
 
 def _message(model: type[BaseModel], values: Mapping[str, Any], prefix: str, problem: dict) -> str:
@@ -545,6 +703,8 @@ def _message(model: type[BaseModel], values: Mapping[str, Any], prefix: str, pro
     detail = ""
     if isinstance(cause, ValueError) and str(cause).strip() and allowed and str(cause) not in allowed:
         detail = f" ({cause})"
+    if problem["type"] == "finite_number":
+        detail = " (a finite number: not inf or nan)"
     return f"{name}={show(value)}: {allowed or problem['msg']}{detail}, e.g. {name}={show(example)}"
 
 
@@ -558,7 +718,28 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
                    "inputs": "photo.png"}.get(key, "VALUE")
         raise ConfigError(f"{key}=??? is required: give it on the command line, e.g. {key}={example}") from None
     except InterpolationResolutionError as error:
-        raise ConfigError(f"{error.full_key}: {error.msg}") from None
+        raise ConfigError(_interpolation_message(cfg, error)) from None
+
+
+def _interpolation_message(cfg: DictConfig, error: InterpolationResolutionError) -> str:
+    """OmegaConf's message has three lines (the reason, full_key, object_type) and the reason in a wrapper
+    ("KeyError raised while resolving interpolation: ..."): one line, naming the key and the text typed."""
+    key = error.full_key
+    parent, _, leaf = key.rpartition(".")
+    try:  # the text as typed, unresolved (resolving it is what failed)
+        node = (OmegaConf.select(cfg, parent) if parent else cfg)._get_node(leaf)
+        typed = node._value() if node is not None else None
+    except Exception:  # a key OmegaConf cannot walk to without resolving: name it without its text
+        typed = None
+    reason = str(error.msg).strip().splitlines()[0] if str(error.msg).strip() else type(error).__name__
+    reason = re.sub(r"^\w+ raised while resolving interpolation: ", "", reason).strip().strip('"')
+    variable = re.search(r"Environment variable '([^']+)' not found", reason)
+    shown = f"{key}={typed}" if typed is not None else key
+    if variable:
+        name = variable.group(1)
+        return (f"{shown}: the environment variable {name} is not set: set it (export {name}=...), give a default "
+                f"(${{oc.env:{name},VALUE}}) or give the value itself, e.g. {key}=VALUE")
+    return f"{shown}: {reason}: correct the ${{...}} interpolation, or give the value itself, e.g. {key}=VALUE"
 
 
 def _by_target(section: Mapping[str, Any], known: Mapping[str, type[BaseModel]], fallback: type[BaseModel]):
@@ -583,14 +764,37 @@ def validate_train(cfg: DictConfig) -> dict[str, Any]:
         check(_by_target(values["scheduler"], SCHEDULERS, fallback), values["scheduler"], "scheduler")
     check(Trainer, values["trainer"], "trainer")
     for name, section in (values.get("callbacks") or {}).items():
-        if name in CALLBACKS and section is not None:
+        if section is None:
+            continue
+        if name in CALLBACKS:
             check(CALLBACKS[name], section, f"callbacks.{name}")
+        elif section.get("_target_") in CALLBACK_TARGETS:
+            check(CALLBACK_TARGETS[section["_target_"]], section, f"callbacks.{name}")
+            _monitor_is_logged_then(name, section, values)
     for name, section in (values.get("logger") or {}).items():
         if section is not None and section.get("_target_") in LOGGERS:
             check(LOGGERS[section["_target_"]], section, f"logger.{name}")
     if values.get("hparams_search") is not None:
         check(Search, values["hparams_search"], "hparams_search")
+    # Last, once every value is of its kind: what the file system and the network say (nothing is written).
+    boundaries.check_data(values["data"])
+    boundaries.check_loggers(values.get("logger") or {})
     return values
+
+
+def _monitor_is_logged_then(name: str, section: Mapping[str, Any], values: Mapping[str, Any]) -> None:
+    """A logged metric that is not logged yet when the callback reads it stops the run after its first validation."""
+    metric, key = section.get("monitor"), f"callbacks.{name}.monitor"
+    if metric is None:
+        return
+    if metric.startswith("test/") and not values["data"].get("test_every_epoch"):
+        raise ConfigError(f"{key}={metric}: test metrics are logged during training only with data.test_every_epoch=true; "
+                          f"add it, or monitor a validation metric, e.g. {key}=val/acc")
+    interval = values["trainer"].get("val_check_interval")
+    if metric.startswith("train/") and interval not in (None, 1.0):
+        raise ConfigError(f"{key}={metric}: train metrics are logged at the end of each epoch, after the validation that "
+                          f"trainer.val_check_interval={show(interval)} runs within it; monitor a validation metric, "
+                          f"e.g. {key}=val/acc")
 
 
 class LrFind(Section):
@@ -617,6 +821,7 @@ def validate_eval(cfg: DictConfig) -> dict[str, Any]:
     check(EvalConfig, {k: v for k, v in values.items() if k not in ("data", "paths")}, "")
     if values.get("data"):
         check(Data, values["data"], "data")
+        boundaries.check_data(values["data"])
     return values
 
 

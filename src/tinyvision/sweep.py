@@ -85,8 +85,8 @@ def _mean_std(row: dict[str, Any], key: str, digits: int = 4) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
-def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """summary.csv, summary.md and summary.png in the sweep folder."""
+def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
+    """summary.md, summary.csv and, when a job finished, summary.png in the sweep folder; returns the files written."""
     study = _study_section(sweep_dir)
     seeds = [] if study else over_seeds(rows)  # an Optuna study's trials are not seed repeats
     columns = ["rank", "job", "status", "overrides", "val/acc_best", "test/acc", "epochs", "wall_seconds", "run_dir", "error"]
@@ -113,10 +113,14 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
                  *(f"| `{r['overrides']}` | {r['n']} | {r['seeds']} | {_mean_std(r, 'val/acc_best')} | {_mean_std(r, 'test/acc')} | "
                    f"{_mean_std(r, 'wall_seconds', 1)} |" for r in seeds), "", "Every job:", "", *lines]
     (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir.name}\n\n" + study + "\n".join(lines) + "\n")
+    written = [sweep_dir / "summary.md", sweep_dir / "summary.csv"]
+    picture = sweep_dir / "summary.png"
+    picture.unlink(missing_ok=True)  # a summary.png of an earlier session is not this one's
     if seeds:
-        _plot_over_seeds(sweep_dir / "summary.png", seeds)
+        _plot_over_seeds(picture, seeds)
     else:
-        _plot(sweep_dir / "summary.png", [r for r in rows if r["status"] == "done"])
+        _plot(picture, [r for r in rows if r["status"] == "done"])  # nothing to draw when no job finished
+    return written + ([picture] if picture.is_file() else [])
 
 
 def _study_section(sweep_dir: Path) -> str:
@@ -181,7 +185,8 @@ def _plot_over_seeds(path: Path, seeds: list[dict[str, Any]]) -> None:
     plt.close(figure)
 
 
-def print_summary(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
+def print_summary(rows: list[dict[str, Any]], sweep_dir: Path, written: list[Path] | None = None) -> None:
+    """The table of jobs and, with ``written`` (what write_summary returned), the files it wrote."""
     table = Table("rank", "job", "overrides", "best val acc", "test acc", "seconds", title=f"sweep {sweep_dir}", title_justify="left")
     done = [r for r in rows if r["status"] == "done"]
     for rank, row in enumerate(done, 1):
@@ -204,7 +209,10 @@ def print_summary(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
             over.add_row(row["overrides"], str(row["n"]), _mean_std(row, "val/acc_best"), _mean_std(row, "test/acc"),
                          _mean_std(row, "wall_seconds", 1))
         console.print(over)
-    print(f"summary: {sweep_dir / 'summary.md'}, {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.png'}")
+    if written is None:
+        written = [sweep_dir / name for name in ("summary.md", "summary.csv", "summary.png") if (sweep_dir / name).is_file()]
+    if written:
+        print(f"summary: {', '.join(str(path) for path in written)}")
 
 
 class SweepSummary(Callback):
@@ -218,8 +226,8 @@ class SweepSummary(Callback):
         rows = collect(sweep_dir)
         if not rows:
             return
-        write_summary(sweep_dir, rows)
-        print_summary(rows, sweep_dir)
+        written = write_summary(sweep_dir, rows)
+        print_summary(rows, sweep_dir, written)
         if (sweep_dir / STUDY_RESULT).is_file():
             # In a study, failed and pruned trials are results; it fails only when no trial completed.
             if not any(row["status"] == "done" for row in rows):

@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from tinyvision import schema
+from tinyvision.boundaries import FitChecks
 from tinyvision.callbacks import LogHyperparameters, RunRecord, TestReport
 from tinyvision.checkpoints import RunInterrupted, StopOnSignal, last_checkpoint, load_checkpoint_file
 from tinyvision.cli import trainer_error
@@ -135,6 +136,7 @@ def _callbacks(cfg: DictConfig, pruning) -> list[L.Callback]:
     callbacks = [c for c in callbacks if c is not None]  # a factory may say "off" (callbacks.ema.decay=0)
     callbacks.append(LogHyperparameters(compared_hparams(OmegaConf.to_container(cfg, resolve=True), group_choices())))
     callbacks.append(RememberMlflowRun())
+    callbacks.append(FitChecks())  # settings only the data's size can refuse, before the first step
     callbacks.append(StopOnSignal())  # always: a stopped run must never look finished
     return callbacks + ([pruning] if pruning is not None else [])
 

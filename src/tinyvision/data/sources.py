@@ -20,6 +20,7 @@ from torch import Tensor
 from torchvision.datasets.mnist import read_image_file, read_label_file
 from torchvision.datasets.utils import extract_archive
 
+from tinyvision.boundaries import first_answering
 from tinyvision.errors import DataError
 
 
@@ -96,10 +97,35 @@ def load(dataset: str, root: str | os.PathLike, mirrors: list[str], download: bo
     return _read_cifar10(files)
 
 
-def _missing(dataset: str, files: list[str], places: list[Path], reason: str) -> DataError:
+def _why(path: Path, error: BaseException) -> str:
+    """A reader's failure in words: an empty file says so (EOFError's own text is empty), else the error's first line."""
+    try:
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            return "the file is empty (0 bytes)"
+    except OSError:
+        pass
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+
+
+def _unreachable(cls) -> str | None:
+    """Why torchvision cannot download ``cls``'s files here, found with one short connection to each of its servers
+    (tinyvision.boundaries), or None when one answers. Offline, torchvision's own attempt can wait minutes per file."""
+    if cls is torchvision.datasets.EMNIST:
+        urls = [cls.url]  # EMNIST inherits MNIST's mirrors but downloads its own archive
+    else:
+        urls = list(getattr(cls, "mirrors", None) or []) or ([cls.url] if getattr(cls, "url", None) else [])
+        urls += [entry[0] for entry in (getattr(cls, "split_list", None) or {}).values()]
+    if not urls:
+        return None
+    answering, reasons = first_answering(urls)
+    return None if answering is not None else f"Downloading is impossible here: {reasons}. "
+
+
+def _missing(dataset: str, files: list[str], places: list[Path], reason: str | None) -> DataError:
     searched = ", ".join(str(place) for place in places)
     fix = HOW_TO_GET[dataset].format(place=places[0])
-    return DataError(f"{dataset} files not found: {', '.join(files)}. Looked in: {searched}. {reason}To get them: {fix}.")
+    return DataError(f"{dataset} files not found: {', '.join(files)}. Looked in: {searched}. {reason or ''}To get them: {fix}.")
 
 
 def _idx_stems(dataset: str, split: str | None) -> dict[str, tuple[str, str]]:
@@ -129,8 +155,8 @@ def _fetch_idx(dataset: str, root: Path, mirrors: list[Path], download: bool, sp
 
     found = {stem: locate(stem) for stem in stems}
     missing = [stem for stem, path in found.items() if path is None]
-    reason = "Downloading is off (data.download=false). "
-    if missing and download:
+    reason = "Downloading is off (data.download=false). " if not (missing and download) else _unreachable(cls)
+    if missing and download and reason is None:
         try:
             cls(str(root), train=True, download=True, **extra)
             found = {stem: locate(stem) for stem in stems}
@@ -161,7 +187,7 @@ def _extract(archive: Path, destination: Path) -> Path:
     except Exception as error:
         shutil.rmtree(partial, ignore_errors=True)
         raise DataError(
-            f"{archive} cannot be extracted ({type(error).__name__}: {error}); it may be truncated: "
+            f"{archive} cannot be extracted ({_why(archive, error)}); it may be truncated: "
             "replace it with a complete copy or remove it"
         ) from error
     for extracted in partial.iterdir():  # one file for a .gz, one folder for CIFAR-10's .tar.gz
@@ -178,7 +204,7 @@ def _read(path: Path, reader, what: str) -> Tensor:
         return reader(str(path))
     except Exception as error:
         raise DataError(
-            f"{path} is not a valid {what} file ({type(error).__name__}: {error}); "
+            f"{path} is not a valid {what} file ({_why(path, error)}); "
             "it may be truncated: delete it and run again to fetch a fresh copy"
         ) from error
 
@@ -201,8 +227,8 @@ def _fetch_cifar(dataset: str, root: Path, mirrors: list[Path], download: bool) 
         return None
 
     folder = locate()
-    reason = "Downloading is off (data.download=false). "
-    if folder is None and download:
+    reason = "Downloading is off (data.download=false). " if not (folder is None and download) else _unreachable(cls)
+    if folder is None and download and reason is None:
         try:
             cls(str(root), train=False, download=True)
             folder = locate()
@@ -235,7 +261,7 @@ def _unpickle(path: Path) -> dict:
             return pickle.load(handle, encoding="latin1")
     except Exception as error:
         raise DataError(
-            f"{path} is not a valid CIFAR-10 python batch ({type(error).__name__}: {error}); "
+            f"{path} is not a valid CIFAR-10 python batch ({_why(path, error)}); "
             "it may be truncated: delete the cifar-10-batches-py folder and run again to fetch a fresh copy"
         ) from error
 
@@ -248,7 +274,7 @@ def _read_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
         images = data.reshape(-1, 3, 32, 32)  # rows hold 1024 red, then green, then blue values
     except Exception as error:
         raise DataError(
-            f"{path} is not a valid CIFAR-10 python batch ({type(error).__name__}: {error}); "
+            f"{path} is not a valid CIFAR-10 python batch ({_why(path, error)}); "
             "delete the cifar-10-batches-py folder and run again to fetch a fresh copy"
         ) from error
     if len(images) != len(labels):
@@ -275,7 +301,7 @@ def _read_cifar100(files: dict[str, Path], label_type: str) -> Splits:
             images = torch.as_tensor(entry["data"], dtype=torch.uint8).reshape(-1, 3, 32, 32)
             labels = torch.as_tensor(entry[f"{label_type}_labels"], dtype=torch.long)
         except Exception as error:
-            raise DataError(f"{files[name]} is not a valid CIFAR-100 python file ({type(error).__name__}: {error}); "
+            raise DataError(f"{files[name]} is not a valid CIFAR-100 python file ({_why(files[name], error)}); "
                             "delete the cifar-100-python folder and run again to fetch a fresh copy") from error
         return _matched(files[name], images, labels)
 
@@ -292,8 +318,9 @@ def _fetch_svhn(root: Path, mirrors: list[Path], download: bool) -> dict[str, Pa
         return None
 
     found = locate()
-    reason = "Downloading is off (data.download=false). "
-    if found is None and download:
+    reason = ("Downloading is off (data.download=false). " if not (found is None and download)
+              else _unreachable(torchvision.datasets.SVHN))
+    if found is None and download and reason is None:
         try:
             for part in SVHN_FILES:
                 torchvision.datasets.SVHN(str(folder), split=part, download=True)
@@ -314,7 +341,7 @@ def _read_svhn(files: dict[str, Path]) -> Splits:
             images = torch.as_tensor(mat["X"], dtype=torch.uint8).permute(3, 2, 0, 1).contiguous()  # H W C N -> N C H W
             labels = torch.as_tensor(mat["y"].astype("int64")).flatten() % 10  # SVHN labels the digit 0 as 10
         except Exception as error:
-            raise DataError(f"{path} is not a valid SVHN .mat file ({type(error).__name__}: {error}); "
+            raise DataError(f"{path} is not a valid SVHN .mat file ({_why(path, error)}); "
                             "delete it and run again to fetch a fresh copy") from error
         return _matched(path, images, labels)
 

@@ -6,6 +6,10 @@ the first convolution are replaced, starting a grey first layer from the RGB wei
 Pretrained weights come by name (downloaded by the library where the network allows) or from a local file
 (``weights_path``: a state dict or safetensors file). With pretrained weights the net carries the mean and
 std its weights were trained with (``pretrained_mean_std``), and the classifier normalizes by them.
+
+Weights named but not on this machine are downloaded only when their server answers a short connection
+(tinyvision.boundaries): offline, the libraries retry for minutes; here one line names the file to fetch and the
+setting to give it with. A weights file that cannot be read, or whose layers are not the architecture's, is one line.
 """
 
 from __future__ import annotations
@@ -16,19 +20,84 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from tinyvision.boundaries import file_reason, first_answering, is_state_dict_mismatch, load_weights, weights_do_not_fit
+from tinyvision.errors import ConfigError
 from tinyvision.models._shapes import as_hw
+
+WEIGHTS_FILE = "give a state dict (.pth/.pt) or a .safetensors file saved from that architecture"
 
 
 def _load_file(path: str) -> dict[str, Tensor]:
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"model.weights_path={path} does not exist: give a state dict (.pth/.pt) or a .safetensors file")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    return load_weights("model.weights_path", path, WEIGHTS_FILE)
 
-        return load_file(str(file))
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+def _hub_cache() -> Path:
+    """Where torch.hub (torchvision, and timm for weights given by URL) keeps downloaded weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _file_name(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return Path(urlsplit(url).path).name
+
+
+def _torchvision_weights_here(key: str, value: str, name: str, weight_enum) -> Path | None:
+    """The cached file of torchvision weights, None when it is not cached but its server answers (torchvision will
+    download it), or one line saying which file to fetch and where to give it."""
+    url = weight_enum.url
+    cached = _hub_cache() / _file_name(url)
+    if cached.is_file():
+        return cached
+    answering, reasons = first_answering([url])
+    if answering is None:
+        raise ConfigError(
+            f"{key}={value}: torchvision's {name} weights ({weight_enum.name}) are not on this machine and cannot be "
+            f"downloaded ({reasons}): download {url} where there is internet, then give the file, e.g. "
+            f"model.weights_path={_file_name(url)} (with {key}={value} kept for their normalization), or put it in {cached.parent}/")
+    return None
+
+
+def _unreadable_cache(key: str, value: str, cached: Path, error: Exception) -> ConfigError:
+    return ConfigError(f"{key}={value}: the downloaded weights {cached} cannot be read ({file_reason(cached, error, 'a PyTorch file')}): "
+                       "delete the file to download it again, or give a copy with model.weights_path=FILE")
+
+
+def _timm_weights_here(timm, name: str) -> dict | None:
+    """For model.pretrained=true: timm's pretrained_cfg overlay that uses weights found on this machine, None when they
+    are not here but their server answers (timm will download them), or one line saying which file to fetch."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        raise ConfigError(f"model.pretrained=true: timm has no pretrained weights for {name}: set model.pretrained=false, or "
+                          f"give a weights file, e.g. model.weights_path={name}.safetensors")
+    urls, cached = [], []
+    if cfg.hf_hub_id:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo = cfg.hf_hub_id.split("@")[0]
+        for filename in ([cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]):
+            found = try_to_load_from_cache(repo, filename)
+            if isinstance(found, str):
+                cached.append(Path(found))
+        urls.append(f"{constants.ENDPOINT}/{repo}/resolve/main/{cfg.hf_hub_filename or 'model.safetensors'}")
+        offline = constants.HF_HUB_OFFLINE
+    else:
+        offline = False
+    if cfg.url:
+        if (_hub_cache() / _file_name(cfg.url)).is_file():
+            cached.append(_hub_cache() / _file_name(cfg.url))
+        urls.append(cfg.url)
+    if cached:
+        try:
+            return {"state_dict": load_weights("file", cached[0], "")}
+        except ConfigError as error:
+            raise _unreadable_cache("model.pretrained", "true", cached[0], error) from None
+    answering, reasons = (None, "HF_HUB_OFFLINE is set") if offline and not cfg.url else first_answering(urls)
+    if answering is None:
+        raise ConfigError(
+            f"model.pretrained=true: timm's {name} weights are not on this machine and cannot be downloaded ({reasons}): "
+            f"download {urls[0]} where there is internet, then give the file, e.g. model.weights_path={_file_name(urls[0])}")
+    return {"hf_hub_id": None} if answering == cfg.url and cfg.hf_hub_id else None  # the server that answers
 
 
 def _grey_mean_std(mean, std, channels: int) -> tuple[list[float], list[float]] | None:
@@ -81,14 +150,30 @@ class TimmModel(_Shaped):
             close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
             raise ValueError(f"model.name={name}: a timm architecture name" + (f" (close: {', '.join(close)})" if close else "")
                              + ", e.g. model.name=resnet18")
-        overlay = {"file": str(Path(weights_path))} if weights_path else None
-        if weights_path and not Path(weights_path).is_file():
-            _load_file(weights_path)  # raises the missing-file message
+        # timm adapts the weights to in_chans and num_classes itself: they go to it as a state dict read here, so a file
+        # that cannot be read, or is not there to be downloaded, is one line before timm is asked.
+        if weights_path:
+            overlay = {"state_dict": _load_file(weights_path)}
+        elif pretrained:
+            overlay = _timm_weights_here(timm, name)
+        else:
+            overlay = None
         height, width = as_hw(image_size)
         if "img_size" not in kwargs and _takes_img_size(timm, name):
             kwargs["img_size"] = (height, width)  # vision transformers are built for the data's size
-        net = timm.create_model(name, pretrained=bool(pretrained or weights_path), in_chans=in_channels, num_classes=num_classes,
-                                pretrained_cfg_overlay=overlay, **kwargs)
+        try:
+            net = timm.create_model(name, pretrained=bool(pretrained or weights_path), in_chans=in_channels,
+                                    num_classes=num_classes, pretrained_cfg_overlay=overlay, **kwargs)
+        except RuntimeError as error:
+            if not is_state_dict_mismatch(error):
+                raise
+            key, value = ("model.weights_path", weights_path) if weights_path else ("model.pretrained", "true")
+            raise weights_do_not_fit(key, value, error, f"timm's {name}",
+                                     f"give the weights of a {name}, or set model.name to the architecture they were saved from"
+                                     ) from None
+        for config in (getattr(net, "pretrained_cfg", None), getattr(net, "default_cfg", None)):
+            if isinstance(config, dict):
+                config.pop("state_dict", None)  # loaded into the net: no second copy kept
         config = getattr(net, "pretrained_cfg", {}) or {}
         pretrained = bool(pretrained or weights_path)
         self.pretrained_mean_std = _grey_mean_std(config.get("mean"), config.get("std"), in_channels) if pretrained else None
@@ -128,9 +213,19 @@ class TorchvisionModel(_Shaped):
                 names = [w.name for w in torchvision.models.get_model_weights(name)] + ["DEFAULT"]
                 raise ValueError(
                     f"model.weights={weights}: {name}'s weights are {', '.join(names)}, e.g. model.weights={names[0]}") from None
-        net = torchvision.models.get_model(name, weights=None if weights_path else weight_enum)
         if weights_path:
-            net.load_state_dict(_load_file(weights_path))
+            state = _load_file(weights_path)
+            net = torchvision.models.get_model(name, weights=None)
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as error:
+                if not is_state_dict_mismatch(error):
+                    raise
+                raise weights_do_not_fit("model.weights_path", weights_path, error, f"torchvision's {name}",
+                                         f"give the state dict of a torchvision {name}, or set model.name to the architecture "
+                                         "it was saved from") from None
+        else:
+            net = _torchvision_net(name, weights, weight_enum, lambda: torchvision.models.get_model(name, weights=weight_enum))
         pretrained = weight_enum is not None or weights_path is not None
         _replace_last_linear(net, num_classes)
         if in_channels != 3:
@@ -142,6 +237,20 @@ class TorchvisionModel(_Shaped):
 
     def head(self) -> nn.Module:
         return _last(self.net, nn.Linear)[1]
+
+
+def _torchvision_net(name: str, weights: str | None, weight_enum, build) -> nn.Module:
+    """``build()`` a torchvision net whose weights are named: from the cache, downloaded when their server answers, or
+    one line saying which file to fetch."""
+    if weight_enum is None:
+        return build()
+    cached = _torchvision_weights_here("model.weights", weights, name, weight_enum)
+    try:
+        return build()
+    except Exception as error:
+        if cached is None or is_state_dict_mismatch(error):
+            raise
+        raise _unreadable_cache("model.weights", weights, cached, error) from None
 
 
 def _last(net: nn.Module, kind: type) -> tuple[str, nn.Module]:

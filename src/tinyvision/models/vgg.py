@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torchvision
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from tinyvision.boundaries import is_state_dict_mismatch, load_weights, weights_do_not_fit
 from tinyvision.models._shapes import as_hw
-from tinyvision.models.external import _grey_mean_std
+from tinyvision.models.external import _grey_mean_std, _torchvision_net
 
 
 class VGG16(nn.Module):
@@ -38,15 +37,18 @@ class VGG16(nn.Module):
         super().__init__()
         if weights and weights_path:
             raise ValueError("model.weights and model.weights_path are both set: give one of them")
-        net = torchvision.models.vgg16(weights=weights)
+        weight_enum = torchvision.models.VGG16_Weights[weights] if weights and weights != "DEFAULT" else (
+            torchvision.models.VGG16_Weights.DEFAULT if weights else None)
+        net = _torchvision_net("vgg16", weights, weight_enum, lambda: torchvision.models.vgg16(weights=weights))
         if weights_path:
-            path = Path(weights_path)
-            if not path.is_file():
-                raise ValueError(
-                    f"model.weights_path={weights_path} does not exist: give the path of a saved torchvision "
-                    "VGG16 state dict, or leave it empty to start from random weights"
-                )
-            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            fix = "give the path of a saved torchvision VGG16 state dict, or leave it empty to start from random weights"
+            state = load_weights("model.weights_path", weights_path, fix)
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as error:
+                if not is_state_dict_mismatch(error):
+                    raise
+                raise weights_do_not_fit("model.weights_path", weights_path, error, "torchvision's VGG16", fix) from None
         if in_channels != 3:
             first = net.features[0]
             net.features[0] = nn.Conv2d(in_channels, first.out_channels, kernel_size=3, padding=1)

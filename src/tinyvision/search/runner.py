@@ -49,6 +49,8 @@ class Study:
 
     def _sweep(self, arguments: list[str]) -> optuna.Study:
         search = OmegaConf.to_container(self.search, resolve=True)
+        explicit = any(_key(o) == "hparams_search.prune_on" for o in arguments)
+        search["prune_on"] = study_space.pruning_metric(search, explicit)
         study_space.check_settings(search)
         fixed, command_space = study_space.split_overrides(arguments)
         space = {**study_space.search_space(search.get("params")), **command_space}
@@ -67,12 +69,14 @@ class Study:
         n_jobs = (os.cpu_count() or 1) if search["n_jobs"] == -1 else search["n_jobs"]
         # What every job gets besides its parameters: the pinned sweep dir (so jobs recomposed in another
         # process or on another machine land in it) and where its trial lives.
-        set_here = ("hparams_search.resume", "hparams_search.storage", "hparams_search.study_name", "hparams_search.trial")
+        set_here = ("hparams_search.resume", "hparams_search.storage", "hparams_search.study_name", "hparams_search.trial",
+                    "hparams_search.prune_on")
         common = [o for o in fixed if _key(o) not in set_here]
         common += [
             f"hydra.sweep.dir={sweep_dir}",
             f"hparams_search.storage={study_space.quote(url)}",
             f"hparams_search.study_name={study_space.quote(study.study_name)}",
+            f"hparams_search.prune_on={study_space.quote(search['prune_on'])}",  # as resolved here: the jobs report it
         ]
         started = time.perf_counter()
         while (done := len(study_tools.counted_trials(study))) < n_trials:
@@ -95,6 +99,10 @@ class Study:
         if resume:
             if not sweep_dir.is_dir():
                 raise ConfigError(f"hparams_search.resume={resume} does not exist: give the folder of a sweep under outputs/multirun/")
+        else:
+            # The sweep's folder holds multirun.yaml and the jobs' folders whatever the storage: a folder given with
+            # hydra.sweep.dir is not created by the command line's check (tinyvision.cli), and Hydra creates it later.
+            sweep_dir.mkdir(parents=True, exist_ok=True)
         if url == study_tools.default_storage(sweep_dir):
             if resume and not (sweep_dir / STUDY_FILE).is_file():
                 raise ConfigError(
@@ -105,7 +113,6 @@ class Study:
                     f"{sweep_dir} already holds a study ({STUDY_FILE}); it is kept as it is. "
                     f"Continue it with hparams_search.resume={sweep_dir}, or start a new sweep"
                 )
-            sweep_dir.mkdir(parents=True, exist_ok=True)
         storage = study_tools.open_storage(url)
         options = dict(study_name=name, storage=storage, pruner=hydra.utils.instantiate(search.get("pruner")))
         searched = {key: optuna.distributions.distribution_to_json(d) for key, d in sorted(space.items())}

@@ -93,6 +93,16 @@ def quote(value: Any) -> str:
     return text if re.fullmatch(r"[\w./:@+-]+", text) else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def pruning_metric(search: Mapping[str, Any], explicit: bool) -> str | None:
+    """What a study's trials report to the pruner: ``prune_on`` as given on the command line (``explicit``), else the one
+    that goes the study's way, val/loss when it minimizes and val/acc when it maximizes. The shipped searches set
+    val/acc, which a study minimizing val/loss would otherwise have to override by hand; null (no pruning) is kept."""
+    value = search.get("prune_on")
+    if explicit or value is None or search.get("direction") not in ("maximize", "minimize"):
+        return value
+    return "val/loss" if search["direction"] == "minimize" else "val/acc"
+
+
 def check_settings(search: Mapping[str, Any]) -> None:
     """Refuse settings that would spend a whole study for nothing: an unknown metric (every trial would
     fail after training), a pruning metric that goes the other way than the study (pruning would keep

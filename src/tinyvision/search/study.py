@@ -14,6 +14,7 @@ import yaml
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
+from tinyvision import boundaries
 from tinyvision.errors import ConfigError
 from tinyvision.files import BEST_FILE, STUDY_FILE, STUDY_RESULT, write_atomic
 from tinyvision.search.space import trial_overrides
@@ -21,11 +22,32 @@ from tinyvision.search.space import trial_overrides
 ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """Optuna's storage for a database URL; SQLite waits for a lock instead of failing when jobs write at once."""
-    if url.startswith("sqlite:"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return optuna.storages.RDBStorage(url)
+def open_storage(url: str, key: str = "hparams_search.storage") -> optuna.storages.BaseStorage:
+    """Optuna's storage for a database URL; SQLite waits for a lock instead of failing when jobs write at once. A URL
+    SQLAlchemy cannot use, a database server that does not answer, or a SQLite file whose folder cannot be made is one
+    line (SQLite cannot create a missing folder: it is created here)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    example = f"{key}=sqlite:///outputs/study.db"
+    problem = boundaries.database_url_problem(url)
+    if problem is not None:
+        raise ConfigError(f"{key}={url}: {problem}, e.g. {example}")
+    parsed = make_url(url)
+    if parsed.host:  # a database server: a short connection first, not the driver's long timeout
+        default_port = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433}.get(parsed.get_backend_name(), 5432)
+        answer = boundaries.answer_problem(f"tcp://{parsed.host}:{parsed.port or default_port}")
+        if answer is not None:
+            raise ConfigError(f"{key}={url}: the database server does not answer ({answer}): start it, or use a "
+                              f"file every job can reach, e.g. {example}")
+    boundaries.sqlite_parent(key, url, create=True)
+    try:
+        if url.startswith("sqlite:"):
+            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        return optuna.storages.RDBStorage(url)
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise ConfigError(f"{key}={url}: the database cannot be opened ({reason}), e.g. {example}") from None
 
 
 def default_storage(sweep_dir: Path) -> str:
