@@ -89,6 +89,9 @@ def claim_output_dir(config_name: str, argv: list[str], overrides: list[str], mu
         if config_name == "train" and not multirun and holds_run(Path(given)):
             raise ConfigError(f"hydra.run.dir={given} already holds a run: it is kept as it is; choose a new folder, or "
                               f"continue that run with python train.py resume={given}")
+        if not Path(given).exists():  # made here, so that a refused command removes it again
+            Path(given).mkdir(parents=True, exist_ok=True)
+            _CLAIMED.append(Path(given))
         return argv
     folder = Path(_resolved(config_name, overrides, key))
     folder.parent.mkdir(parents=True, exist_ok=True)
