@@ -138,7 +138,8 @@ def section(recipes: list[Recipe], args, mode: str, runs_dir: Path, plots_dir: P
     for recipe in recipes:
         command, metrics = run(recipe, args, runs_dir / recipe.name)
         curve = [row["test/acc"] for row in metrics["history"] if "test/acc" in row]
-        shape = "Fashion-MNIST" + (" at 3×32×32" if "data.channels=3" in recipe.here else " at 32×32" if recipe.here else "")
+        resized = " at 3×32×32" if "data.channels=3" in recipe.here else " at 32×32" if "data.image_size=32" in recipe.here else ""
+        shape = "Fashion-MNIST" + resized
         trained = metrics["history"][0]["train_samples"] if metrics["history"] else 0
         lines.append(f"| {recipe.name} | {shape} | {trained:,} | {metrics['epochs']} | {metrics['test/acc']:.4f} | "
                      f"{metrics['val/acc_best']:.4f} | {metrics['wall_seconds']:.0f} s | "
