@@ -55,7 +55,10 @@ def main(cfg: DictConfig) -> dict:
 def exit_interrupted(cfg: DictConfig, stop: RunInterrupted) -> None:
     """One line saying where the run stopped and how to go on, then the signal's exit status (143, 130)."""
     run_dir = Path(cfg.paths.output_dir)
-    if stop.checkpoint is not None:
+    if stop.requeued:
+        log.warning("stopped by %s, SLURM's warning of the job's end; %s holds the step reached: SLURM job %s is "
+                    "requeued and its next start resumes %s", stop, stop.checkpoint, stop.requeued, run_dir)
+    elif stop.checkpoint is not None:
         log.warning("stopped by %s; %s holds the step reached: resume with  python train.py resume=%s",
                     stop, stop.checkpoint, run_dir)
     else:

@@ -4,6 +4,7 @@ own config, which must stay clean):
     python tests/faults.py kill-at-step N train.py ARGS...      # SIGKILL after training step N
     python tests/faults.py term-at-step N train.py ARGS...      # SIGTERM during training step N (a scheduler's stop)
     python tests/faults.py int-at-step N train.py ARGS...       # SIGINT during training step N (Ctrl+C)
+    python tests/faults.py usr1-at-step N train.py ARGS...      # SIGUSR1 during training step N (SLURM's warning)
     python tests/faults.py nan-at-step N train.py ARGS...       # a NaN weight before training step N+1
     python tests/faults.py kill-during-save N train.py ARGS...  # SIGKILL halfway through the N-th checkpoint write
     python tests/faults.py kill-in-trial N train.py -m ARGS...  # SIGKILL the sweep at trial N's 2nd training step
@@ -80,7 +81,9 @@ def kill_during_save(nth: int) -> None:
 if __name__ == "__main__":
     mode, number, script, *args = sys.argv[1:]
     faults = {"kill-at-step": kill_at_step, "term-at-step": signal_at_step(signal.SIGTERM),
-              "int-at-step": signal_at_step(signal.SIGINT), "nan-at-step": nan_at_step, "kill-during-save": kill_during_save,
+              "int-at-step": signal_at_step(signal.SIGINT),
+              "usr1-at-step": signal_at_step(signal.SIGUSR1), "usr2-at-step": signal_at_step(signal.SIGUSR2),
+              "nan-at-step": nan_at_step, "kill-during-save": kill_during_save,
               "kill-in-trial": kill_in_trial}
     faults[mode](int(number))
     sys.argv = [script, *args]

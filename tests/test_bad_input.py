@@ -194,6 +194,8 @@ CASES = [
     ("train", ["data.image_size=[28,5000]"], "data.image_size=[28,5000]: at most 4096 pixels a side"),
     ("train", ["data.augment.erasing=true"], "data.augment.erasing=true: a probability from 0 to 1 (not true or false)"),
     ("train", ["trainer.deterministic=maybe"], "trainer.deterministic=maybe: true, false or warn"),
+    ("train", ["slurm.requeue_signal=TERM"], "slurm.requeue_signal=TERM: USR1 or USR2 (what sbatch --signal sends)"),
+    ("train", ["slurm.auto_requeue=maybe"], "slurm.auto_requeue=maybe: true or false"),
     # Kind 5: messages that say what was typed
     ("train", ["optimizer.lr='0.1'"], "optimizer.lr='0.1': '0.1' is text: write optimizer.lr=0.1 without quotes"),
     ("train", ["optimizer.lr='-1'"], "optimizer.lr='-1': '-1' is text, and -1 unquoted is not allowed either: a positive number"),

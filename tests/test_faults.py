@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +25,10 @@ if torch.cuda.is_available():  # cuDNN picks non-deterministic kernels unless as
     RUN.append("trainer.deterministic=true")
 
 
-def train(*args: str, fault: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
+def train(*args: str, fault: tuple[str, int] | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     prefix = ["tests/faults.py", fault[0], str(fault[1])] if fault else []
-    return subprocess.run([sys.executable, *prefix, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, *prefix, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=env)
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -90,6 +93,43 @@ def test_sigterm_or_sigint_saves_the_step_reached_exits_non_zero_and_resumes_bit
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train_samples_per_second"] > 0 and all(row["train_seconds"] > 0 for row in metrics["history"])
     assert metrics["train_seconds"] == pytest.approx(sum(row["train_seconds"] for row in metrics["history"]), abs=0.05)
+
+
+def slurm_job(tmp_path: Path, **more: str) -> dict[str, str]:
+    """The environment of a SLURM batch job (as sbatch sets it) with a stand-in scontrol that records its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    scontrol.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train",
+            "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", **more}
+
+
+def test_a_slurm_job_warned_of_its_end_requeues_itself_and_its_next_start_resumes_bit_identically(
+        uninterrupted, data_root, tmp_path):
+    """sbatch --signal=USR1@90: the job writes last.ckpt at the step under way, runs scontrol requeue with its id and
+    exits; SLURM starts the same command again (SLURM_RESTART_COUNT=1), which finds its own run folder among the
+    others (by the job id written into it) and resumes it; the result equals the run that was never stopped."""
+    runs = tmp_path / "runs"
+    other = runs / "2000-01-01_00-00-00"  # another job's unfinished run beside it is left alone
+    other.mkdir(parents=True)
+    (other / ".slurm_job").write_text("999\n")
+    command = [*RUN, f"paths.data_dir={data_root}", f"hydra.run.dir={runs}/${{now:%Y-%m-%d_%H-%M-%S}}"]
+    stopped = train(*command, fault=("usr1-at-step", 6), env=slurm_job(tmp_path))
+    assert stopped.returncode == 128 + signal.SIGUSR1, stopped.stderr[-3000:]
+    (run_dir,) = [folder for folder in runs.iterdir() if folder != other]
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+    assert "SLURM job 4242 is requeued" in stopped.stdout + stopped.stderr
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 6
+    assert not (run_dir / "metrics.json").exists()
+
+    restarted = train(*command, env=slurm_job(tmp_path, SLURM_RESTART_COUNT="1"))
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert sorted(runs.iterdir()) == sorted([run_dir, other])  # no new folder: the job went on in its own
+    assert list((run_dir / ".hydra").glob("resume_*"))
+    assert_same_run(run_dir, uninterrupted)
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"  # requeued once, by the signal only
 
 
 def test_kill_during_a_checkpoint_write_leaves_a_loadable_checkpoint(uninterrupted, data_root, tmp_path):

@@ -167,12 +167,13 @@ class LastCheckpoint(Checkpoint):
 
 
 class RunInterrupted(BaseException):
-    """A run stopped by SIGTERM or SIGINT. A BaseException, as KeyboardInterrupt is: a sweep's handler of failed
-    jobs must not catch it and go on with the next job when a scheduler or a user has asked the process to stop."""
+    """A run stopped by a signal: SIGTERM, SIGINT, or SLURM's warning of the job's end. A BaseException, as
+    KeyboardInterrupt is: a sweep's handler of failed jobs must not catch it and go on with the next job when a
+    scheduler or a user has asked the process to stop. ``requeued`` is the SLURM job id when the job requeued itself."""
 
-    def __init__(self, signum: int, checkpoint: Path | None):
+    def __init__(self, signum: int, checkpoint: Path | None, requeued: str | None = None):
         super().__init__(signal.Signals(signum).name)
-        self.signum, self.checkpoint = signum, checkpoint
+        self.signum, self.checkpoint, self.requeued = signum, checkpoint, requeued
 
     @property
     def exit_status(self) -> int:
@@ -180,33 +181,48 @@ class RunInterrupted(BaseException):
 
 
 class StopOnSignal(L.Callback):
-    """SIGTERM (a scheduler's stop, ``kill``) and SIGINT (Ctrl+C) end training after the step under way: last.ckpt
-    is written at that step, then ``RunInterrupted`` carries the signal out, so the script prints the resume
-    command and exits 143 or 130 instead of Lightning's status 0.
+    """SIGTERM (a scheduler's stop, ``kill``), SIGINT (Ctrl+C) and, in a SLURM job, its requeue signal end training
+    after the step under way: last.ckpt is written at that step, then ``RunInterrupted`` carries the signal out, so the
+    script prints the resume command and exits 128 + the signal instead of Lightning's status 0. On the requeue signal
+    the job also requeues itself (``tinyvision.slurm``), and its next start resumes from that checkpoint.
 
     Lightning notes SIGTERM itself (``trainer.received_sigterm``) and would stop at the same place without a
-    checkpoint; SIGINT is noted here, and a second Ctrl+C stops at once (the checkpoint before it stays)."""
+    checkpoint; SIGINT and the requeue signal are noted here, and a second Ctrl+C stops at once (the checkpoint
+    before it stays). Under DDP the ranks agree at each step on whether one of them was asked to requeue (SLURM
+    signals every task, not necessarily within the same step)."""
 
-    def __init__(self):
+    def __init__(self, requeue_signal: int | None = None):
+        self.requeue_signal = requeue_signal
         self.signum: int | None = None
-        self._previous_sigint = None
+        self._previous: dict[int, Any] = {}
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit" and threading.current_thread() is threading.main_thread():
-            self._previous_sigint = signal.signal(signal.SIGINT, self._note_sigint)
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._note_sigint)
+            if self.requeue_signal is not None:
+                self._previous[self.requeue_signal] = signal.signal(self.requeue_signal, self._note_requeue)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        if self._previous_sigint is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
 
     def _note_sigint(self, signum, frame) -> None:
         if self.signum is not None:
             raise KeyboardInterrupt  # asked twice: stop now
         self.signum = signal.SIGINT
 
+    def _note_requeue(self, signum, frame) -> None:
+        self.signum = self.signum or signum
+
     def _requested(self, trainer) -> int | None:
-        return signal.SIGTERM if trainer.received_sigterm else self.signum
+        if trainer.received_sigterm:
+            return signal.SIGTERM
+        if self.requeue_signal is not None and trainer.world_size > 1:
+            # one small all-reduce a step, only in a SLURM job with requeue on: every rank stops at the same step
+            if trainer.strategy.reduce_boolean_decision(self.signum == self.requeue_signal, all=False):
+                return self.requeue_signal
+        return self.signum
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         signum = self._requested(trainer)
@@ -215,12 +231,21 @@ class StopOnSignal(L.Callback):
         last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
         if last is not None:
             last.save_now(trainer)
-        raise RunInterrupted(signum, last.path if last is not None else None)
+        raise RunInterrupted(signum, last.path if last is not None else None, self._requeue(trainer, signum, last))
+
+    def _requeue(self, trainer, signum: int, last: LastCheckpoint | None) -> str | None:
+        """On the requeue signal, with a checkpoint to resume from: the job id, once rank zero has requeued it."""
+        from tinyvision import slurm
+
+        if signum != self.requeue_signal or last is None:
+            return None
+        requeued = slurm.requeue() if trainer.is_global_zero else True
+        return slurm.job_id() if requeued else None
 
     def interrupted(self, trainer) -> RunInterrupted | None:
         """After fit or test ended by an exception: the stop a signal asked for, if one did (stopped outside a
         training step, during validation or the test, the last checkpoint written is the one to resume)."""
-        signum = self._requested(trainer)
+        signum = signal.SIGTERM if trainer.received_sigterm else self.signum
         if signum is None:
             return None
         last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)

@@ -85,7 +85,11 @@ def claim_output_dir(config_name: str, argv: list[str], overrides: list[str], mu
     given = next((arg.split("=", 1)[1] for arg in argv if arg.startswith(f"{key}=")), None)
     if any(o.split("=")[0] in ("resume", "hparams_search.resume") for o in overrides):
         return argv
-    if given is not None:
+    others = [arg for arg in argv if not arg.startswith(f"{key}=")]
+    requeued = _requeued_run(config_name, overrides, key) if config_name == "train" and not multirun else None
+    if requeued is not None:  # a SLURM job's next start after it requeued itself: it continues its own run
+        return [*others, f"resume={requeued}"]
+    if given is not None and "${" not in given:
         if config_name == "train" and not multirun and holds_run(Path(given)):
             raise ConfigError(f"hydra.run.dir={given} already holds a run: it is kept as it is; choose a new folder, or "
                               f"continue that run with python train.py resume={given}")
@@ -102,8 +106,20 @@ def claim_output_dir(config_name: str, argv: list[str], overrides: list[str], mu
         except FileExistsError:
             continue
         _CLAIMED.append(candidate)
-        return [*argv, f"{key}={candidate}"]
+        return [*others, f"{key}={candidate}"]
     raise ConfigError(f"{key}: {folder} and 998 more folders of that name exist already: name one with {key}=FOLDER")
+
+
+def _requeued_run(config_name: str, overrides: list[str], key: str) -> Path | None:
+    """In a requeued SLURM job, the run folder its previous start left a checkpoint in: the folder this command names,
+    or (when it names a new one, as the default ``outputs/runs/<time>_...`` does) one beside it."""
+    from tinyvision import slurm
+
+    if slurm.job_id() is None or not slurm.restarted():
+        return None
+    folder = Path(_resolved(config_name, overrides, key))
+    beside = sorted(folder.parent.iterdir(), reverse=True) if folder.parent.is_dir() else []
+    return slurm.own_folder(candidate for candidate in [folder, *beside] if candidate.is_dir())
 
 
 def discard_claimed_output() -> None:

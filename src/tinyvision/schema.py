@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tinyvision import boundaries
+from tinyvision import boundaries, slurm
 from tinyvision.errors import ConfigError
 
 
@@ -70,11 +70,17 @@ class Loss(Section):
         "null, auto or a list of positive weights, one per class", "auto", None)
 
 
+class Slurm(Section):
+    auto_requeue: bool = spec("true or false", True, True)
+    requeue_signal: Literal[slurm.REQUEUE_SIGNALS] = spec("USR1 or USR2 (what sbatch --signal sends)", "USR1", "USR1")
+
+
 class TopLevel(Open):
     tta: Literal["none", "flip", "flip_translate"] = spec("none, flip or flip_translate", "flip", "none")
     seed: int = spec("a whole number from 0 to 4294967295", 42, ge=0, le=2**32 - 1)
     resume: str | None = spec("the folder of a run under outputs/, or null", "outputs/runs/<run>", None)
     paths: Paths = spec("data_dir and output_dir", "data", None)
+    slurm: Slurm = spec("auto_requeue and requeue_signal", "USR1", None)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -749,7 +755,7 @@ def _by_target(section: Mapping[str, Any], known: Mapping[str, type[BaseModel]],
 def validate_train(cfg: DictConfig) -> dict[str, Any]:
     """Check every tinyvision key of a composed train config; returns the resolved container."""
     values = to_container(cfg)
-    check(TopLevel, {k: values[k] for k in ("seed", "resume", "paths", "tta") if k in values}, "")
+    check(TopLevel, {k: values[k] for k in ("seed", "resume", "paths", "tta", "slurm") if k in values}, "")
     check(Loss, values.get("loss") or {}, "loss")
     weights = (values.get("loss") or {}).get("class_weights")
     if isinstance(weights, list) and len(weights) != values["data"].get("num_classes"):

@@ -16,7 +16,7 @@ from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from tinyvision import schema
+from tinyvision import schema, slurm
 from tinyvision.boundaries import FitChecks
 from tinyvision.callbacks import LogHyperparameters, RunRecord, TestReport
 from tinyvision.checkpoints import RunInterrupted, StopOnSignal, last_checkpoint, load_checkpoint_file
@@ -73,6 +73,8 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
     trainer = make_trainer(cfg, _callbacks(cfg, pruning), _loggers(cfg, resume_from))
     if sweep_job:
         _refuse_relaunching_strategy(trainer, cfg.trainer.get("strategy"))
+    if trainer.is_global_zero:
+        slurm.mark(run_dir)  # a requeued start of this SLURM job finds the run by it
 
     started, started_at = time.perf_counter(), time.time()
     try:
@@ -113,6 +115,8 @@ def _checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
     """The checkpoint a resumed run continues from; a new run must not land on an earlier one."""
     if cfg.get("resume"):
         return last_checkpoint(Path(cfg.resume))
+    if slurm.own_folder([run_dir]) is not None:  # a requeued SLURM job of a sweep: its job folder is the same again
+        return last_checkpoint(run_dir)
     if (run_dir / METRICS_FILE).exists() or (run_dir / "checkpoints").exists():
         raise ConfigError(f"run dir {run_dir} already holds a run: it is kept as it is; start a new run instead")
     return None
@@ -137,7 +141,7 @@ def _callbacks(cfg: DictConfig, pruning) -> list[L.Callback]:
     callbacks.append(LogHyperparameters(compared_hparams(OmegaConf.to_container(cfg, resolve=True), group_choices())))
     callbacks.append(RememberMlflowRun())
     callbacks.append(FitChecks())  # settings only the data's size can refuse, before the first step
-    callbacks.append(StopOnSignal())  # always: a stopped run must never look finished
+    callbacks.append(StopOnSignal(slurm.requeue_signal(cfg.get("slurm"))))  # always: a stopped run never looks finished
     return callbacks + ([pruning] if pruning is not None else [])
 
 
@@ -234,8 +238,11 @@ def make_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
     """Lightning's Trainer; an argument Lightning refuses is reported as trainer.KEY=VALUE and the reason."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    environment = slurm.cluster_environment(cfg.get("slurm"))  # in a SLURM job: Lightning's, its requeue handler off
     try:
-        return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        plugins = [hydra.utils.instantiate(p) for p in cfg.trainer.get("plugins") or []]
+        plugins += [environment] if environment is not None else []
+        return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     except InstantiationException as error:
         if isinstance(error.__cause__, (MisconfigurationException, ValueError, TypeError, ModuleNotFoundError)):
             raise trainer_error(OmegaConf.to_container(cfg.trainer, resolve=True), error.__cause__) from None
