@@ -1,31 +1,20 @@
 """Test a checkpoint: python eval.py ckpt_path=outputs/runs/.../checkpoints/best.ckpt [data=...]."""
 
-import sys
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-from tinyvision.cli import exit_bad_input, precheck
-from tinyvision.errors import TinyVisionError
+from tinyvision.cli import run_script
 from tinyvision.files import write_json
 from tinyvision.inference import datamodule_for, load_classifier
 from tinyvision.pictures import confusion_figure
 from tinyvision.report import PER_CLASS_FILE, classification_report, write_per_class_csv
 from tinyvision.schema import validate_eval
 from tinyvision.tta import probabilities as tta_probabilities
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except TinyVisionError as error:
-        exit_bad_input(error)
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -93,6 +82,4 @@ def show(metrics: dict, matrix: torch.Tensor, run_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    # A command line Hydra cannot compose gets the same one-line answer; the output folder is claimed here.
-    sys.argv[1:] = precheck("eval", sys.argv[1:])
-    main()
+    run_script("eval", evaluate)

@@ -6,29 +6,24 @@ import os
 import sys
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
 from tinyvision.boundaries import image_problem
-from tinyvision.cli import exit_bad_input, precheck
+from tinyvision.cli import run_script
 from tinyvision.data.photos import find_images, preparation_style, prepare_image
-from tinyvision.errors import ConfigError, TinyVisionError
+from tinyvision.errors import ConfigError
 from tinyvision.files import output_file, write_json
 from tinyvision.inference import load_classifier, load_onnx
 from tinyvision.schema import validate_predict
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    try:
-        rows = predict(cfg)
-    except TinyVisionError as error:
-        exit_bad_input(error)
+    rows = predict(cfg)
     if any("error" in row for row in rows):
-        sys.exit(1)
+        sys.exit(1)  # some inputs could not be read: their rows say why
 
 
 def predict(cfg: DictConfig) -> list[dict]:
@@ -98,6 +93,4 @@ def show(rows: list[dict], base: Path) -> None:
 
 
 if __name__ == "__main__":
-    # A command line Hydra cannot compose gets the same one-line answer; the output folder is claimed here.
-    sys.argv[1:] = precheck("predict", sys.argv[1:])
-    main()
+    run_script("predict", main)

@@ -4,13 +4,12 @@ import logging
 import sys
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from tinyvision.checkpoints import RunInterrupted, config_for_resume
-from tinyvision.cli import exit_bad_input, precheck, report
+from tinyvision.cli import report, run_script
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import FAILURE_FILE, write_json
 from tinyvision.summary import print_summary
@@ -19,7 +18,6 @@ from tinyvision.training import train
 log = logging.getLogger("tinyvision")
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> dict:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
@@ -36,7 +34,7 @@ def main(cfg: DictConfig) -> dict:
         exit_interrupted(cfg, stop)
     except TinyVisionError as error:
         if not multirun:
-            exit_bad_input(error)
+            raise  # one line and exit status 2 (run_script)
         report(error)
         return record_failure(cfg, error)
     except Exception as error:
@@ -74,6 +72,4 @@ def record_failure(cfg: DictConfig, error: Exception) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    # A command line Hydra cannot compose gets the same one-line answer; the output folder is claimed here.
-    sys.argv[1:] = precheck("train", sys.argv[1:])
-    main()
+    run_script("train", main)

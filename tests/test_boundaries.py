@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tinyvision.errors import ConfigError, WriteFailed
-from tinyvision.export import card_path, export
-from tinyvision.files import output_file, replacing
+from tinyvision.export import export
+from tinyvision.files import card_path, output_file, replacing
 from tinyvision.module import ImageClassifier
 
 GREY = {"channels": 1, "image_size": 28, "num_classes": 10, "mean": [0.2860], "std": [0.3530], "dataset": "fashion"}
@@ -52,7 +52,7 @@ def test_output_file_takes_a_folder_and_names_a_file_in_the_way(tmp_path):
 
 
 def test_a_card_that_is_not_json_is_one_line(tmp_path):
-    from tinyvision.export import OnnxClassifier
+    from tinyvision.inference import OnnxClassifier
 
     onnx_file, card = export(lenet(), "onnx", tmp_path / "model.onnx")
     for text in ("not json at all", "", "[1, 2]"):

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinyvision.export import OnnxClassifier, example_images, export
+from tinyvision.export import example_images, export
+from tinyvision.inference import OnnxClassifier
 from tinyvision.module import ImageClassifier
 
 ROOT = Path(__file__).resolve().parents[1]

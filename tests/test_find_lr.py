@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from find_lr import BETA, corrected_curve, steepest_fall  # noqa: E402
+from conftest import ROOT
+from tinyvision.lr_find import BETA, corrected_curve, steepest_fall
 
 
 def lightning_smoothing(raw: list[float]) -> list[float]:

@@ -274,7 +274,8 @@ def test_tta_changes_the_probabilities_and_gives_an_image_and_its_mirror_the_sam
 def test_onnx_export_of_a_trained_batchnorm_model_gives_its_outputs(make_config, tmp_path):
     """After a few training steps of cifar_net_v3 the BatchNorm running statistics have left their initial values,
     and the ONNX export still gives the classifier's logits (eval mode: running statistics, no dropout)."""
-    from tinyvision.export import OnnxClassifier, example_images, export
+    from tinyvision.export import example_images, export
+    from tinyvision.inference import OnnxClassifier
 
     _, datamodule, classifier, _ = quick_run(make_config, *CIFAR, "model=cifar_net_v3", "trainer.limit_train_batches=3")
     norms = [m for m in classifier.modules() if isinstance(m, torch.nn.BatchNorm2d)]

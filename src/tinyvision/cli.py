@@ -13,6 +13,7 @@ import difflib
 import logging
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,27 @@ def exit_bad_input(error: TinyVisionError) -> None:
     report(error)
     discard_claimed_output()
     sys.exit(EXIT_BAD_INPUT)
+
+
+def run_script(config_name: str, job: Callable[[Any], Any]) -> None:
+    """What each of the five scripts runs: its command line prechecked (``precheck``: one line and exit 2 when Hydra
+    cannot compose it; the output folder claimed), then ``job`` under Hydra's main with conf/``config_name``.yaml.
+    A TinyVisionError from ``job`` ends in its one line and exit status 2; what ``job`` returns goes to Hydra (a
+    sweeper reads a multirun job's result)."""
+    import functools
+
+    import hydra
+
+    sys.argv[1:] = precheck(config_name, sys.argv[1:])
+
+    @functools.wraps(job)  # Hydra names the job (and its log file) after the script whose function this wraps
+    def main(cfg):
+        try:
+            return job(cfg)
+        except TinyVisionError as error:
+            exit_bad_input(error)
+
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(main)()
 
 
 def precheck(config_name: str, argv: list[str]) -> list[str]:

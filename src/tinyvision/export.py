@@ -1,5 +1,5 @@
 """Take a trained model out of tinyvision: ONNX, TorchScript or safetensors, each beside a JSON card of
-what the model expects, and the ONNX file run back through onnxruntime for predict.py.
+what the model expects (an exported ONNX file is run back by ``tinyvision.inference.OnnxClassifier``).
 
 The exported model is the whole classifier, normalization included: it takes images as stored (uint8,
 N × C × H × W, 0-255) and returns class scores (logits), so a user needs no mean or std to run it; the card
@@ -16,12 +16,11 @@ from typing import Any
 import torch
 
 from tinyvision.errors import ConfigError
-from tinyvision.files import replacing, write_atomic
+from tinyvision.files import card_path, replacing, write_atomic
 from tinyvision.module import ImageClassifier
 from tinyvision.preprocessing import as_hw
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
-CARD_SUFFIX = ".json"
 
 
 def model_card(classifier: ImageClassifier, fmt: str, source: str | None = None) -> dict[str, Any]:
@@ -48,11 +47,6 @@ def example_images(classifier: ImageClassifier, batch: int = 2) -> torch.Tensor:
     data = classifier.hparams.data
     height, width = as_hw(data["image_size"])
     return torch.randint(0, 256, (batch, data["channels"], height, width), dtype=torch.uint8)
-
-
-def card_path(model: Path) -> Path:
-    """A model's card: its whole file name plus .json (model.onnx.json), so two formats of one name keep two cards."""
-    return model.with_name(model.name + CARD_SUFFIX)
 
 
 def export(classifier: ImageClassifier, fmt: str, path: Path, source: str | None = None) -> tuple[Path, Path]:
@@ -102,36 +96,3 @@ def _safetensors(classifier: ImageClassifier, path: Path) -> None:
     # The network's weights (normalization is in the card), not the metrics' running state (train_acc.tp, ...)
     weights = {key: value for key, value in classifier.state_dict().items() if key.startswith("net.")}
     save_file({key: value.contiguous() for key, value in weights.items()}, str(path))
-
-
-class OnnxClassifier:
-    """An exported ONNX file run by onnxruntime, called like the classifier: uint8 images in, logits out."""
-
-    def __init__(self, path: str | Path):
-        path = Path(path)
-        card = card_path(path)
-        if not card.is_file() and path.with_suffix(CARD_SUFFIX).is_file():
-            card = path.with_suffix(CARD_SUFFIX)  # exports before cards were named after the whole file
-        if not path.is_file():
-            raise ConfigError(f"ckpt_path={path} does not exist: give a .ckpt file or an .onnx file written by export.py")
-        if not card.is_file():
-            raise ConfigError(f"ckpt_path={path} has no card {card_path(path).name} beside it: export it again with export.py")
-        try:
-            import onnxruntime
-        except ImportError:
-            raise ConfigError("an .onnx ckpt_path needs onnxruntime: pip install 'tinyvision[export]'") from None
-        try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own exception types for a broken file
-            reason = str(error).splitlines()[0][:200]
-            raise ConfigError(f"ckpt_path={path} cannot be read as an ONNX model ({reason}): is it truncated? export it again") from None
-        try:
-            self.card = json.loads(card.read_text())
-            self.data, self.class_names = self.card["data"], self.card["class_names"]
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
-            raise ConfigError(f"ckpt_path={path}: its card {card} is not an export card ({type(error).__name__}): "
-                              "export the model again with export.py") from None
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        (logits,) = self.session.run(["logits"], {"images": images.to(torch.uint8).cpu().numpy()})
-        return torch.from_numpy(logits)

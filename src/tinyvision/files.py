@@ -20,6 +20,13 @@ LAST_CHECKPOINT = "checkpoints/last.ckpt"  # for resume
 STUDY_FILE = "optuna.db"  # the study's SQLite storage
 BEST_FILE = "best.yaml"  # the best trial and the command that trains it again
 STUDY_RESULT = "study.yaml"  # every trial, read back by the sweep summary
+# An exported model (export.py) and its card, read back by predict.py
+CARD_SUFFIX = ".json"
+
+
+def card_path(model: Path) -> Path:
+    """A model's card: its whole file name plus .json (model.onnx.json), so two formats of one name keep two cards."""
+    return model.with_name(model.name + CARD_SUFFIX)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,9 @@
-"""Use a trained checkpoint: load it and rebuild its data pipeline (photos are prepared in data/photos.py)."""
+"""Use a trained model: load a checkpoint or an exported ONNX file, and rebuild its data pipeline (photos are prepared
+in data/photos.py)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import torch
 from tinyvision.boundaries import input_file, is_state_dict_mismatch, load_torch, looks_like_text, weights_do_not_fit
 from tinyvision.data.datamodule import data_module_settings
 from tinyvision.errors import ConfigError
+from tinyvision.files import CARD_SUFFIX, card_path
 from tinyvision.module import ImageClassifier
 
 ONNX_FIX = "give an .onnx file written by export.py (with its .onnx.json card beside it), or a .ckpt checkpoint"
@@ -54,8 +57,6 @@ def describe(settings: dict[str, Any]) -> str:
 
 def load_onnx(path: str | Path):
     """An .onnx file from export.py, run by onnxruntime; an empty or text file is named before onnxruntime reads it."""
-    from tinyvision.export import OnnxClassifier
-
     file = input_file("ckpt_path", path, ONNX_FIX)
     with open(file, "rb") as handle:
         head = handle.read(512)
@@ -85,3 +86,36 @@ def datamodule_for(classifier: ImageClassifier, data: dict[str, Any] | None, dat
         settings[key] = trained[key]
     settings["test_every_epoch"] = False
     return hydra.utils.instantiate(data_module_settings(settings), _convert_="all")
+
+
+class OnnxClassifier:
+    """An exported ONNX file run by onnxruntime, called like the classifier: uint8 images in, logits out."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        card = card_path(path)
+        if not card.is_file() and path.with_suffix(CARD_SUFFIX).is_file():
+            card = path.with_suffix(CARD_SUFFIX)  # exports before cards were named after the whole file
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={path} does not exist: give a .ckpt file or an .onnx file written by export.py")
+        if not card.is_file():
+            raise ConfigError(f"ckpt_path={path} has no card {card_path(path).name} beside it: export it again with export.py")
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ConfigError("an .onnx ckpt_path needs onnxruntime: pip install 'tinyvision[export]'") from None
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types for a broken file
+            reason = str(error).splitlines()[0][:200]
+            raise ConfigError(f"ckpt_path={path} cannot be read as an ONNX model ({reason}): is it truncated? export it again") from None
+        try:
+            self.card = json.loads(card.read_text())
+            self.data, self.class_names = self.card["data"], self.card["class_names"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"ckpt_path={path}: its card {card} is not an export card ({type(error).__name__}): "
+                              "export the model again with export.py") from None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run(["logits"], {"images": images.to(torch.uint8).cpu().numpy()})
+        return torch.from_numpy(logits)
