@@ -18,8 +18,11 @@ DATA_KEYS = ("batch_size", "image_size", "channels", "val_size", "train_size")
 TRAINER_KEYS = ("max_epochs", "precision", "devices", "accumulate_grad_batches", "gradient_clip_val")
 # The columns TensorBoard's HPARAMS view shows before any is ticked (it shows the first five of its order).
 HEADLINE = ("model", "data", "data/batch_size", "optimizer/lr", "seed")
+# The figures at the top of a finished run's metrics.json, which a search can optimize.
+SUMMARY_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss")
+PRUNE_ON = ("val/acc", "val/loss", None)  # logged every validation epoch; None: no reports, no pruning
 # The figures a finished run has; HPARAMS reads each from the run's scalars of the same name.
-RESULT_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss", "run/train_seconds", "run/epochs")
+RESULT_METRICS = (*SUMMARY_METRICS, "run/train_seconds", "run/epochs")
 
 
 def group_choices() -> dict[str, str | None]:

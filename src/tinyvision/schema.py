@@ -22,7 +22,16 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tinyvision import boundaries, slurm
+from tinyvision.data import sources
 from tinyvision.errors import ConfigError
+from tinyvision.hparams import PRUNE_ON, SUMMARY_METRICS
+from tinyvision.tta import MODES as TTA_MODES
+
+
+def one_of(values: Sequence[Any]) -> str:
+    """The allowed values in words, from the owning module's constant: 'none, flip or flip_translate'."""
+    words = ["null" if value is None else str(value) for value in values]
+    return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else words[0]
 
 
 def spec(allowed: str, example: Any, default: Any = ..., **constraints: Any) -> Any:
@@ -76,7 +85,7 @@ class Slurm(Section):
 
 
 class TopLevel(Open):
-    tta: Literal["none", "flip", "flip_translate"] = spec("none, flip or flip_translate", "flip", "none")
+    tta: Literal[TTA_MODES] = spec(one_of(TTA_MODES), "flip", "none")
     seed: int = spec("a whole number from 0 to 4294967295", 42, ge=0, le=2**32 - 1)
     resume: str | None = spec("the folder of a run under outputs/, or null", "outputs/runs/<run>", None)
     paths: Paths = spec("data_dir and output_dir", "data", None)
@@ -108,10 +117,8 @@ class Augment(Section):
 
 class Data(Section):
     target: str = Field(alias="_target_")
-    dataset: Literal["mnist", "fashion", "kmnist", "emnist", "cifar10", "cifar100", "svhn"] | None = spec(
-        "mnist, fashion, kmnist, emnist, cifar10, cifar100 or svhn", "fashion", None)
-    split: Literal["byclass", "bymerge", "balanced", "letters", "digits", "mnist"] | None = spec(
-        "EMNIST's byclass, bymerge, balanced, letters, digits or mnist", "balanced", None)
+    dataset: Literal[sources.DATASETS] | None = spec(one_of(sources.DATASETS), "fashion", None)
+    split: Literal[sources.EMNIST_SPLITS] | None = spec(f"EMNIST's {one_of(sources.EMNIST_SPLITS)}", "balanced", None)
     label_type: Literal["fine", "coarse"] = spec("fine (100 classes) or coarse (20 superclasses)", "fine", "fine")
     root: str = spec("a directory path", "data")
     mirrors: list[str] = spec("a list of directories", "[/usr/share/datasets/fashion-mnist]", [])
@@ -521,11 +528,9 @@ LOGGERS = {"lightning.pytorch.loggers.MLFlowLogger": MLflow}
 
 
 class Search(Open):
-    metric: Literal["val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss"] = spec(
-        "val/acc_best, val/acc, val/loss, test/acc or test/loss", "val/acc_best"
-    )
+    metric: Literal[SUMMARY_METRICS] = spec(one_of(SUMMARY_METRICS), "val/acc_best")
     direction: Literal["maximize", "minimize"] = spec("maximize or minimize", "maximize")
-    prune_on: Literal["val/acc", "val/loss"] | None = spec("val/acc, val/loss or null", "val/acc", None)
+    prune_on: Literal[PRUNE_ON] = spec(one_of(PRUNE_ON), "val/acc", None)
     n_trials: PositiveInt = spec("a whole number, 1 or more", 20)
     n_jobs: int = spec("a whole number, 1 or more (-1: one per CPU core)", 1, 1)
     params: dict[str, Any] = spec("key: range pairs", "{}", {})
@@ -559,7 +564,7 @@ class EvalConfig(Open):
     ckpt_path: str = spec("the path of a .ckpt file", "outputs/runs/<run>/checkpoints/best.ckpt")
     batch_size: PositiveInt | None = spec("a whole number of images, 1 or more", 1024, None)
     top_k: PositiveInt = spec("a whole number, 1 or more", 3, 3)
-    tta: Literal["none", "flip", "flip_translate"] = spec("none, flip or flip_translate", "flip", "none")
+    tta: Literal[TTA_MODES] = spec(one_of(TTA_MODES), "flip", "none")
     seed: int = spec("a whole number, 0 or more", 42, 42, ge=0)
 
 

@@ -13,9 +13,8 @@ from hydra.errors import OverrideParseException
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from tinyvision.errors import ConfigError
+from tinyvision.hparams import PRUNE_ON, SUMMARY_METRICS
 
-METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss")  # what a run's metrics.json holds
-PRUNE_ON = ("val/acc", "val/loss", None)  # logged every validation epoch; None: no reports, no pruning
 SYNTAX = "choice(a, b), interval(low, high), tag(log, interval(low, high)), int(interval(low, high)) or range(low, high, step)"
 
 
@@ -110,7 +109,7 @@ def check_settings(search: Mapping[str, Any]) -> None:
     direction = search.get("direction")
     if direction not in ("maximize", "minimize"):
         raise ConfigError(f"hparams_search.direction={direction}: maximize or minimize, e.g. hparams_search.direction=maximize")
-    for key, allowed in (("metric", METRICS), ("prune_on", PRUNE_ON)):
+    for key, allowed in (("metric", SUMMARY_METRICS), ("prune_on", PRUNE_ON)):
         value = search.get(key)
         if value not in allowed:
             raise ConfigError(f"hparams_search.{key}={value}: one of {', '.join(map(str, allowed))}, "
