@@ -100,6 +100,9 @@ def _timm_weights_here(timm, name: str) -> dict | None:
     return {"hf_hub_id": None} if answering == cfg.url and cfg.hf_hub_id else None  # the server that answers
 
 
+IMAGENET_MEAN_STD = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # what torchvision's ImageNet weights were trained on
+
+
 def _grey_mean_std(mean, std, channels: int) -> tuple[list[float], list[float]] | None:
     """The weights' RGB mean and std for ``channels`` input channels (one channel: their average)."""
     if mean is None or std is None:
@@ -195,7 +198,7 @@ class TorchvisionModel(_Shaped):
     holds those weights (nothing is downloaded) and the name gives their mean, std and minimum size."""
 
     def __init__(self, name: str, in_channels: int = 3, num_classes: int = 10, image_size=224, weights: str | None = None,
-                 weights_path: str | None = None):
+                 weights_path: str | None = None, min_size: tuple[int, int] = (1, 1)):
         super().__init__()
         import torchvision
 
@@ -233,7 +236,8 @@ class TorchvisionModel(_Shaped):
         meta = weight_enum.meta if weight_enum is not None else {}
         transforms = weight_enum.transforms() if weight_enum is not None else None
         self.pretrained_mean_std = _grey_mean_std(getattr(transforms, "mean", None), getattr(transforms, "std", None), in_channels)
-        self._finish(net, in_channels, image_size, tuple(meta.get("min_size", (1, 1))), name)
+        smallest = tuple(max(a, b) for a, b in zip(meta.get("min_size", (1, 1)), min_size))  # the weights' or the net's own
+        self._finish(net, in_channels, image_size, smallest, name)
 
     def head(self) -> nn.Module:
         return _last(self.net, nn.Linear)[1]
