@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 ARGS ?=
 
-.PHONY: setup data train test test-fast lint bench recipes tensorboard lock clean
+.PHONY: setup data cluster train test test-fast lint bench recipes tensorboard lock clean
 
 setup: $(VENV)/.installed data
 
@@ -27,10 +27,22 @@ data:
 		echo "For offline Fashion-MNIST run: sudo apt-get install dataset-fashion-mnist (else train.py downloads it)"; \
 	fi
 
+# SLURM (slurmctld, slurmd, munge) for the cluster tests, which start a one-node cluster with tools/slurm_cluster.sh.
+cluster:
+	@if command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing SLURM and munge (Debian packages slurm-wlm, munge) for the cluster tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; } || \
+		echo "Could not install slurm-wlm and munge: the cluster tests are skipped (outside CI)"; \
+	else \
+		echo "For the cluster tests run: sudo apt-get install slurm-wlm munge (else they are skipped)"; \
+	fi
+
 train: setup
 	$(BIN)/python train.py $(ARGS)
 
-test: setup
+test: setup cluster
 	$(BIN)/python -m pytest $(ARGS)
 
 # The quick local lane: everything but the tests marked slow (multi-run, subprocess and fault tests).

@@ -175,3 +175,28 @@ def write_shape_digits(raw: Path, sizes=(1200, 300), seed: int = 3) -> None:
             images.append(centred_like_mnist(image, (28, 28), box=0.72, by_mass=True))
         write_idx_images(raw / image_name, np.stack(images))
         write_idx_labels(raw / label_name, labels)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A one-node SLURM cluster on this machine (tools/slurm_cluster.sh), its SLURM_CONF set for the tests' commands.
+    Skipped where SLURM's packages are missing, except in CI (CI=true), where it must run."""
+    import os
+    import shutil
+    import subprocess
+
+    if not all(shutil.which(program) for program in ("munged", "slurmctld", "slurmd", "sbatch")):
+        if os.environ.get("CI"):
+            pytest.fail("CI runs the SLURM tests: install slurm-wlm and munge (make cluster)")
+        pytest.skip("no SLURM here: apt-get install slurm-wlm munge (make cluster)")
+    started = subprocess.run([str(ROOT / "tools" / "slurm_cluster.sh"), "start"], capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    conf = started.stdout.strip().rpartition("SLURM_CONF=")[2]
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    yield conf
+    subprocess.run([str(ROOT / "tools" / "slurm_cluster.sh"), "stop"], capture_output=True, timeout=120)
+    if previous is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = previous

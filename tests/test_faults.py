@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -130,6 +132,46 @@ def test_a_slurm_job_warned_of_its_end_requeues_itself_and_its_next_start_resume
     assert list((run_dir / ".hydra").glob("resume_*"))
     assert_same_run(run_dir, uninterrupted)
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"  # requeued once, by the signal only
+
+
+def job_state(job: str) -> dict[str, str]:
+    shown = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+    return dict(field.split("=", 1) for field in shown.split() if "=" in field)
+
+
+def wait_for(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {seconds} s for {what}"
+        time.sleep(0.2)
+
+
+def test_on_a_real_slurm_cluster_a_job_signalled_to_end_requeues_and_resumes_bit_identically(
+        uninterrupted, data_root, tmp_path, slurm_cluster):
+    """The batch script of the docs (srun under sbatch --requeue) on the one-node cluster of tools/slurm_cluster.sh:
+    `scancel --signal=USR1` as SLURM sends before a time limit or a preemption; the job checkpoints, requeues itself
+    with the real scontrol, SLURM starts it again, and it resumes its own folder to the uninterrupted run's result."""
+    runs, log = tmp_path / "runs", tmp_path / "job.out"
+    command = " ".join(shlex.quote(arg) for arg in [sys.executable, "train.py", *RUN, f"paths.data_dir={data_root}",
+                                                      f"hydra.run.dir={runs}/${{now:%Y-%m-%d_%H-%M-%S}}"])
+    script = tmp_path / "job.sh"
+    script.write_text(f"#!/bin/bash\n#SBATCH --ntasks=1\n#SBATCH --requeue\n#SBATCH --output={log}\n"
+                      f"#SBATCH --open-mode=append\ncd {ROOT}\nsrun {command}\n")
+    job = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        wait_for(lambda: any(runs.glob("*/checkpoints/last.ckpt")), 300, "the job's first checkpoint")
+        subprocess.run(["scancel", "--signal=USR1", job], check=True)
+        wait_for(lambda: job_state(job).get("Restarts", "0") != "0", 120, "the job to requeue itself")
+        # SLURM holds a requeued job back for a while (its BeginTime); a test has no reason to wait for it
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        wait_for(lambda: job_state(job).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", None), 600, "the job to end")
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
+    output = log.read_text()
+    assert job_state(job).get("JobState") == "COMPLETED", output[-3000:]
+    assert f"SLURM job {job} is requeued" in output
+    (run_dir,) = runs.iterdir()  # the second start went on in the first one's folder
+    assert_same_run(run_dir, uninterrupted)
 
 
 def test_kill_during_a_checkpoint_write_leaves_a_loadable_checkpoint(uninterrupted, data_root, tmp_path):
