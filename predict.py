@@ -2,6 +2,7 @@
 
 PATH is a tinyvision checkpoint (.ckpt) or an ONNX file written by export.py (.onnx, with its JSON card)."""
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ def main(cfg: DictConfig) -> None:
 def predict(cfg: DictConfig) -> list[dict]:
     validate_predict(cfg)
     # Where the predictions go is checked before any work: no prediction is made to be lost to a typo in it.
-    output = output_file("output", cfg.output, "predictions.json") if cfg.output else None
+    output = predictions_file(cfg.output) if cfg.output else None
     if str(cfg.ckpt_path).endswith(".onnx"):  # exported by export.py, run by onnxruntime
         classifier = load_onnx(cfg.ckpt_path)
         data = classifier.data
@@ -68,6 +69,21 @@ def predict(cfg: DictConfig) -> list[dict]:
     if output is not None:
         write_json(output, {"ckpt_path": str(cfg.ckpt_path), "predictions": rows})
     return rows
+
+
+def predictions_file(value: str) -> Path:
+    """Where output= writes: a .json file that is new or a previous predict.py output, never another file (the
+    checkpoint, an image, a model's card) that a typo in it would overwrite."""
+    path = output_file("output", value, "predictions.json", ".json")
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            previous = None
+        if not (isinstance(previous, dict) and "predictions" in previous):
+            raise ConfigError(f"output={value}: {path} exists and is not a predictions file of predict.py; it is kept as it "
+                              "is: choose a new file, e.g. output=predictions.json")
+    return path
 
 
 def unreadable_inputs(inputs: str, problems: list[tuple[Path, str]]) -> str:

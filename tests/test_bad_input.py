@@ -26,6 +26,7 @@ ONE_CLASS = "ONE_CLASS"  # an image folder with one class folder
 TWO_CLASSES = "TWO_CLASSES"  # the ants/bees image folder of tests/conftest.py
 TEXT_IMAGE = "TEXT_IMAGE"  # a text file named .png
 EMPTY_IMAGE = "EMPTY_IMAGE"  # an empty file named .png
+A_CARD = "A_CARD"  # a JSON file of another kind (a model's card)
 CLOSED = "127.0.0.1:9"  # the discard port, closed: a connection to it is refused at once
 SHORT_MNIST = ["data=mnist", "data.val_size=50", "data.batch_size=64"]  # 350 training images: 6 batches an epoch
 
@@ -152,6 +153,13 @@ CASES = [
     # Kind 2: an output path that cannot be a folder of files, refused before any work
     ("predict", [f"ckpt_path={CHECKPOINT}", f"inputs={TEXT_IMAGE}", f"output={A_FILE}/predictions.json"],
      f"output={A_FILE}/predictions.json: {A_FILE} is a file, not a folder"),
+    # Kind 3: an output that would overwrite a file of another kind (the checkpoint, an input image, a model's card)
+    ("predict", [f"ckpt_path={CHECKPOINT}", f"inputs={TEXT_IMAGE}", f"output={CHECKPOINT}"],
+     f"output={CHECKPOINT}: this file must end in .json, e.g. output="),
+    ("predict", [f"ckpt_path={CHECKPOINT}", f"inputs={TEXT_IMAGE}", f"output={TEXT_IMAGE}"],
+     f"output={TEXT_IMAGE}: this file must end in .json"),
+    ("predict", [f"ckpt_path={CHECKPOINT}", f"inputs={TEXT_IMAGE}", f"output={A_CARD}"],
+     f"output={A_CARD}: {A_CARD} exists and is not a predictions file of predict.py; it is kept as it is"),
     ("train", ["data=folder", f"data.root={TWO_CLASSES}", f"data.cache_dir={A_FILE}/cache"],
      f"data.cache_dir={A_FILE}/cache: {A_FILE} is a file, not a folder"),
     ("train", ["logger=csv", f"logger.csv.save_dir={A_FILE}/logs"], f"logger.csv.save_dir={A_FILE}/logs: {A_FILE} is a file"),
@@ -267,6 +275,7 @@ def placeholders(tmp_path: Path, data_root: Path, checkpoint: Path) -> dict[str,
     (tmp_path / "a_file").write_text("a file where a folder is expected")
     (tmp_path / "notes.png").write_text("a text file named like an image")
     (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "model.onnx.json").write_text('{"format": "onnx", "class_names": ["a", "b"]}')
     one_class = tmp_path / "one_class"
     (one_class / "ants").mkdir(parents=True)
     for image in list((data_root / "ants_bees" / "ants").iterdir())[:3]:
@@ -274,7 +283,7 @@ def placeholders(tmp_path: Path, data_root: Path, checkpoint: Path) -> dict[str,
     return {NOT_A_CHECKPOINT: str(tmp_path / "notes.ckpt"), EMPTY_FILE: str(tmp_path / "empty.ckpt"),
             A_FILE: str(tmp_path / "a_file"), CHECKPOINT: str(checkpoint), ONE_CLASS: str(one_class),
             TWO_CLASSES: str(data_root / "ants_bees"), TEXT_IMAGE: str(tmp_path / "notes.png"),
-            EMPTY_IMAGE: str(tmp_path / "empty.png")}
+            EMPTY_IMAGE: str(tmp_path / "empty.png"), A_CARD: str(tmp_path / "model.onnx.json")}
 
 
 def filled(text: str, paths: dict[str, str]) -> str:

@@ -100,3 +100,21 @@ def test_lenet_on_cifar10_and_cifar_net_v3_on_mnist_take_their_shapes(make_confi
     assert lenet.net.features[0].in_channels == 3
     _, v3 = build(make_config("model=cifar_net_v3", "data=mnist"))
     assert v3.net.features[0].in_channels == 1 and v3.net.classifier[1].in_features == 128 * 3 * 3
+
+
+@pytest.mark.parametrize("script, folder", [("eval", "outputs/eval/"), ("export", "outputs/export/"),
+                                            ("predict", "outputs/predict/"), ("lr_find", "outputs/lr_find/"),
+                                            ("train", "outputs/runs/")])
+def test_each_command_writes_into_its_own_outputs_folder(script, folder):
+    """Each command's own hydra.run.dir wins over hydra/default's (an eval once landed in outputs/runs/<time>_None_None,
+    where its metrics.json looked like a finished training run's)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from conftest import CONF
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose(script, overrides=["+ckpt_path=x"] if script in ("eval", "export", "predict") else [],
+                      return_hydra_config=True)
+    run_dir = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]
+    assert run_dir.startswith(folder) or f",{folder}" in run_dir  # train: its own, unless resuming
