@@ -54,8 +54,10 @@ def exit_interrupted(cfg: DictConfig, stop: RunInterrupted) -> None:
     """One line saying where the run stopped and how to go on, then the signal's exit status (143, 130)."""
     run_dir = Path(cfg.paths.output_dir)
     if stop.requeued:
-        log.warning("stopped by %s, SLURM's warning of the job's end; %s holds the step reached: SLURM job %s is "
-                    "requeued and its next start resumes %s", stop, stop.checkpoint, stop.requeued, run_dir)
+        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        where = f"the sweep in {run_dir.parent}" if multirun else str(run_dir)
+        log.warning("stopped by %s after SLURM's warning of the job's end; %s holds the step reached: SLURM job %s is "
+                    "requeued and its next start continues %s", stop, stop.checkpoint, stop.requeued, where)
     elif stop.checkpoint is not None:
         log.warning("stopped by %s; %s holds the step reached: resume with  python train.py resume=%s",
                     stop, stop.checkpoint, run_dir)

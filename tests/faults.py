@@ -5,6 +5,7 @@ own config, which must stay clean):
     python tests/faults.py term-at-step N train.py ARGS...      # SIGTERM during training step N (a scheduler's stop)
     python tests/faults.py int-at-step N train.py ARGS...       # SIGINT during training step N (Ctrl+C)
     python tests/faults.py usr1-at-step N train.py ARGS...      # SIGUSR1 during training step N (SLURM's warning)
+    python tests/faults.py int-in-test N train.py ARGS...       # SIGINT during batch N of the final test (usr1-in-test too)
     python tests/faults.py nan-at-step N train.py ARGS...       # a NaN weight before training step N+1
     python tests/faults.py kill-during-save N train.py ARGS...  # SIGKILL halfway through the N-th checkpoint write
     python tests/faults.py kill-in-trial N train.py -m ARGS...  # SIGKILL the sweep at trial N's 2nd training step
@@ -41,6 +42,17 @@ def signal_at_step(signum: int):
         ImageClassifier.on_train_batch_start = on_train_batch_start
 
     return at_step
+
+
+def signal_in_test(signum: int):
+    def at_batch(number: int) -> None:
+        def on_test_batch_start(self, batch, batch_idx, dataloader_idx=0):
+            if batch_idx == number:
+                os.kill(os.getpid(), signum)
+
+        ImageClassifier.on_test_batch_start = on_test_batch_start
+
+    return at_batch
 
 
 def nan_at_step(step: int) -> None:
@@ -83,6 +95,7 @@ if __name__ == "__main__":
     faults = {"kill-at-step": kill_at_step, "term-at-step": signal_at_step(signal.SIGTERM),
               "int-at-step": signal_at_step(signal.SIGINT),
               "usr1-at-step": signal_at_step(signal.SIGUSR1), "usr2-at-step": signal_at_step(signal.SIGUSR2),
+              "int-in-test": signal_in_test(signal.SIGINT), "usr1-in-test": signal_in_test(signal.SIGUSR1),
               "nan-at-step": nan_at_step, "kill-during-save": kill_during_save,
               "kill-in-trial": kill_in_trial}
     faults[mode](int(number))

@@ -73,6 +73,30 @@ def test_a_refused_write_removes_the_partial_file_and_keeps_the_previous_one(tmp
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
+def test_a_short_write_inside_torch_save_is_a_refused_write_not_a_traceback(tmp_path, monkeypatch):
+    """On a full disk the file's write stops short and torch's zip writer raises its own RuntimeError
+    ("enforce fail at inline_container.cc ... unexpected pos"), not an OSError: it ends in the same one line."""
+    import io
+
+    import tinyvision.checkpoints as checkpoints
+    from tinyvision.checkpoints import AtomicCheckpointIO
+
+    class FillsUp(io.FileIO):  # a disk with 1,000 bytes left, as a full tmpfs behaves
+        def write(self, data):
+            room = max(0, 1000 - self.tell())
+            if not room:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(bytes(data)[:room])
+
+    monkeypatch.setattr(checkpoints, "open", lambda path, mode: io.BufferedWriter(FillsUp(path, mode)), raising=False)
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"the previous checkpoint")
+    with pytest.raises(WriteFailed, match=r"cannot write .*last.ckpt: .*\(the previous file is kept\)"):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(10_000)}}, target)
+    assert target.read_bytes() == b"the previous checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
 def test_a_full_disk_during_a_checkpoint_ends_the_run_in_one_line_and_keeps_the_last_checkpoint(make_config, tmp_path,
                                                                                                  monkeypatch):
     """ENOSPC at the third checkpoint write of a run: WriteFailed (the script's one line, exit 2), no .partial left,

@@ -190,3 +190,29 @@ def test_the_classifier_owns_the_normalization_of_its_inputs():
     grey = ImageClassifier(model={"_target_": "tinyvision.models.LeNet"}, optimizer=sgd,
                            data={**data, "channels": 1, "image_size": 28, "mean": [0.5], "std": [0.5]})
     assert torch.allclose(grey.normalize(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8)), torch.ones(1, 1, 2, 2))
+
+
+def test_two_processes_copying_the_same_dataset_at_once_both_get_it(tmp_path):
+    """Two jobs of an array started together on one empty data folder both decompress the mirror's .gz files: each
+    through a temporary folder of its own (a shared one let each delete the other's half-written file)."""
+    import subprocess
+    import sys
+
+    mirror = tmp_path / "mirror"
+    write_idx_dataset(mirror, sizes=(30000, 5000), gz=True)
+    for name in list(mirror.iterdir()):
+        if name.suffix != ".gz":
+            name.unlink()
+    # Both wait at a barrier (a file each), then read: their decompressions overlap.
+    code = ("import sys, time, pathlib; from tinyvision.data.sources import load; here = pathlib.Path(sys.argv[3]); "
+            "(here / sys.argv[4]).touch()\nwhile len(list(here.iterdir())) < 2: time.sleep(0.001)\n"
+            "splits = load('fashion', sys.argv[1], [sys.argv[2]], False); print(len(splits.train[0]), len(splits.test[0]))")
+    for attempt in range(3):
+        root, barrier = tmp_path / f"data{attempt}", tmp_path / f"barrier{attempt}"
+        barrier.mkdir()
+        jobs = [subprocess.Popen([sys.executable, "-c", code, str(root), str(mirror), str(barrier), str(n)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(2)]
+        results = [job.communicate(timeout=300) for job in jobs]
+        assert all(job.returncode == 0 for job in jobs), [err[-2000:] for _, err in results]
+        assert [out.split() for out, _ in results] == [["30000", "5000"]] * 2
+        assert not list((root / "FashionMNIST" / "raw").glob(".partial*"))

@@ -134,6 +134,70 @@ def test_a_slurm_job_warned_of_its_end_requeues_itself_and_its_next_start_resume
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"  # requeued once, by the signal only
 
 
+def test_slurm_s_warning_during_the_final_test_lets_the_test_finish(data_root, tmp_path):
+    """The warning lands after the last step, in the test: the run finishes (exit 0, metrics.json) and is not requeued;
+    never the signal's default action, which ends the process and loses the job."""
+    run_dir = tmp_path / "run"
+    done = train(*RUN, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}", fault=("usr1-in-test", 0),
+                 env=slurm_job(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (run_dir / "metrics.json").is_file() and not (tmp_path / "scontrol.log").exists()
+
+
+def test_a_batch_script_of_two_commands_requeued_continues_each_in_its_own_folder(uninterrupted, data_root, tmp_path):
+    """A job runs a short run to its end, then this run, which SLURM warns: after the requeue the first command finds
+    its run finished (nothing trained again, no new folder), the second resumes its own folder, not the first's."""
+    runs = tmp_path / "runs"
+    where = f"hydra.run.dir={runs}/${{now:%Y-%m-%d_%H-%M-%S}}"
+    first = ["model=lenet", "data=mnist", "data.val_size=50", "trainer.max_epochs=1", "callbacks=minimal",
+             f"paths.data_dir={data_root}", where]
+    second = [*RUN, f"paths.data_dir={data_root}", where]
+    assert train(*first, env=slurm_job(tmp_path)).returncode == 0
+    stopped = train(*second, fault=("usr1-at-step", 6), env=slurm_job(tmp_path))
+    assert stopped.returncode == 128 + signal.SIGUSR1, stopped.stderr[-3000:]
+    folders = sorted(runs.iterdir())
+    restarted = slurm_job(tmp_path, SLURM_RESTART_COUNT="1")
+    again = train(*first, env=restarted)
+    assert again.returncode == 0 and "nothing left to do" in again.stdout, again.stderr[-3000:]
+    assert train(*second, env=restarted).returncode == 0
+    assert sorted(runs.iterdir()) == folders
+    (second_dir,) = [f for f in folders if json.loads((f / ".slurm_job").read_text())["command"][0] == RUN[0]]
+    assert_same_run(second_dir, uninterrupted)
+
+
+def test_a_sweep_in_a_requeued_slurm_job_goes_on_in_its_own_folder(uninterrupted, data_root, tmp_path):
+    """python train.py -m in a batch job, warned during its first trial: after the requeue the sweep continues in its
+    folder (the default one names a new folder at each start), the first trial resumes to the uninterrupted result."""
+    sweeps = tmp_path / "multirun"
+    command = ["-m", *RUN, "optimizer.lr=0.003,0.001", f"paths.data_dir={data_root}",
+               f"hydra.sweep.dir={sweeps}/${{now:%Y-%m-%d_%H-%M-%S}}"]
+    stopped = train(*command, fault=("usr1-at-step", 6), env=slurm_job(tmp_path))
+    assert stopped.returncode == 128 + signal.SIGUSR1, stopped.stderr[-3000:]
+    (sweep,) = sweeps.iterdir()
+    restarted = train(*command, env=slurm_job(tmp_path, SLURM_RESTART_COUNT="1"))
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert list(sweeps.iterdir()) == [sweep]
+    assert all((sweep / str(job) / "metrics.json").is_file() for job in (0, 1))
+    assert_same_run(sweep / "0", uninterrupted)
+
+
+def test_ctrl_c_during_the_final_test_exits_130_and_the_resumed_run_tests_again(uninterrupted, data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    stopped = train(*RUN, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}", fault=("int-in-test", 1))
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert f"resume with  python train.py resume={run_dir}" in stopped.stdout + stopped.stderr
+    resumed = train(f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(run_dir, uninterrupted)
+
+
+def test_a_command_refused_inside_a_slurm_job_leaves_no_folder(data_root, tmp_path):
+    refused = subprocess.run([sys.executable, str(ROOT / "train.py"), "optimizer.lr=abc", f"paths.data_dir={data_root}"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600, env=slurm_job(tmp_path))
+    assert refused.returncode == 2 and "error: optimizer.lr=abc" in refused.stderr
+    assert list((tmp_path / "outputs" / "runs").iterdir()) == []
+
+
 def job_state(job: str) -> dict[str, str]:
     shown = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
     return dict(field.split("=", 1) for field in shown.split() if "=" in field)

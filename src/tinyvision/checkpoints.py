@@ -3,7 +3,9 @@ the callbacks and IO plugin that write resumable, never-half-written checkpoints
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -128,7 +130,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         # A full disk or a refused write: the .partial file goes, the previous checkpoint stays, one line says why.
         with replacing(path, hidden=True) as partial, open(partial, "wb") as handle:
-            torch.save(checkpoint, handle)
+            try:
+                torch.save(checkpoint, handle)
+            except RuntimeError as error:  # torch's zip writer reports a short write (a full disk) as its own error
+                if "inline_container" not in str(error) and "write" not in str(error).lower():
+                    raise
+                full = shutil.disk_usage(partial.parent).free < (1 << 20)
+                raise OSError(errno.ENOSPC if full else errno.EIO, str(error).splitlines()[0]) from None
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -181,72 +189,77 @@ class RunInterrupted(BaseException):
 
 
 class StopOnSignal(L.Callback):
-    """SIGTERM (a scheduler's stop, ``kill``), SIGINT (Ctrl+C) and, in a SLURM job, its requeue signal end training
-    after the step under way: last.ckpt is written at that step, then ``RunInterrupted`` carries the signal out, so the
-    script prints the resume command and exits 128 + the signal instead of Lightning's status 0. On the requeue signal
-    the job also requeues itself (``tinyvision.slurm``), and its next start resumes from that checkpoint.
+    """SIGTERM (a scheduler's stop, ``kill``), SIGINT (Ctrl+C) and, in a SLURM job, SLURM's warning of the job's end
+    (``tinyvision.slurm.EndWarning``) end training after the step under way: last.ckpt is written at that step, then
+    ``RunInterrupted`` carries the signal out, so the script prints the resume command and exits 128 + the signal
+    instead of Lightning's status 0. After SLURM's warning the job also requeues itself, and its next start resumes
+    from that checkpoint. Ctrl+C during the final test stops it too (the run resumes into the test).
 
     Lightning notes SIGTERM itself (``trainer.received_sigterm``) and would stop at the same place without a
-    checkpoint; SIGINT and the requeue signal are noted here, and a second Ctrl+C stops at once (the checkpoint
-    before it stays). Under DDP the ranks agree at each step on whether one of them was asked to requeue (SLURM
-    signals every task, not necessarily within the same step)."""
+    checkpoint; SIGINT is noted here, and a second Ctrl+C stops at once (the checkpoint before it stays). Under DDP
+    the ranks agree at each step on whether one of them was warned (SLURM signals every task, not necessarily
+    within the same step)."""
 
-    def __init__(self, requeue_signal: int | None = None):
-        self.requeue_signal = requeue_signal
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
+    def __init__(self, warning=None):
+        self.warning = warning  # tinyvision.slurm.EndWarning, in a SLURM job with auto_requeue
+        self.signum: int | None = None  # SIGINT, once noted
+        self._previous_sigint = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and threading.current_thread() is threading.main_thread():
-            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._note_sigint)
-            if self.requeue_signal is not None:
-                self._previous[self.requeue_signal] = signal.signal(self.requeue_signal, self._note_requeue)
+        if stage in ("fit", "test") and threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._note_sigint)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        self._previous = {}
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
 
     def _note_sigint(self, signum, frame) -> None:
         if self.signum is not None:
             raise KeyboardInterrupt  # asked twice: stop now
         self.signum = signal.SIGINT
 
-    def _note_requeue(self, signum, frame) -> None:
-        self.signum = self.signum or signum
-
-    def _requested(self, trainer) -> int | None:
-        if trainer.received_sigterm:
-            return signal.SIGTERM
-        if self.requeue_signal is not None and trainer.world_size > 1:
-            # one small all-reduce a step, only in a SLURM job with requeue on: every rank stops at the same step
-            if trainer.strategy.reduce_boolean_decision(self.signum == self.requeue_signal, all=False):
-                return self.requeue_signal
-        return self.signum
+    def _warned(self, trainer) -> bool:
+        if self.warning is None or self.warning.signum is None:
+            return False
+        if trainer.world_size > 1:  # one small all-reduce a step, only in a SLURM job: every rank stops at the same step
+            return bool(trainer.strategy.reduce_boolean_decision(self.warning.received, all=False))
+        return self.warning.received
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        signum = self._requested(trainer)
+        warned = self._warned(trainer)
+        signum = signal.SIGTERM if trainer.received_sigterm else self.signum or (self.warning.signum if warned else None)
         if signum is None:
             return
         last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
         if last is not None:
             last.save_now(trainer)
-        raise RunInterrupted(signum, last.path if last is not None else None, self._requeue(trainer, signum, last))
+        raise RunInterrupted(signum, last.path if last is not None else None, self._requeue(trainer, last))
 
-    def _requeue(self, trainer, signum: int, last: LastCheckpoint | None) -> str | None:
-        """On the requeue signal, with a checkpoint to resume from: the job id, once rank zero has requeued it."""
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.signum is not None:  # Ctrl+C during the final test: resumed, the run tests again
+            raise RunInterrupted(self.signum, self._last_written(trainer))
+
+    def _last_written(self, trainer) -> Path | None:
+        last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+        return last.path if last is not None and last.path.is_file() else None
+
+    def _requeue(self, trainer, last: LastCheckpoint | None) -> str | None:
+        """After SLURM's warning, with a checkpoint to resume from: the job id, once rank zero has requeued the job."""
         from tinyvision import slurm
 
-        if signum != self.requeue_signal or last is None:
+        if self.warning is None or not self.warning.received or last is None or not last.path.is_file():
             return None
         requeued = slurm.requeue() if trainer.is_global_zero else True
         return slurm.job_id() if requeued else None
 
     def interrupted(self, trainer) -> RunInterrupted | None:
         """After fit or test ended by an exception: the stop a signal asked for, if one did (stopped outside a
-        training step, during validation or the test, the last checkpoint written is the one to resume)."""
+        training step, during validation or the test, the last checkpoint written is the one to resume). Warned by
+        SLURM before, the job requeues itself."""
         signum = signal.SIGTERM if trainer.received_sigterm else self.signum
         if signum is None:
             return None
         last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
-        return RunInterrupted(signum, last.path if last is not None and last.path.is_file() else None)
+        checkpoint = last.path if last is not None and last.path.is_file() else None
+        return RunInterrupted(signum, checkpoint, self._requeue(trainer, last))

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tinyvision import slurm
 from tinyvision.errors import ConfigError, TinyVisionError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -105,43 +107,74 @@ def claim_output_dir(config_name: str, argv: list[str], overrides: list[str], mu
     continues in its own folder."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = next((arg.split("=", 1)[1] for arg in argv if arg.startswith(f"{key}=")), None)
-    if any(o.split("=")[0] in ("resume", "hparams_search.resume") for o in overrides):
+    resumed = next((o.split("=", 1)[1] for o in overrides if o.split("=")[0] in ("resume", "hparams_search.resume")), None)
+    if resumed is not None:
+        if Path(resumed).is_dir() and not os.access(resumed, os.W_OK):
+            raise ConfigError(f"resume={resumed}: the folder cannot be written here (read-only): copy it to a folder you "
+                              "can write to and resume the copy (a copied run folder resumes in its new place)")
         return argv
     others = [arg for arg in argv if not arg.startswith(f"{key}=")]
-    requeued = _requeued_run(config_name, overrides, key) if config_name == "train" and not multirun else None
-    if requeued is not None:  # a SLURM job's next start after it requeued itself: it continues its own run
-        return [*others, f"resume={requeued}"]
+    command = slurm.command_of(argv)
+    earlier = _earlier_start(config_name, overrides, key, command) if config_name == "train" else None
+    continued = _continued(earlier, others, key, multirun, overrides) if earlier is not None else None
+    if continued is not None:  # a SLURM job's next start after it requeued itself: each command continues its own
+        return continued
     if given is not None and "${" not in given:
         if config_name == "train" and not multirun and holds_run(Path(given)):
             raise ConfigError(f"hydra.run.dir={given} already holds a run: it is kept as it is; choose a new folder, or "
                               f"continue that run with python train.py resume={given}")
         if not Path(given).exists():  # made here, so that a refused command removes it again
-            Path(given).mkdir(parents=True, exist_ok=True)
+            _make_folder(key, Path(given), parents=True)
             _CLAIMED.append(Path(given))
+        slurm.mark(Path(given), command)
         return argv
     folder = Path(_resolved(config_name, overrides, key))
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(key, folder.parent, parents=True)
     for attempt in range(1, 1000):
         candidate = folder if attempt == 1 else folder.with_name(f"{folder.name}_{attempt}")
         try:
-            candidate.mkdir()
+            _make_folder(key, candidate)
         except FileExistsError:
             continue
         _CLAIMED.append(candidate)
+        slurm.mark(candidate, command)
         return [*others, f"{key}={candidate}"]
     raise ConfigError(f"{key}: {folder} and 998 more folders of that name exist already: name one with {key}=FOLDER")
 
 
-def _requeued_run(config_name: str, overrides: list[str], key: str) -> Path | None:
-    """In a requeued SLURM job, the run folder its previous start left a checkpoint in: the folder this command names,
-    or (when it names a new one, as the default ``outputs/runs/<time>_...`` does) one beside it."""
-    from tinyvision import slurm
+def _make_folder(key: str, folder: Path, parents: bool = False) -> None:
+    try:
+        folder.mkdir(parents=parents, exist_ok=parents)
+    except FileExistsError:
+        raise
+    except OSError as error:  # a read-only disk, no permission, a file in the way
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise ConfigError(f"{key}: cannot create {folder}: {reason}: choose a folder you can write to, "
+                          f"e.g. {key}=outputs/my_run") from None
 
+
+def _earlier_start(config_name: str, overrides: list[str], key: str, command: list[str]) -> Path | None:
+    """In a requeued SLURM job, the folder its earlier start of this command left: the folder the command names, or
+    (when it names a new one, as the default ``outputs/runs/<time>_...`` does) one beside it."""
     if slurm.job_id() is None or not slurm.restarted():
         return None
     folder = Path(_resolved(config_name, overrides, key))
     beside = sorted(folder.parent.iterdir(), reverse=True) if folder.parent.is_dir() else []
-    return slurm.own_folder(candidate for candidate in [folder, *beside] if candidate.is_dir())
+    return slurm.earlier_folder([folder, *beside], command)
+
+
+def _continued(earlier: Path, others: list[str], key: str, multirun: bool, overrides: list[str]) -> list[str] | None:
+    """The command line that continues a requeued job's earlier start in ``earlier``: a run resumes, a finished run
+    is not trained again, a sweep goes on in its folder (its finished trials kept), an Optuna study is resumed;
+    None for a run stopped before its first checkpoint, which starts anew."""
+    if multirun:
+        if any(o.lstrip("+").startswith("hparams_search=") for o in overrides):
+            return [*others, f"hparams_search.resume={earlier}"]
+        return [*others, f"{key}={earlier}"]
+    if (earlier / "metrics.json").is_file():
+        print(f"{earlier} finished in this SLURM job's earlier start: nothing left to do", flush=True)
+        sys.exit(0)
+    return [*others, f"resume={earlier}"] if slurm.resumable(earlier) else None
 
 
 def discard_claimed_output() -> None:
@@ -150,7 +183,8 @@ def discard_claimed_output() -> None:
     import shutil
 
     for folder in _CLAIMED:
-        if folder.is_dir() and not holds_run(folder) and all(p.name == ".hydra" or p.suffix == ".log" for p in folder.iterdir()):
+        if folder.is_dir() and not holds_run(folder) and all(
+                p.name in (".hydra", slurm.JOB_MARKER) or p.suffix == ".log" for p in folder.iterdir()):
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -184,7 +218,7 @@ def _each_sweep_value(overrides: list[str]) -> list[list[str]]:
         try:
             override = parser.parse_override(line)
         except OverrideParseException as error:
-            reason = _first_line(str(error))
+            reason = first_line(str(error))
             raise ConfigError(f"{line}: cannot be read as KEY=VALUE ({reason}), e.g. optimizer.lr=0.01") from None
         if not override.is_sweep_override():
             single.append(line)
@@ -221,7 +255,7 @@ def _composition_error(config_name: str, overrides: list[str]) -> ConfigError | 
     return None
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
 
@@ -257,7 +291,7 @@ def _word_hydra_error(config_name: str, overrides: list[str], error: Exception) 
             f"the keys of {parent or 'the config'} are {', '.join(known)}"
         return ConfigError(f"{line}: no key {leaf!r} in {parent or 'the config'}; {hint} "
                            f"(to add a key of your own, write +{key}=VALUE)")
-    return ConfigError(f"{' '.join(overrides)}: {_first_line(text)}")
+    return ConfigError(f"{' '.join(overrides)}: {first_line(text)}")
 
 
 def _keys_at(config_name: str, overrides: list[str], parent: str) -> list[str]:
@@ -280,7 +314,7 @@ def trainer_error(trainer_cfg: dict[str, Any], error: Exception) -> ConfigError:
 
     from tinyvision.schema import show
 
-    text = _first_line(str(error.__cause__ or error))
+    text = first_line(str(error.__cause__ or error))
     unexpected = re.search(r"unexpected keyword argument '(\w+)'", text)
     if unexpected:
         key = unexpected.group(1)

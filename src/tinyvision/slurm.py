@@ -10,10 +10,12 @@ folder by the job id written into it (``.slurm_job``), however its command names
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from tinyvision.files import LAST_CHECKPOINT, METRICS_FILE
 
 log = logging.getLogger(__name__)
 
-JOB_MARKER = ".slurm_job"  # in a run folder started by a SLURM job: that job's id, for its requeued start
+JOB_MARKER = ".slurm_job"  # in a run or sweep folder a SLURM job started: the job's id and command, for its requeued start
 REQUEUE_SIGNALS = ("USR1", "USR2")  # what sbatch --signal sends by convention; TERM and INT already stop a run
 
 
@@ -61,26 +63,68 @@ def cluster_environment(settings: dict[str, Any] | None):
     return SLURMEnvironment(auto_requeue=False, requeue_signal=requeue_signal(settings) or signal.SIGUSR1)
 
 
-def mark(run_dir: Path) -> None:
-    """Write this job's id into the run folder it started, so that its requeued start finds it."""
-    job = job_id()
-    if job is not None and not (run_dir / JOB_MARKER).is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / JOB_MARKER).write_text(job + "\n")
+def command_of(overrides: Iterable[str]) -> list[str]:
+    """A command line's own overrides, as Hydra's ``overrides.task`` holds them: Hydra's settings and flags left out
+    (the output folder tinyvision pins is one of them), so a requeued start's command equals its first start's."""
+    return [o for o in overrides if not o.startswith("-") and not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
 
 
-def own_folder(candidates: Iterable[Path]) -> Path | None:
-    """The unfinished run folder among ``candidates`` that a previous start of this (requeued) job left a checkpoint
-    in; None when this job was not requeued or left none."""
+def mark(folder: Path, command: list[str]) -> None:
+    """Write this job's id and the command into a folder it started, so that its requeued start finds it: a batch
+    script may run several commands, each finds its own."""
     job = job_id()
-    if job is None or not restarted():
+    if job is not None and not (folder / JOB_MARKER).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / JOB_MARKER).write_text(json.dumps({"job": job, "command": list(command)}) + "\n")
+
+
+def _marked_by_this_job(folder: Path, command: list[str]) -> bool:
+    try:
+        marker = json.loads((folder / JOB_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("job") == job_id() and marker.get("command") == list(command)
+
+
+def earlier_folder(candidates: Iterable[Path], command: list[str]) -> Path | None:
+    """In a requeued job, the folder that this job's earlier start of the same command left (finished or not);
+    None in a job that was not requeued, and outside SLURM."""
+    if job_id() is None or not restarted():
         return None
-    for folder in candidates:
-        marker = folder / JOB_MARKER
-        if (marker.is_file() and marker.read_text().strip() == job and (folder / LAST_CHECKPOINT).is_file()
-                and not (folder / METRICS_FILE).exists()):
-            return folder
-    return None
+    return next((folder for folder in candidates if folder.is_dir() and _marked_by_this_job(folder, command)), None)
+
+
+def resumable(folder: Path) -> bool:
+    return (folder / LAST_CHECKPOINT).is_file() and not (folder / METRICS_FILE).exists()
+
+
+class EndWarning:
+    """In a SLURM job with ``slurm.auto_requeue``, notes the requeue signal (SLURM's warning of the job's end) for the
+    whole run, so that it is never the signal's default action, death without a requeue, wherever it lands: during a
+    step, the data's set-up, a validation or the final test. ``StopOnSignal`` acts on it at the end of the step under
+    way; a warning during the final test lets the test finish, and requeues only if the job's end (SIGTERM) comes
+    first."""
+
+    def __init__(self, settings: dict[str, Any] | None):
+        self.signum = requeue_signal(settings)
+        self.received = False
+        self._previous = None
+
+    def __enter__(self) -> EndWarning:
+        if self.signum is not None and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(self.signum, self._note)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous is not None:
+            signal.signal(self.signum, self._previous)
+            self._previous = None
+
+    def _note(self, signum, frame) -> None:
+        if not self.received:
+            log.warning("%s: SLURM's warning of the job's end; the run stops after the step under way and requeues",
+                        signal.Signals(signum).name)
+        self.received = True
 
 
 def requeue() -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import shutil
 import time
@@ -20,7 +21,7 @@ from tinyvision import schema, slurm
 from tinyvision.boundaries import FitChecks
 from tinyvision.callbacks import LogHyperparameters, RunRecord, TestReport
 from tinyvision.checkpoints import RunInterrupted, StopOnSignal, last_checkpoint, load_checkpoint_file
-from tinyvision.cli import trainer_error
+from tinyvision.cli import first_line, trainer_error
 from tinyvision.data.datamodule import data_module_settings
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import METRICS_FILE, PRUNED_FILE, write_json
@@ -63,18 +64,25 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
     Optuna sweep (``cfg.hparams_search.trial`` set) reports to its trial each epoch; when the pruner stops
     it, pruned.json is written instead of metrics.json and its contents are returned."""
     run_dir = Path(cfg.paths.output_dir)
+    if sweep_job and slurm.job_id() is not None:  # a SLURM job's own trials, in their folders, for its requeued start
+        earlier = _earlier_start_of_this_trial(run_dir)
+        if earlier is not None:
+            return earlier
     resume_from = _checkpoint_to_resume(cfg, run_dir)
     schema.validate_train(cfg)  # every key's type and range, before anything is built or written
+    with slurm.EndWarning(cfg.get("slurm")) as warning:  # never the signal's default action, wherever it lands
+        return _train(cfg, run_dir, resume_from, sweep_job, warning)
+
+
+def _train(cfg: DictConfig, run_dir: Path, resume_from: Path | None, sweep_job: bool, warning) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, classifier = build(cfg)
     classifier.run_config = OmegaConf.to_container(cfg, resolve=True)
     classifier.test_tta = cfg.get("tta") or "none"
     pruning, trial_pruned = _pruning_callback(cfg) if sweep_job else (None, ())  # () catches nothing
-    trainer = make_trainer(cfg, _callbacks(cfg, pruning), _loggers(cfg, resume_from))
+    trainer = make_trainer(cfg, _callbacks(cfg, pruning, warning), _loggers(cfg, resume_from))
     if sweep_job:
         _refuse_relaunching_strategy(trainer, cfg.trainer.get("strategy"))
-    if trainer.is_global_zero:
-        slurm.mark(run_dir)  # a requeued start of this SLURM job finds the run by it
 
     started, started_at = time.perf_counter(), time.time()
     try:
@@ -115,10 +123,29 @@ def _checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
     """The checkpoint a resumed run continues from; a new run must not land on an earlier one."""
     if cfg.get("resume"):
         return last_checkpoint(Path(cfg.resume))
-    if slurm.own_folder([run_dir]) is not None:  # a requeued SLURM job of a sweep: its job folder is the same again
-        return last_checkpoint(run_dir)
+    if slurm.earlier_folder([run_dir], _this_command()) is not None and slurm.resumable(run_dir):
+        return last_checkpoint(run_dir)  # a trial of a requeued SLURM job's sweep: its folder is the same again
     if (run_dir / METRICS_FILE).exists() or (run_dir / "checkpoints").exists():
         raise ConfigError(f"run dir {run_dir} already holds a run: it is kept as it is; start a new run instead")
+    return None
+
+
+def _this_command() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return slurm.command_of(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _earlier_start_of_this_trial(run_dir: Path) -> dict[str, Any] | None:
+    """In a SLURM job's sweep, each trial's folder is marked with the job and the trial's overrides; after a requeue,
+    a trial that finished in the job's earlier start is not trained again: its metrics.json is its result."""
+    command = _this_command()
+    if slurm.earlier_folder([run_dir], command) is None:
+        slurm.mark(run_dir, command)
+        return None
+    if (run_dir / METRICS_FILE).is_file():
+        log.info("%s finished in this SLURM job's earlier start: its metrics.json is the result", run_dir)
+        return json.loads((run_dir / METRICS_FILE).read_text())
     return None
 
 
@@ -135,13 +162,13 @@ def _pruning_callback(cfg: DictConfig) -> tuple[L.Callback | None, type[Exceptio
     return pruning_callback(search), TrialPruned
 
 
-def _callbacks(cfg: DictConfig, pruning) -> list[L.Callback]:
+def _callbacks(cfg: DictConfig, pruning, warning=None) -> list[L.Callback]:
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks = [c for c in callbacks if c is not None]  # a factory may say "off" (callbacks.ema.decay=0)
     callbacks.append(LogHyperparameters(compared_hparams(OmegaConf.to_container(cfg, resolve=True), group_choices())))
     callbacks.append(RememberMlflowRun())
     callbacks.append(FitChecks())  # settings only the data's size can refuse, before the first step
-    callbacks.append(StopOnSignal(slurm.requeue_signal(cfg.get("slurm"))))  # always: a stopped run never looks finished
+    callbacks.append(StopOnSignal(warning))  # always: a stopped run must never look finished
     return callbacks + ([pruning] if pruning is not None else [])
 
 
@@ -238,7 +265,12 @@ def make_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
     """Lightning's Trainer; an argument Lightning refuses is reported as trainer.KEY=VALUE and the reason."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    environment = slurm.cluster_environment(cfg.get("slurm"))  # in a SLURM job: Lightning's, its requeue handler off
+    try:
+        environment = slurm.cluster_environment(cfg.get("slurm"))  # in a SLURM job: Lightning's, its requeue handler off
+    except ValueError as error:  # SLURM's task counts do not fit the trainer's devices (Lightning's check)
+        devices = OmegaConf.select(cfg, "trainer.devices")
+        raise ConfigError(f"trainer.devices={devices}: {first_line(str(error))}; ask SLURM for one task per device "
+                          f"(#SBATCH --ntasks-per-node={devices}) and run the command under srun") from None
     try:
         plugins = [hydra.utils.instantiate(p) for p in cfg.trainer.get("plugins") or []]
         plugins += [environment] if environment is not None else []

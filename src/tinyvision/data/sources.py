@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,10 +179,10 @@ def _read_idx(files: dict[str, Path], stems: tuple[str, str]) -> tuple[Tensor, T
 
 
 def _extract(archive: Path, destination: Path) -> Path:
-    """Decompress ``archive`` into ``destination`` through a temporary name, so no half file is left."""
-    partial = destination / ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    """Decompress ``archive`` into ``destination`` through a temporary folder of this process's own (two jobs of an
+    array may start together on a shared data folder), so no half file is left and neither spoils the other's."""
+    destination.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=destination))
     try:
         extract_archive(str(archive), str(partial))
     except Exception as error:
