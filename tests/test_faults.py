@@ -198,6 +198,18 @@ def test_a_command_refused_inside_a_slurm_job_leaves_no_folder(data_root, tmp_pa
     assert list((tmp_path / "outputs" / "runs").iterdir()) == []
 
 
+def test_ddp_with_fewer_slurm_tasks_than_devices_is_one_line_before_training(data_root, tmp_path):
+    refused = subprocess.run([sys.executable, str(ROOT / "train.py"), "trainer=ddp", f"paths.data_dir={data_root}"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                             env=slurm_job(tmp_path, SLURM_NTASKS_PER_NODE="1", SLURM_NODELIST="localhost"))
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert refused.stderr.strip().splitlines() == [
+        "error: trainer.devices=2: You set `devices=2` in Lightning, but the number of tasks per node configured in SLURM "
+        "`--ntasks-per-node=1` does not match. HINT: Set `devices=1`. Ask SLURM for one task per device "
+        "(#SBATCH --ntasks-per-node=2) and run the command under srun"]
+    assert list((tmp_path / "outputs" / "runs").iterdir()) == []
+
+
 def job_state(job: str) -> dict[str, str]:
     shown = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
     return dict(field.split("=", 1) for field in shown.split() if "=" in field)

@@ -265,20 +265,22 @@ def make_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
     """Lightning's Trainer; an argument Lightning refuses is reported as trainer.KEY=VALUE and the reason."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    devices = OmegaConf.select(cfg, "trainer.devices")
     try:
         environment = slurm.cluster_environment(cfg.get("slurm"))  # in a SLURM job: Lightning's, its requeue handler off
-    except ValueError as error:  # SLURM's task counts do not fit the trainer's devices (Lightning's check)
-        devices = OmegaConf.select(cfg, "trainer.devices")
-        raise ConfigError(f"trainer.devices={devices}: {first_line(str(error))}; ask SLURM for one task per device "
-                          f"(#SBATCH --ntasks-per-node={devices}) and run the command under srun") from None
-    try:
         plugins = [hydra.utils.instantiate(p) for p in cfg.trainer.get("plugins") or []]
         plugins += [environment] if environment is not None else []
-        return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+        trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+        if environment is not None:  # what Lightning checks only when DDP launches, inside fit
+            environment.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+        return trainer
     except InstantiationException as error:
         if isinstance(error.__cause__, (MisconfigurationException, ValueError, TypeError, ModuleNotFoundError)):
             raise trainer_error(OmegaConf.to_container(cfg.trainer, resolve=True), error.__cause__) from None
         raise
+    except ValueError as error:  # SLURM's task counts do not fit the trainer's devices (Lightning's check)
+        raise ConfigError(f"trainer.devices={devices}: {first_line(str(error))} Ask SLURM for one task per device "
+                          f"(#SBATCH --ntasks-per-node={devices}) and run the command under srun") from None
 
 
 def _record_pruned(trainer: L.Trainer, run_dir: Path, seconds: float) -> dict[str, Any]:
