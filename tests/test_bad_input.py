@@ -151,6 +151,7 @@ CASES = [
     ("train", ["model=vgg16", f"model.weights_path={NOT_A_CHECKPOINT}"],
      "model.weights_path=NOT_A_CHECKPOINT cannot be read: it is a text file"),
     # Kind 2: an output path that cannot be a folder of files, refused before any work
+    ("eval", ["ckpt_path=model.onnx"], "ckpt_path=model.onnx: an exported ONNX model is for predict.py; here give best.ckpt"),
     ("train", [f"hydra.run.dir={A_FILE}/run"], f"hydra.run.dir: cannot create {A_FILE}/run: Not a directory"),
     ("predict", [f"ckpt_path={CHECKPOINT}", f"inputs={TEXT_IMAGE}", f"output={A_FILE}/predictions.json"],
      f"output={A_FILE}/predictions.json: {A_FILE} is a file, not a folder"),

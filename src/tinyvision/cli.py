@@ -121,8 +121,8 @@ def claim_output_dir(config_name: str, argv: list[str], overrides: list[str], mu
         return continued
     if given is not None and "${" not in given:
         if config_name == "train" and not multirun and holds_run(Path(given)):
-            raise ConfigError(f"hydra.run.dir={given} already holds a run: it is kept as it is; choose a new folder, or "
-                              f"continue that run with python train.py resume={given}")
+            go_on = "" if (Path(given) / "metrics.json").is_file() else f", or continue that run with python train.py resume={given}"
+            raise ConfigError(f"hydra.run.dir={given} already holds a run: it is kept as it is; choose a new folder{go_on}")
         if not Path(given).exists():  # made here, so that a refused command removes it again
             _make_folder(key, Path(given), parents=True)
             _CLAIMED.append(Path(given))

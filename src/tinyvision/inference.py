@@ -25,6 +25,8 @@ WEIGHT_SOURCES = {"weights": None, "weights_path": None, "pretrained": False}
 def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> ImageClassifier:
     """Load a tinyvision checkpoint, or fail with one line naming the file and what is wrong with it (missing, empty,
     text, cut short, not Lightning's, not tinyvision's, or weights that do not fit the model its settings describe)."""
+    if Path(path).suffix == ".onnx":  # predict.py runs exported models; eval and export need the checkpoint
+        raise ConfigError(f"ckpt_path={path}: an exported ONNX model is for predict.py; here {CHECKPOINT_FIX}")
     checkpoint = load_torch("ckpt_path", path, "a PyTorch checkpoint", CHECKPOINT_FIX)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ConfigError(f"ckpt_path={path}: it is not a Lightning checkpoint (it has no state_dict); {CHECKPOINT_FIX}")
