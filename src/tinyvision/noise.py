@@ -22,8 +22,12 @@ class _DropAdverts(logging.Filter):
 
 # Warnings by message (tests/conftest.py hands the same list to pytest, which resets filters for every test):
 # - Lightning 2.6 calls a torch API that torch 2.14 deprecates: Lightning's, not the user's;
-# - Lightning's advice to lower log_every_n_steps for a short epoch: tinyvision logs once an epoch, never per step.
-KNOWN_WARNINGS = (r".*isinstance\(treespec, LeafSpec\).*", r".*is smaller than the logging interval.*")
+# - Lightning's advice to lower log_every_n_steps for a short epoch: tinyvision logs once an epoch, never per step;
+# - Lightning's "The `srun` command is available on your system but is not used" at every run on a machine with SLURM
+#   installed (a cluster's login node, or this project's CI): training there without srun is a choice, and a batch job
+#   that forgets srun is told in the SLURM docs (docs/faults-and-resume.md) what it loses.
+KNOWN_WARNINGS = (r".*isinstance\(treespec, LeafSpec\).*", r".*is smaller than the logging interval.*",
+                  r"The `srun` command is available on your system but is not used.*")
 
 
 def silence_known_noise() -> None:
