@@ -123,7 +123,7 @@ def _checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
     """The checkpoint a resumed run continues from; a new run must not land on an earlier one."""
     if cfg.get("resume"):
         return last_checkpoint(Path(cfg.resume))
-    if slurm.earlier_folder([run_dir], _this_command()) is not None and slurm.resumable(run_dir):
+    if slurm.job_id() is not None and slurm.earlier_folder([run_dir], _this_command()) and slurm.resumable(run_dir):
         return last_checkpoint(run_dir)  # a trial of a requeued SLURM job's sweep: its folder is the same again
     if (run_dir / METRICS_FILE).exists() or (run_dir / "checkpoints").exists():
         raise ConfigError(f"run dir {run_dir} already holds a run: it is kept as it is; start a new run instead")
@@ -133,7 +133,10 @@ def _checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
 def _this_command() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
-    return slurm.command_of(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    if not HydraConfig.initialized():
+        return []
+    # as typed: an override holding ${oc.env:...} is not resolved here (a missing variable is the schema's to word)
+    return slurm.command_of(OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False))
 
 
 def _earlier_start_of_this_trial(run_dir: Path) -> dict[str, Any] | None:
