@@ -98,7 +98,7 @@ def test_a_run_validating_at_chance_while_training_learns_says_so(make_config, t
     import tinyvision.training as training
 
     real = training._callbacks
-    monkeypatch.setattr(training, "_callbacks", lambda cfg, pruning: real(cfg, pruning) + [_Forgetful()])
+    monkeypatch.setattr(training, "_callbacks", lambda cfg, *rest: real(cfg, *rest) + [_Forgetful()])
     run_dir = tmp_path / "run"
     with caplog.at_level("WARNING", logger="tinyvision"):
         metrics = train(make_config("data=mnist", "model=convnet", "data.val_size=50", "trainer.max_epochs=3", "optimizer.lr=0.003",
