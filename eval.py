@@ -9,11 +9,11 @@ from rich.table import Table
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from tinyvision.cli import run_script
+from tinyvision.config import validate_eval
 from tinyvision.files import write_json
 from tinyvision.inference import datamodule_for, load_classifier
 from tinyvision.pictures import confusion_figure
 from tinyvision.report import PER_CLASS_FILE, classification_report, write_per_class_csv
-from tinyvision.schema import validate_eval
 from tinyvision.tta import probabilities as tta_probabilities
 
 

@@ -6,10 +6,10 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from tinyvision.cli import run_script
+from tinyvision.config import validate_export
 from tinyvision.export import FORMATS, export
 from tinyvision.files import output_file
 from tinyvision.inference import load_classifier
-from tinyvision.schema import validate_export
 
 
 def main(cfg: DictConfig) -> None:

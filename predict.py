@@ -14,11 +14,11 @@ from rich.table import Table
 
 from tinyvision.boundaries import image_problem
 from tinyvision.cli import run_script
+from tinyvision.config import validate_predict
 from tinyvision.data.photos import find_images, preparation_style, prepare_image
 from tinyvision.errors import ConfigError
 from tinyvision.files import output_file, write_json
 from tinyvision.inference import load_classifier, load_onnx
-from tinyvision.schema import validate_predict
 
 
 def main(cfg: DictConfig) -> None:

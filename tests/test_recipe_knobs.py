@@ -203,7 +203,7 @@ def test_erasing_zeroes_one_rectangle_per_image():
 def test_every_recipe_knob_is_reachable_from_an_optuna_search_space(make_config):
     import optuna
 
-    from tinyvision.schema import validate_train
+    from tinyvision.config import validate_train
     from tinyvision.search.space import search_space, trial_overrides
 
     space = search_space({

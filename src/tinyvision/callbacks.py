@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import time
+from typing import Annotated, Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
+from pydantic import Field, field_validator, model_validator
 
 from tinyvision.guards import StopOnNonFiniteLoss
 from tinyvision.loggers import log_compared_hparams
+from tinyvision.module import LOGGED_METRICS
+from tinyvision.schema import ConfigValueError, NonNegative, Open, PositiveInt, Zero, spec
 
 log = logging.getLogger("tinyvision")
 
@@ -23,6 +28,9 @@ class ProgressBar(RichProgressBar):
     small model's step on a CPU (BENCHMARKS.md). Drawing ten times a second looks the same. Logging the loss
     with ``self.log(prog_bar=True)`` would make the bar turn it into a Python number at every batch, a
     device-to-host copy that stalls a GPU each step; this reads a host float."""
+
+    class Settings(Open):  # callbacks.progress_bar; defaults: __init__'s
+        refresh_seconds: NonNegative = spec("a number of seconds, 0 or more", 0.1)
 
     def __init__(self, refresh_seconds: float = 0.1, **kwargs):
         super().__init__(**kwargs)
@@ -230,6 +238,10 @@ class TestReport(L.Callback):
     as test/* metrics (so the test results, metrics.json and every logger hold them), and one precision-recall
     curve per class in TensorBoard's PR-curves tab. Validation is left alone: this runs once, on the test."""
 
+    class Settings(Open):  # callbacks.test_report; defaults: __init__'s
+        top_k: PositiveInt = spec("a whole number, 1 or more", 3)
+        pr_curves: bool = spec("true or false", True)
+
     def __init__(self, top_k: int = 3, pr_curves: bool = True):
         self.top_k, self.pr_curves = top_k, pr_curves
         self.report: dict | None = None
@@ -318,6 +330,16 @@ def exponential_moving_average(decay: float = 0.0, start_step: int = 0, warmup_p
     return EMA(decay, start_step, warmup_power) if decay > 0 else None
 
 
+class _EmaSettings(Open):  # callbacks.ema; defaults: exponential_moving_average's
+    decay: Annotated[float, Field(ge=0, lt=1)] | Zero = spec("a number from 0 (off) to below 1", 0.999)
+    start_step: Annotated[int, Field(ge=0)] = spec("a whole number of steps, 0 or more", 0)
+    warmup_power: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = spec(
+        "null (a fixed decay) or a number above 0 up to 1", 0.6667)
+
+
+exponential_moving_average.Settings = _EmaSettings
+
+
 class LogHyperparameters(L.Callback):
     """Gives the loggers the run's curated hyperparameters when fit starts, after the data module's setup: a
     run refused while its data is read (a validation split larger than the data) leaves no events behind."""
@@ -328,3 +350,40 @@ class LogHyperparameters(L.Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         # A resumed run's TensorBoard folder has its entry from the start; other loggers begin a new record.
         log_compared_hparams(trainer, self.params, resumed=trainer.ckpt_path is not None)
+
+
+# Lightning's own callbacks whose settings tinyvision checks (ours carry a ``Settings`` class).
+class MonitorSettings(Open):
+    """ModelCheckpoint's and EarlyStopping's metric: Lightning finds a misspelt one missing only after the first
+    validation, and stops the run there."""
+
+    monitor: str | None = spec("a metric the model logs: " + ", ".join(LOGGED_METRICS), "val/acc", None)
+    mode: Literal["min", "max"] = spec("min or max", "max", "min")
+
+    @field_validator("monitor")
+    @classmethod
+    def _logged(cls, value):
+        if value is not None and value not in LOGGED_METRICS:
+            close = difflib.get_close_matches(value, LOGGED_METRICS, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigValueError("monitor", value, f"not a metric the model logs; {hint}(it logs {', '.join(LOGGED_METRICS)})",
+                                   close[0] if close else "val/acc")
+        return value
+
+    @model_validator(mode="after")
+    def _direction(self):
+        """The best checkpoint of a loss is its lowest, of an accuracy its highest: the other mode keeps the worst."""
+        metric = self.monitor or ""
+        wanted = "min" if metric.endswith("/loss") else "max" if metric.endswith(("/acc", "/acc_best")) else None
+        if wanted is not None and self.mode != wanted:
+            raise ConfigValueError("mode", self.mode, f"{wanted} for monitor={metric} (the other way keeps the worst epoch)",
+                                   wanted)
+        return self
+
+
+LIGHTNING_CALLBACK_SETTINGS = {
+    "lightning.pytorch.callbacks.ModelCheckpoint": MonitorSettings,
+    "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint": MonitorSettings,
+    "lightning.pytorch.callbacks.EarlyStopping": MonitorSettings,
+    "lightning.pytorch.callbacks.early_stopping.EarlyStopping": MonitorSettings,
+}

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinyvision.errors import ConfigError
 from tinyvision.files import LAST_CHECKPOINT, METRICS_FILE, replacing
+from tinyvision.schema import Open, PositiveInt, spec
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -147,6 +148,9 @@ class LastCheckpoint(Checkpoint):
     Lightning's ModelCheckpoint ties its 'last' file to its top-k saves and cannot save both every N
     steps and every epoch; this one writes through ``trainer.save_checkpoint``.
     """
+
+    class Settings(Open):  # callbacks.last_checkpoint; defaults: __init__'s
+        every_n_train_steps: PositiveInt | None = spec("a whole number of steps, 1 or more, or null", 500)
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None):
         self.path = Path(dirpath) / Path(LAST_CHECKPOINT).name

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -19,6 +19,7 @@ from tinyvision.errors import ConfigError
 from tinyvision.files import card_path, replacing, write_atomic
 from tinyvision.module import ImageClassifier
 from tinyvision.preprocessing import as_hw
+from tinyvision.schema import Open, one_of, spec
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 
@@ -96,3 +97,11 @@ def _safetensors(classifier: ImageClassifier, path: Path) -> None:
     # The network's weights (normalization is in the card), not the metrics' running state (train_acc.tp, ...)
     weights = {key: value for key, value in classifier.state_dict().items() if key.startswith("net.")}
     save_file({key: value.contiguous() for key, value in weights.items()}, str(path))
+
+
+class ExportSettings(Open):
+    """export.py's keys (conf/export.yaml)."""
+
+    ckpt_path: str = spec("the path of a .ckpt file", "outputs/runs/<run>/checkpoints/best.ckpt")
+    format: Literal[tuple(FORMATS)] = spec(one_of(tuple(FORMATS)), "onnx", "onnx")
+    output: str | None = spec("null or the path of the file to write", "model.onnx", None)

@@ -9,6 +9,7 @@ import torch
 
 from tinyvision.checkpoints import AtomicCheckpointIO, LastCheckpoint, ResumableRandomState
 from tinyvision.errors import TrainingDiverged
+from tinyvision.schema import Open, PositiveInt, spec
 
 
 class StopOnNonFiniteLoss(L.Callback):
@@ -25,6 +26,10 @@ class StopOnNonFiniteLoss(L.Callback):
     step is checked directly and the run stops at the first bad step (``read_on_cpu=False`` keeps the
     device record there too, as bench/sync_trace.py does to show a GPU's step on a CPU).
     """
+
+    class Settings(Open):  # callbacks.stop_on_non_finite_loss; defaults: __init__'s
+        check_every_n_steps: PositiveInt = spec("a whole number of steps, 1 or more", 50)
+        read_on_cpu: bool = spec("true or false", True)
 
     def __init__(self, check_every_n_steps: int = 50, read_on_cpu: bool = True):
         self.check_every_n_steps = check_every_n_steps

@@ -9,7 +9,12 @@ is still kept in the run's .hydra/config.yaml and in every checkpoint.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import field_validator
+
+from tinyvision import boundaries
+from tinyvision.schema import Open, PositiveInt, one_of, spec
 
 GROUPS = ("experiment", "model", "data", "optimizer", "scheduler")
 # Model keys that change speed or where weights come from, not what is trained.
@@ -79,3 +84,35 @@ def _scalar(value: Any) -> int | float | str | bool:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(str(v) for v in value) + "]"
     return str(value)
+
+
+class SearchSettings(Open):
+    """``hparams_search``: an Optuna study over train configs (tinyvision.search runs it)."""
+
+    metric: Literal[SUMMARY_METRICS] = spec(one_of(SUMMARY_METRICS), "val/acc_best")
+    direction: Literal["maximize", "minimize"] = spec("maximize or minimize", "maximize")
+    prune_on: Literal[PRUNE_ON] = spec(one_of(PRUNE_ON), "val/acc", None)
+    n_trials: PositiveInt = spec("a whole number, 1 or more", 20)
+    n_jobs: int = spec("a whole number, 1 or more (-1: one per CPU core)", 1, 1)
+    params: dict[str, Any] = spec("key: range pairs", "{}", {})
+    enqueue: list[dict[str, Any]] = spec("a list of parameter sets", "[]", [])
+    storage: str | None = spec("null or a database URL", "sqlite:///study.db", None)
+    study_name: str | None = spec("null or a name", "lenet", None)
+    resume: str | None = spec("null or a sweep folder", "outputs/multirun/<sweep>", None)
+    trial: int | None = spec("set by the sweeper", 0, None)
+
+    @field_validator("n_jobs")
+    @classmethod
+    def _jobs(cls, value):
+        if value < 1 and value != -1:
+            raise ValueError("")
+        return value
+
+    @field_validator("storage")
+    @classmethod
+    def _database(cls, value):
+        """A URL SQLAlchemy cannot use (bogus://x) fails in SQLAlchemy with NoSuchModuleError; no connection is made here."""
+        problem = boundaries.database_url_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -14,6 +14,8 @@ from tinyvision.data.datamodule import data_module_settings
 from tinyvision.errors import ConfigError
 from tinyvision.files import CARD_SUFFIX, card_path
 from tinyvision.module import ImageClassifier
+from tinyvision.schema import Open, PositiveInt, one_of, spec
+from tinyvision.tta import MODES as TTA_MODES
 
 ONNX_FIX = "give an .onnx file written by export.py (with its .onnx.json card beside it), or a .ckpt checkpoint"
 CHECKPOINT_FIX = "give best.ckpt or last.ckpt from a run's checkpoints/ folder, e.g. ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt"
@@ -121,3 +123,23 @@ class OnnxClassifier:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         (logits,) = self.session.run(["logits"], {"images": images.to(torch.uint8).cpu().numpy()})
         return torch.from_numpy(logits)
+
+
+class EvalSettings(Open):
+    """eval.py's keys (conf/eval.yaml); ``data`` is checked as training's."""
+
+    ckpt_path: str = spec("the path of a .ckpt file", "outputs/runs/<run>/checkpoints/best.ckpt")
+    batch_size: PositiveInt | None = spec("a whole number of images, 1 or more", 1024, None)
+    top_k: PositiveInt = spec("a whole number, 1 or more", 3, 3)
+    tta: Literal[TTA_MODES] = spec(one_of(TTA_MODES), "flip", "none")
+    seed: int = spec("a whole number, 0 or more", 42, 42, ge=0)
+
+
+class PredictSettings(Open):
+    """predict.py's keys (conf/predict.yaml)."""
+
+    ckpt_path: str = spec("the path of a .ckpt file, or of an .onnx file from export.py", "outputs/runs/<run>/checkpoints/best.ckpt")
+    inputs: str = spec("an image file or a folder of images", "photos/")
+    top_k: PositiveInt = spec("a whole number, 1 or more", 3, 3)
+    output: str | None = spec("null or the path of a JSON file", "predictions.json", None)
+    style: Literal["auto", "digit", "clothing", "plain"] = spec("auto, digit, clothing or plain", "auto", "auto")

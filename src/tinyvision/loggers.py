@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
+from pydantic import field_validator
 from torch.utils.tensorboard.summary import hparams
 
 from tinyvision.files import METRICS_FILE
 from tinyvision.hparams import HEADLINE, RESULT_METRICS
+from tinyvision.schema import Open, spec
 
 
 class TensorBoardLogger(LightningTensorBoardLogger):
@@ -115,3 +117,28 @@ def log_run_files(trainer: L.Trainer, run_dir: Path, best_checkpoint: str | None
                 logger.experiment.log_artifact(logger.run_id, str(path))
         if best_checkpoint and Path(best_checkpoint).is_file():
             logger.experiment.log_artifact(logger.run_id, best_checkpoint, artifact_path="checkpoints")
+
+
+MLFLOW_SCHEMES = ("file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+class MLflowSettings(Open):
+    """``logger.mlflow``: what Lightning's MLFlowLogger takes and fails on only when it first logs."""
+
+    experiment_name: str = spec("a name", "tinyvision", "tinyvision")
+    tracking_uri: str | None = spec(f"a tracking URI ({', '.join(s + ':' for s in MLFLOW_SCHEMES)}) or null",
+                                    "sqlite:///outputs/mlflow.db", None)
+    artifact_location: str | None = spec("null or a directory or URI", "outputs/mlartifacts", None)
+    run_name: str | None = spec("null (the run dir's name) or a name", "my_run", None)
+    log_model: bool | Literal["all"] = spec("true, false or all", False, False)
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _scheme(cls, value):
+        scheme = value.split(":", 1)[0] if value and "://" in value else None
+        if scheme is not None and scheme.split("+")[0] not in MLFLOW_SCHEMES:
+            raise ValueError("")
+        return value
+
+
+LOGGER_SETTINGS = {"lightning.pytorch.loggers.MLFlowLogger": MLflowSettings}  # Lightning's loggers that tinyvision checks

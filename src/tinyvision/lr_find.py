@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Annotated, Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from pydantic import Field, model_validator
 from rich.console import Console
 
+from tinyvision.config import validate_train
 from tinyvision.files import write_json
-from tinyvision.schema import validate_lr_find
-from tinyvision.training import build, make_trainer
+from tinyvision.schema import ConfigValueError, Section, check, spec
+from tinyvision.trainer import make_trainer
+from tinyvision.training import build
 
 BETA = 0.98  # the smoothing of Lightning's lr finder
 
@@ -111,3 +115,24 @@ def plot(lrs: list[float], losses: list[float], suggestion: float | None, path: 
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+class LrFindSettings(Section):
+    """``lr_find``: the learning-rate finder's sweep (find_lr.py, conf/lr_find.yaml)."""
+
+    min_lr: Annotated[float, Field(gt=0)] | Annotated[int, Field(gt=0)] = spec("a positive number below lr_find.max_lr", 1e-6)
+    max_lr: Annotated[float, Field(gt=0)] | Annotated[int, Field(gt=0)] = spec("a positive number above lr_find.min_lr", 1)
+    num_training: Annotated[int, Field(ge=20)] = spec("a whole number of steps, 20 or more", 100)
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.min_lr >= self.max_lr:
+            raise ConfigValueError("min_lr", self.min_lr, f"below lr_find.max_lr={self.max_lr:g}", 1e-6)
+        return self
+
+
+def validate_lr_find(cfg: DictConfig) -> dict[str, Any]:
+    """The train config's keys, and the learning-rate finder's own."""
+    values = validate_train(cfg)
+    check(LrFindSettings, values.get("lr_find") or {}, "lr_find")
+    return values

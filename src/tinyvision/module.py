@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import hydra.utils
 import lightning as L
 import torch
+from pydantic import Field
 from torch.nn import functional as F
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from tinyvision.models import build_model, head_of
+from tinyvision.optim import build_optimizer, build_schedulers
 from tinyvision.preprocessing import Normalize, as_hw
+from tinyvision.schema import Section, Zero, spec
 from tinyvision.tta import probabilities as tta_probabilities
+
+# What ImageClassifier logs with self.log: per epoch, train/* at the end of the training epoch, val/* at the end of
+# validation, test/* in validation only with data.test_every_epoch (and in the final test).
+LOGGED_METRICS = ("val/acc", "val/loss", "val/acc_best", "train/acc", "train/loss", "train/lr", "test/acc", "test/loss")
+
+
+class LossSettings(Section):
+    """``loss``: the training objective's cross-entropy settings (validation and test report plain cross-entropy)."""
+
+    # the target puts this much mass evenly over all classes
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] | Zero = spec("a number from 0 to below 1", 0.1, 0.0)
+    # auto: inverse class frequency of the training split
+    class_weights: Literal["auto"] | Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=2)] | None = spec(
+        "null, auto or a list of positive weights, one per class", "auto", None)
 
 
 class ImageClassifier(L.LightningModule):
@@ -148,32 +164,13 @@ class ImageClassifier(L.LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self):
-        settings = dict(self.hparams.optimizer)
-        scale = settings.pop("backbone_lr_scale", 1.0)
-        optimizer = hydra.utils.instantiate(settings)(params=self._parameter_groups(scale, settings.get("lr")))
-        settings = dict(self.hparams.scheduler or {})
-        warmup_epochs = settings.pop("warmup_epochs", 0) or 0
-        if not warmup_epochs and not settings.get("_target_"):
-            return optimizer
-        total_steps, schedulers = self._stepping_batches(), []
-        if warmup_epochs:
-            # A linear rise from a hundredth of each group's lr, stepped after every batch. Chained with the main
-            # schedule (both scale the lr step by step), which starts counting its own epochs from the first.
-            steps = max(1, round(warmup_epochs * total_steps / self.trainer.max_epochs))
-            warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=steps)
-            schedulers.append({"scheduler": warmup, "interval": "step"})
-        if settings.get("_target_"):
-            interval = settings.pop("interval", "epoch")
-            # "auto" values are filled in from the run: the length of training and the optimizer's lr.
-            auto = {
-                "total_steps": total_steps,
-                "T_max": self.trainer.max_epochs if interval == "epoch" else total_steps,
-                "max_lr": [group["lr"] for group in optimizer.param_groups],  # per group: a scaled backbone stays scaled
-            }
-            settings = {key: auto[key] if value == "auto" else value for key, value in settings.items()}
-            scheduler = hydra.utils.instantiate(settings, _convert_="all")(optimizer=optimizer)
-            schedulers.append({"scheduler": scheduler, "interval": interval})
-        return [optimizer], schedulers
+        settings = self.hparams.optimizer
+        parameters = self._parameter_groups(settings.get("backbone_lr_scale", 1.0), settings.get("lr"))
+        optimizer = build_optimizer(settings, parameters)
+        scheduler = self.hparams.scheduler or {}
+        if not scheduler.get("warmup_epochs") and not scheduler.get("_target_"):
+            return optimizer  # a constant lr: no schedule to count the run's steps for
+        return [optimizer], build_schedulers(optimizer, scheduler, self._stepping_batches(), self.trainer.max_epochs)
 
     def _stepping_batches(self) -> int:
         """The optimizer steps of the whole run, as Lightning's ``estimated_stepping_batches`` counts them.

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from pydantic import Field
 from torch import Tensor
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 from torchvision.utils import make_grid
+
+from tinyvision.schema import Open, spec
 
 
 def as_picture(images: Tensor) -> Tensor:
@@ -66,6 +70,12 @@ class TensorBoardPictures(L.Callback):
     """Pictures in TensorBoard, each switchable: a grid of training inputs once per run (as the model
     sees them after augmentation, as stored), and every validation epoch the confusion matrix, a grid
     of misclassified validation images labelled predicted/true, and per-class accuracy scalars."""
+
+    class Settings(Open):  # callbacks.pictures; defaults: __init__'s
+        input_grid: bool = spec("true or false", True)
+        confusion_matrix: bool = spec("true or false", True)
+        misclassified: Annotated[int, Field(ge=0)] | bool = spec("a number of images, 0 or more", 16)
+        per_class_accuracy: bool = spec("true or false", True)
 
     def __init__(self, input_grid: bool = True, confusion_matrix: bool = True, misclassified: int = 16,
                  per_class_accuracy: bool = True):

@@ -18,14 +18,23 @@ import subprocess
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tinyvision.files import LAST_CHECKPOINT, METRICS_FILE
+from tinyvision.schema import Section, spec
 
 log = logging.getLogger(__name__)
 
 JOB_MARKER = ".slurm_job"  # in a run or sweep folder a SLURM job started: the job's id and command, for its requeued start
 REQUEUE_SIGNALS = ("USR1", "USR2")  # what sbatch --signal sends by convention; TERM and INT already stop a run
+
+
+class SlurmSettings(Section):
+    """``slurm``: what a SLURM batch job does when warned of its end (ignored outside SLURM)."""
+
+    # on requeue_signal: last.ckpt at the step reached, scontrol requeue, and the next start resumes it
+    auto_requeue: bool = spec("true or false", True, True)
+    requeue_signal: Literal[REQUEUE_SIGNALS] = spec("USR1 or USR2 (what sbatch --signal sends)", "USR1", "USR1")
 
 
 def job_id() -> str | None:

@@ -17,11 +17,11 @@ from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from tinyvision import schema, slurm
+from tinyvision import slurm
 from tinyvision.boundaries import FitChecks
 from tinyvision.callbacks import LogHyperparameters, RunRecord, TestReport
 from tinyvision.checkpoints import RunInterrupted, StopOnSignal, last_checkpoint, load_checkpoint_file
-from tinyvision.cli import first_line, trainer_error
+from tinyvision.config import validate_train
 from tinyvision.data.datamodule import data_module_settings
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import METRICS_FILE, PRUNED_FILE, write_json
@@ -29,6 +29,7 @@ from tinyvision.hparams import compared_hparams, group_choices
 from tinyvision.loggers import MLFLOW_RUN_KEY, RememberMlflowRun, log_final_figures, log_run_files
 from tinyvision.module import ImageClassifier
 from tinyvision.report import PER_CLASS_FILE, write_per_class_csv
+from tinyvision.trainer import make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
         if earlier is not None:
             return earlier
     resume_from = _checkpoint_to_resume(cfg, run_dir)
-    schema.validate_train(cfg)  # every key's type and range, before anything is built or written
+    validate_train(cfg)  # every key's type and range, before anything is built or written
     with slurm.EndWarning(cfg.get("slurm")) as warning:  # never the signal's default action, wherever it lands
         return _train(cfg, run_dir, resume_from, sweep_job, warning)
 
@@ -262,28 +263,6 @@ def _discard_logs_of_refused_run(trainer: L.Trainer) -> None:
             if hasattr(logger, "finalize"):
                 logger.finalize("failed")
             shutil.rmtree(log_dir, ignore_errors=True)
-
-
-def make_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
-    """Lightning's Trainer; an argument Lightning refuses is reported as trainer.KEY=VALUE and the reason."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    devices = OmegaConf.select(cfg, "trainer.devices")
-    try:
-        environment = slurm.cluster_environment(cfg.get("slurm"))  # in a SLURM job: Lightning's, its requeue handler off
-        plugins = [hydra.utils.instantiate(p) for p in cfg.trainer.get("plugins") or []]
-        plugins += [environment] if environment is not None else []
-        trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
-        if environment is not None:  # what Lightning checks only when DDP launches, inside fit
-            environment.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
-        return trainer
-    except InstantiationException as error:
-        if isinstance(error.__cause__, (MisconfigurationException, ValueError, TypeError, ModuleNotFoundError)):
-            raise trainer_error(OmegaConf.to_container(cfg.trainer, resolve=True), error.__cause__) from None
-        raise
-    except ValueError as error:  # SLURM's task counts do not fit the trainer's devices (Lightning's check)
-        raise ConfigError(f"trainer.devices={devices}: {first_line(str(error))} Ask SLURM for one task per device "
-                          f"(#SBATCH --ntasks-per-node={devices}) and run the command under srun") from None
 
 
 def _record_pruned(trainer: L.Trainer, run_dir: Path, seconds: float) -> dict[str, Any]:

@@ -8,11 +8,16 @@ few tensor operations, so a run is repeatable and a resumed one draws what it wo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import Annotated
 
 import torch
+from pydantic import Field, field_validator
 from torch import Tensor
 from torch.nn import functional as F
+
+from tinyvision.schema import NonNegative, Probability, Section, ZeroOrOne, spec
 
 
 def padding_ltrb(padding: int | Sequence[int]) -> tuple[int, int, int, int]:
@@ -180,3 +185,57 @@ def trivial_augment(images: Tensor, generator: torch.Generator | None = None) ->
     for name, value in candidates.items():
         x = torch.where(chosen[name], value, x)
     return x.clamp(0, 255).round().to(images.dtype)
+
+
+# The image transforms in the order they run (erasing last, as torchvision orders it): the setting that switches each
+# on, the function, and the argument the setting's value is given as. A new knob is a field below and a row here.
+IMAGE_STEPS = (
+    ("crop_padding", random_crop, "padding"),
+    ("translate", random_translate, "max_shift"),
+    ("horizontal_flip", random_horizontal_flip, "p"),
+    ("color_jitter", color_jitter, "strength"),
+    ("trivial_augment", trivial_augment, None),
+    ("erasing", random_erasing, "p"),
+)
+
+
+class AugmentSettings(Section):
+    """``data.augment``: what training batches go through, each transform off at its default."""
+
+    # pad, then cut a window of the image's size at a random place (CIFAR's random crop)
+    crop_padding: None | Annotated[int, Field(ge=0)] | list[Annotated[int, Field(ge=0)]] = spec(
+        "null, a number of pixels (0 or more), or [left/right, top/bottom] or [left, top, right, bottom]", 4, None)
+    horizontal_flip: Probability = spec("a probability from 0 to 1", 0.5, 0.0)
+    # shift each image by up to this many pixels, reflect-padded (airbench's translate)
+    translate: Annotated[int, Field(ge=0)] = spec("a whole number of pixels, 0 (off) or more", 2, 0)
+    # brightness/contrast/saturation factors drawn per image from [1 - x, 1 + x]
+    color_jitter: Annotated[float, Field(ge=0, le=1)] | ZeroOrOne = spec("a strength from 0 (off) to 1", 0.4, 0.0)
+    # random erasing (cutout): the probability that an image gets a zeroed rectangle
+    erasing: Probability | ZeroOrOne = spec("a probability from 0 to 1 (not true or false)", 0.25, 0.0)
+    # TrivialAugment: one random operation per image at a random strength
+    trivial_augment: bool = spec("true or false", True, False)
+    # MixUp: blend each image with another, lambda ~ Beta(alpha, alpha); CutMix: paste a box of another image.
+    # With both on, each batch uses one of them (mix_batch).
+    mixup_alpha: NonNegative = spec("a number, 0 (off) or more", 0.2, 0.0)
+    cutmix_alpha: NonNegative = spec("a number, 0 (off) or more", 1.0, 0.0)
+
+    @field_validator("crop_padding")
+    @classmethod
+    def _padding_length(cls, value):
+        if isinstance(value, list) and len(value) not in (1, 2, 4):
+            raise ValueError("")
+        return value
+
+    def image_steps(self) -> list[Callable[..., Tensor]]:
+        """The transforms switched on, in IMAGE_STEPS' order, each called as ``step(images, generator=...)``."""
+        steps = []
+        for key, transform, argument in IMAGE_STEPS:
+            value = getattr(self, key)
+            if value is None or (key != "crop_padding" and not value):
+                continue
+            steps.append(functools.partial(transform, **{argument: value}) if argument else transform)
+        return steps
+
+    @property
+    def mixes(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0

@@ -6,30 +6,29 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from tinyvision.data import sources
-from tinyvision.data.augment import (
-    color_jitter,
-    mix_batch,
-    padding_ltrb,
-    random_crop,
-    random_erasing,
-    random_horizontal_flip,
-    random_translate,
-    trivial_augment,
-)
+from tinyvision.data.augment import AugmentSettings, mix_batch, padding_ltrb
 from tinyvision.data.batches import IndexSampler, TensorBatches
 from tinyvision.errors import ConfigError
 from tinyvision.preprocessing import as_hw
+from tinyvision.schema import ConfigValueError, PositiveInt, Section, one_of, show, spec
 
 log = logging.getLogger("tinyvision")
+
+# The largest image side accepted: one batch of 64 colour 4096×4096 images is 3.2 GB as uint8 and 12.9 GB as the
+# float input of the first layer, before any activation; larger sides are a typo (100000) or need tiling, not resizing.
+MAX_IMAGE_SIDE = 4096
+ImageSide = Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)]
+
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -55,10 +54,9 @@ class ImageDataModule(L.LightningDataModule):
         self.hw = as_hw(image_size)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.train_size, self.seed = val_size, train_size, seed
-        self.augment = {"crop_padding": None, "horizontal_flip": 0.0, "translate": 0, "color_jitter": 0.0, "erasing": 0.0,
-                        "trivial_augment": False, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, **(augment or {})}
-        if self.augment["crop_padding"] is not None:
-            padding_ltrb(self.augment["crop_padding"])  # fails now on a malformed value
+        # Not strict: a config's values are checked before (tinyvision.config), a Python caller may give a tuple
+        self.augment = AugmentSettings.model_validate(augment or {}, strict=False)
+        self._augment_steps = self.augment.image_steps()  # built once, run on every training batch
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
 
     def carve(self, count: int, what: str, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -85,19 +83,8 @@ class ImageDataModule(L.LightningDataModule):
         return count
 
     def augment_batch(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
-        if self.augment["crop_padding"] is not None:
-            images = random_crop(images, self.augment["crop_padding"], generator)
-        if self.augment["translate"]:
-            images = random_translate(images, int(self.augment["translate"]), generator)
-        flip = float(self.augment["horizontal_flip"])
-        if flip > 0:
-            images = random_horizontal_flip(images, flip, generator)
-        if self.augment["color_jitter"]:
-            images = color_jitter(images, float(self.augment["color_jitter"]), generator)
-        if self.augment["trivial_augment"]:
-            images = trivial_augment(images, generator)
-        if self.augment["erasing"]:
-            images = random_erasing(images, float(self.augment["erasing"]), generator)  # last, as torchvision orders it
+        for step in self._augment_steps:
+            images = step(images, generator=generator)
         return images
 
     def _loader(self, split: str, shuffle: bool):
@@ -125,11 +112,11 @@ class ImageDataModule(L.LightningDataModule):
         images, labels = batch
         if self.trainer is not None and self.trainer.training:
             images = self.augment_batch(images, self._augment_generator())
-            mixup, cutmix = float(self.augment["mixup_alpha"]), float(self.augment["cutmix_alpha"])
-            if mixup > 0 or cutmix > 0:
+            if self.augment.mixes:
                 # Keyed by the batch's number in the whole run, which Lightning restores on resume.
                 batch_number = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready
-                images, labels = mix_batch(images, labels, self.num_classes, mixup, cutmix, (self.seed, self._rank()[0], batch_number))
+                images, labels = mix_batch(images, labels, self.num_classes, self.augment.mixup_alpha, self.augment.cutmix_alpha,
+                                           (self.seed, self._rank()[0], batch_number))
         return images, labels  # still uint8: the classifier normalizes
 
     def _augment_generator(self) -> torch.Generator | None:
@@ -398,3 +385,95 @@ def data_module_settings(data: Any) -> dict[str, Any]:
     """The data config less the keys that belong to the classifier (its input normalization)."""
     settings = OmegaConf.to_container(data, resolve=True) if isinstance(data, DictConfig) else dict(data)
     return {key: value for key, value in settings.items() if key not in ("mean", "std")}
+
+
+class DataSettings(Section):
+    """``data``: a dataset's files, shape, split and batches (the data modules' arguments), and the classifier's
+    normalization (``mean``, ``std``), which the data module leaves to it."""
+
+    target: str = Field(alias="_target_")
+    dataset: Literal[sources.DATASETS] | None = spec(one_of(sources.DATASETS), "fashion", None)
+    split: Literal[sources.EMNIST_SPLITS] | None = spec(f"EMNIST's {one_of(sources.EMNIST_SPLITS)}", "balanced", None)
+    label_type: Literal["fine", "coarse"] = spec("fine (100 classes) or coarse (20 superclasses)", "fine", "fine")
+    root: str = spec("a directory path", "data")
+    mirrors: list[str] = spec("a list of directories", "[/usr/share/datasets/fashion-mnist]", [])
+    download: bool = spec("true or false", True, True)
+    channels: Literal[1, 3] = spec("1 (grey) or 3 (colour)", 3)
+    image_size: ImageSide | Annotated[list[ImageSide], Field(min_length=2, max_length=2)] = spec(
+        f"a size in pixels from 1 to {MAX_IMAGE_SIDE}, or [height, width]", 32
+    )
+    num_classes: int = spec("a whole number, 2 or more", 10, ge=2)
+    mean: Annotated[list[float], Field(min_length=1)] = spec("one number, or one per channel", "[0.5]")
+    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = spec(
+        "one positive number, or one per channel (0 would divide by zero)", "[0.25]"
+    )
+    batch_size: PositiveInt = spec("a whole number of images, 1 or more", 64)
+    eval_batch_size: PositiveInt = spec("a whole number of images, 1 or more", 256)
+    val_size: PositiveInt | Annotated[float, Field(gt=0, lt=1)] = spec(
+        "a number of images (1 or more) or a fraction between 0 and 1", 0.1
+    )
+    train_size: PositiveInt | Annotated[float, Field(gt=0, le=1)] | None = spec(
+        "null (all), a number of images (1 or more) or a fraction from 0 to 1", 5000, None
+    )
+    test_size: PositiveInt | Annotated[float, Field(gt=0, lt=1)] = spec(
+        "a number of images (1 or more) or a fraction between 0 and 1", 0.2, 0.2
+    )
+    num_workers: int = spec("a whole number, 0 or more", 2, 2, ge=0)
+    cache_max_gb: Annotated[float, Field(ge=0)] | Annotated[int, Field(ge=0)] | None = spec(
+        "a number of gigabytes, 0 or more, or null (half the device's free memory)", 2, None)
+    cache_dir: str = spec("a directory path", "data/cache", "data/cache")
+    skip_bad_images: bool = spec("true or false", True, True)
+    seed: int = spec("a whole number, 0 or more", 42, ge=0)
+    test_every_epoch: bool = spec("true or false", True, False)
+    augment: AugmentSettings = Field(default_factory=AugmentSettings)
+
+    @field_validator("mean", "std", mode="before")
+    @classmethod
+    def _one_number_is_a_list(cls, value):
+        return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @field_validator("mean", "std", mode="before")
+    @classmethod
+    def _ints_are_numbers(cls, value):
+        if isinstance(value, list):
+            return [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return value
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _fits_in_memory(cls, value):
+        sides = value if isinstance(value, list) else [value]
+        if any(isinstance(v, int) and not isinstance(v, bool) and v > MAX_IMAGE_SIDE for v in sides):
+            largest = 64 * 3 * 4 * MAX_IMAGE_SIDE**2 / 1e9
+            raise ConfigValueError("image_size", value, f"at most {MAX_IMAGE_SIDE} pixels a side: a batch of 64 colour "
+                                   f"{MAX_IMAGE_SIDE}×{MAX_IMAGE_SIDE} images is already {largest:.1f} GB as the model's "
+                                   "input; a larger side is a typo, or needs tiling rather than resizing", 224)
+        return value
+
+    @model_validator(mode="after")
+    def _per_channel(self):
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if len(values) not in (1, self.channels):
+                allowed = "one value" + (f" or {self.channels}" if self.channels > 1 else "")
+                raise ConfigValueError(key, values, f"{allowed} (data.channels={self.channels})", "[0.5]")
+        return self
+
+    @model_validator(mode="after")
+    def _shifts_inside_the_image(self):
+        """A translation reflects the image into its border, which needs fewer pixels than the image has; a crop
+        padded by as much as the image may hold none of it."""
+        height, width = as_hw(self.image_size)
+        size = f"{height}×{width} images (data.image_size={show(self.image_size)})"
+        shift = self.augment.translate
+        if shift >= min(height, width):
+            raise ConfigValueError("augment.translate", shift, f"less than the image's side: at most {min(height, width) - 1} "
+                                   f"pixels for {size}", min(2, min(height, width) - 1))
+        padding = self.augment.crop_padding
+        if padding is not None:
+            left, top, right, bottom = padding_ltrb(padding)
+            if max(left, right) >= width or max(top, bottom) >= height:
+                raise ConfigValueError("augment.crop_padding", padding, f"less than the image's side: at most {width - 1} "
+                                       f"pixels left and right, {height - 1} top and bottom, for {size}",
+                                       min(4, min(height, width) - 1))
+        return self

@@ -15,13 +15,14 @@ from tinyvision.models.external import TimmModel, TorchvisionModel
 from tinyvision.models.fast_net import FastNet
 from tinyvision.models.lenet import LeNet
 from tinyvision.models.mlp import MLP
+from tinyvision.models.registry import MODELS, ModelSettings, register_model
 from tinyvision.models.vgg import VGG16
 
-__all__ = ["MLP", "VGG16", "CifarNet", "CifarNetV3", "ConvNet", "FastNet", "LeNet", "TimmModel", "TorchvisionModel", "build_model",
-           "head_of"]
+__all__ = ["MLP", "MODELS", "VGG16", "CifarNet", "CifarNetV3", "ConvNet", "FastNet", "LeNet", "ModelSettings", "TimmModel",
+           "TorchvisionModel", "build_model", "head_of", "register_model"]
 
-# Keys every model entry takes that are tinyvision's, not the architecture's.
-COMMON_KEYS = {"compile", "channels_last", "freeze", "bn_momentum"}
+# Keys every model entry takes that are tinyvision's (applied here), not the architecture's.
+COMMON_KEYS = {name for name in ModelSettings.model_fields if not name.startswith("target")}
 
 
 def build_model(model: dict[str, Any], in_channels: int, num_classes: int, image_size) -> nn.Module:

@@ -1,10 +1,16 @@
 """The two CIFAR-10 nets of seed 003."""
 
+from typing import Annotated
+
+from pydantic import Field
 from torch import Tensor, nn
 
 from tinyvision.models._shapes import flat_features
+from tinyvision.models.registry import ClosedModelSettings, register_model
+from tinyvision.schema import spec
 
 
+@register_model("cifar_net")
 class CifarNet(nn.Module):
     """Seed 003 §9.2: three 5×5 convolutions with max pooling and two linear layers, no activations."""
 
@@ -33,6 +39,11 @@ def _conv_relu_bn(in_channels: int, out_channels: int) -> list[nn.Module]:
     return [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1), nn.ReLU(), nn.BatchNorm2d(out_channels)]
 
 
+class CifarNetV3Settings(ClosedModelSettings):
+    dropout: Annotated[float, Field(ge=0, lt=1)] = spec("a probability from 0 to below 1", 0.4)
+
+
+@register_model("cifar_net_v3", CifarNetV3Settings)
 class CifarNetV3(nn.Module):
     """Seed 003 §12.3 (CIFAR10_Net_Simple_v3, ~88%): six 3×3 convolutions, BatchNorm, Dropout 0.4."""
 

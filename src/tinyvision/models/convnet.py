@@ -4,8 +4,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from tinyvision.models._shapes import flat_features
+from tinyvision.models.registry import register_model
 
 
+@register_model("convnet")
 class ConvNet(nn.Module):
     """Two convolutions and two linear layers, ending in ``log_softmax`` as in the seed.
 

@@ -23,6 +23,8 @@ from torch.nn import functional as F
 from tinyvision.boundaries import file_reason, first_answering, is_state_dict_mismatch, load_weights, weights_do_not_fit
 from tinyvision.errors import ConfigError
 from tinyvision.models._shapes import as_hw
+from tinyvision.models.registry import ClosedModelSettings, ModelSettings, register_model
+from tinyvision.schema import spec
 
 WEIGHTS_FILE = "give a state dict (.pth/.pt) or a .safetensors file saved from that architecture"
 
@@ -139,6 +141,13 @@ class _Shaped(nn.Module):
         return self.net(x)
 
 
+class TimmSettings(ModelSettings):  # other keys go to timm.create_model (drop_rate, ...)
+    name: str = spec("a timm architecture name", "resnet18")
+    pretrained: bool = spec("true or false", True)
+    weights_path: str | None = spec("null or the path of a weights file (.safetensors or a state dict)", "resnet18.safetensors")
+
+
+@register_model("timm", TimmSettings)
 class TimmModel(_Shaped):
     """``timm.create_model(name)`` with ``in_chans`` and ``num_classes`` from the data."""
 
@@ -191,6 +200,13 @@ def _takes_img_size(timm, name: str) -> bool:
     return any(family in name for family in ("vit", "deit", "swin", "beit", "eva", "mixer", "cait", "xcit"))
 
 
+class TorchvisionSettings(ClosedModelSettings):
+    name: str = spec("a torchvision classification architecture name", "resnet18")
+    weights: str | None = spec("null or a weights name of that architecture", "IMAGENET1K_V1")
+    weights_path: str | None = spec("null or the path of a state dict of those weights", "resnet18.pth")
+
+
+@register_model("torchvision", TorchvisionSettings)
 class TorchvisionModel(_Shaped):
     """``torchvision.models.get_model(name)`` with its head (the last linear layer) made for the data's classes.
 

@@ -3,9 +3,14 @@ width a CPU trains in minutes."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field
 from torch import Tensor, nn
 
 from tinyvision.models._shapes import flat_features
+from tinyvision.models.registry import ClosedModelSettings, register_model
+from tinyvision.schema import PositiveInt, spec
 
 
 def _block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -16,6 +21,13 @@ def _block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+class FastNetSettings(ClosedModelSettings):
+    widths: Annotated[list[PositiveInt], Field(min_length=4, max_length=4)] = spec(
+        "four channel counts (stem and three blocks), each 1 or more", "[24,48,96,96]")
+    head_scale: Annotated[float, Field(gt=0)] = spec("a positive number", 0.2)
+
+
+@register_model("fast_net", FastNetSettings)
 class FastNet(nn.Module):
     """A 3×3 stem, three two-convolution blocks that each halve the image, a global max-pool and a linear
     head with a fixed scale. ``widths`` are the stem's and the blocks' channels."""

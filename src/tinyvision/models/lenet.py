@@ -3,8 +3,10 @@
 from torch import Tensor, nn
 
 from tinyvision.models._shapes import flat_features
+from tinyvision.models.registry import register_model
 
 
+@register_model("lenet")
 class LeNet(nn.Module):
     """The classic LeNet-5 with Xavier-uniform initialisation, as the seed trains it."""
 

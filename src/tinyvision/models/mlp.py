@@ -1,14 +1,26 @@
 """Fully connected nets of seed 001 (MNIST)."""
 
 from collections.abc import Sequence
+from typing import Annotated, Literal
 
+from pydantic import Field
 from torch import Tensor, nn
 
 from tinyvision.models._shapes import as_hw
+from tinyvision.models.registry import ClosedModelSettings, register_model
+from tinyvision.schema import PositiveInt, one_of, spec
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU}
 
 
+
+class MLPSettings(ClosedModelSettings):
+    hidden: list[PositiveInt] = spec("a list of layer widths, each 1 or more", "[128,64]")
+    activation: Literal[tuple(ACTIVATIONS)] = spec(one_of(tuple(ACTIVATIONS)), "relu")
+    init_std: Annotated[float, Field(gt=0)] | None = spec("a positive number, or null for PyTorch's init", 0.01)
+
+
+@register_model("mlp", MLPSettings)
 class MLP(nn.Module):
     """Flatten, then ``hidden`` linear layers with ``activation``, then a linear head.
 

@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+from pydantic import field_validator
+
 from tinyvision.models.external import IMAGENET_MEAN_STD, TorchvisionModel, _grey_mean_std
+from tinyvision.models.registry import ClosedModelSettings, register_model
+from tinyvision.schema import spec
 
 
+class VGG16Settings(ClosedModelSettings):
+    weights: str | None = spec("null or a torchvision VGG16 weights name", "IMAGENET1K_V1")
+    weights_path: str | None = spec("null or the path of a VGG16 state dict", "vgg16.pth")
+    freeze_features: bool = spec("true or false", True)
+
+    @field_validator("weights")
+    @classmethod
+    def _known_weights(cls, value):
+        if value is not None:
+            from torchvision.models import VGG16_Weights
+
+            names = [w.name for w in VGG16_Weights] + ["DEFAULT"]
+            if value not in names:
+                raise ValueError(f"one of {', '.join(names)}")
+        return value
+
+
+@register_model("vgg16", VGG16Settings)
 class VGG16(TorchvisionModel):
     """torchvision's VGG16 whose last linear layer is replaced by one with ``num_classes`` outputs.
 
