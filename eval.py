@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 from torchmetrics.functional.classification import multiclass_confusion_matrix
@@ -18,10 +18,9 @@ from tinyvision.tta import probabilities as tta_probabilities
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    validate_eval(cfg)
+    cfg = validate_eval(cfg)  # resolved and checked once: typed settings from here on
     classifier = load_classifier(cfg.ckpt_path)
-    data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
-    datamodule = datamodule_for(classifier, data, cfg.paths.data_dir)
+    datamodule = datamodule_for(classifier, cfg.data, cfg.paths.data_dir)
     datamodule.eval_batch_size = cfg.batch_size
     datamodule.setup("test")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -13,7 +13,7 @@ from tinyvision.inference import load_classifier
 
 
 def main(cfg: DictConfig) -> None:
-    validate_export(cfg)
+    cfg = validate_export(cfg)  # resolved and checked once: typed settings from here on
     name = f"model{FORMATS[cfg.format]}"  # output= is checked before the model is loaded
     path = output_file("output", cfg.output, name, FORMATS[cfg.format]) if cfg.output else Path(cfg.paths.output_dir) / name
     classifier = load_classifier(cfg.ckpt_path)

@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> None:
 
 
 def predict(cfg: DictConfig) -> list[dict]:
-    validate_predict(cfg)
+    cfg = validate_predict(cfg)  # resolved and checked once: typed settings from here on
     # Where the predictions go is checked before any work: no prediction is made to be lost to a typo in it.
     output = predictions_file(cfg.output) if cfg.output else None
     if str(cfg.ckpt_path).endswith(".onnx"):  # exported by export.py, run by onnxruntime

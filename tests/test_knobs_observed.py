@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from tinyvision.config import validate_train
 from tinyvision.data.augment import (
     color_jitter,
     mix_batch,
@@ -19,7 +20,8 @@ from tinyvision.data.augment import (
     trivial_augment,
 )
 from tinyvision.module import ImageClassifier
-from tinyvision.training import build, make_trainer
+from tinyvision.trainer import make_trainer
+from tinyvision.training import build
 
 # A small run on one CPU process: a couple of batches of 16, one validation and one test batch, nothing written.
 QUICK = ["trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
@@ -67,11 +69,11 @@ class Seen:
 
 def quick_run(make_config, *overrides: str, callbacks=(), test: bool = False):
     """Build the data module and classifier from the config, fit them with the config's Trainer, as train.py does."""
-    cfg = make_config(*QUICK, *overrides)
-    L.seed_everything(cfg.seed, verbose=False)
-    datamodule, classifier = build(cfg)
+    values = validate_train(make_config(*QUICK, *overrides))  # resolved and checked once, as train() does
+    L.seed_everything(values["seed"], verbose=False)
+    datamodule, classifier = build(values)
     seen = Seen(datamodule, classifier)
-    trainer = make_trainer(cfg, list(callbacks), [])
+    trainer = make_trainer(values, list(callbacks), [])
     trainer.fit(classifier, datamodule=datamodule)
     if test:
         trainer.test(classifier, datamodule=datamodule, verbose=False)
@@ -298,10 +300,11 @@ def test_onnx_export_of_a_trained_batchnorm_model_gives_its_outputs(make_config,
 
 def test_the_logged_loss_is_the_mean_over_images_when_the_last_batch_is_short(make_config):
     """The test loss logged over 100 images in batches of 32, 32, 32 and 4 is their per-image mean cross-entropy."""
-    cfg = make_config(*QUICK, "model=mlp", "model.init_std=null", "data.batch_size=32", "trainer.limit_test_batches=null")
-    L.seed_everything(cfg.seed, verbose=False)
-    datamodule, classifier = build(cfg)
-    logged = make_trainer(cfg, [], []).test(classifier, datamodule=datamodule, verbose=False)[0]
+    values = validate_train(make_config(*QUICK, "model=mlp", "model.init_std=null", "data.batch_size=32",
+                                        "trainer.limit_test_batches=null"))
+    L.seed_everything(values["seed"], verbose=False)
+    datamodule, classifier = build(values)
+    logged = make_trainer(values, [], []).test(classifier, datamodule=datamodule, verbose=False)[0]
     images, labels = datamodule.splits["test"]
     assert len(labels) % 32 == 4
     with torch.inference_mode():

@@ -36,9 +36,10 @@ def test_label_smoothing_changes_the_loss_by_the_known_formula():
 def test_auto_class_weights_are_the_inverse_class_frequency_of_the_training_split(make_config, tmp_path):
     import lightning as L
 
+    from tinyvision.config import validate_train
     from tinyvision.training import build
 
-    datamodule, classifier = build(make_config("loss.class_weights=auto", "data.val_size=50", run_dir=tmp_path / "run"))
+    datamodule, classifier = build(validate_train(make_config("loss.class_weights=auto", "data.val_size=50", run_dir=tmp_path / "run")))
     L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0).fit(classifier, datamodule)
     counts = torch.bincount(datamodule.splits["train"][1], minlength=10).float()
@@ -70,6 +71,7 @@ def test_trainer_knobs_are_set_without_a_plus(make_config, tmp_path):
 def test_warmup_raises_the_lr_linearly_every_batch_then_hands_over(scheduler, make_config, tmp_path):
     import lightning as L
 
+    from tinyvision.config import validate_train
     from tinyvision.training import build
 
     class Rates(L.Callback):
@@ -79,9 +81,10 @@ def test_warmup_raises_the_lr_linearly_every_batch_then_hands_over(scheduler, ma
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    datamodule, classifier = build(make_config("optimizer=sgd", "optimizer.lr=0.5", f"scheduler={scheduler}", "scheduler.warmup_epochs=1",
-                                               *(["scheduler.step_size=1", "scheduler.gamma=0.5"] if scheduler == "step" else []),
-                                               "data.val_size=50", "data.batch_size=32", run_dir=tmp_path / "run"))
+    cfg = make_config("optimizer=sgd", "optimizer.lr=0.5", f"scheduler={scheduler}", "scheduler.warmup_epochs=1",
+                      *(["scheduler.step_size=1", "scheduler.gamma=0.5"] if scheduler == "step" else []),
+                      "data.val_size=50", "data.batch_size=32", run_dir=tmp_path / "run")
+    datamodule, classifier = build(validate_train(cfg))
     rates = Rates()
     L.Trainer(max_epochs=2, limit_train_batches=10, limit_val_batches=1, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=[rates]).fit(classifier, datamodule)

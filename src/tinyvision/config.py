@@ -23,6 +23,7 @@ from tinyvision.data.augment import AugmentSettings
 from tinyvision.data.datamodule import DataSettings
 from tinyvision.errors import ConfigError
 from tinyvision.export import ExportSettings
+from tinyvision.files import PathsSettings
 from tinyvision.hparams import SearchSettings
 from tinyvision.inference import EvalSettings, PredictSettings
 from tinyvision.loggers import LOGGER_SETTINGS
@@ -30,15 +31,10 @@ from tinyvision.models import MODELS, ModelSettings
 from tinyvision.models.registry import settings_by_target
 from tinyvision.module import LossSettings
 from tinyvision.optim import OPTIMIZERS, SCHEDULERS, Optimizer, Scheduler, WarmupOnly
-from tinyvision.schema import Open, Section, by_target, check, defaults_of, one_of, show, spec, to_container, with_signature_defaults
+from tinyvision.schema import Open, by_target, check, defaults_of, one_of, show, spec, to_container, with_signature_defaults
 from tinyvision.slurm import SlurmSettings
 from tinyvision.trainer import TrainerSettings
 from tinyvision.tta import MODES as TTA_MODES
-
-
-class PathsSettings(Section):
-    data_dir: str = spec("a directory path", "data")
-    output_dir: str = spec("a directory path", "outputs/runs/my_run")
 
 
 class TopLevelSettings(Open):
@@ -118,25 +114,24 @@ def _monitor_is_logged_then(name: str, section: Mapping[str, Any], values: Mappi
                           f"e.g. {key}=val/acc")
 
 
-def validate_eval(cfg: DictConfig) -> dict[str, Any]:
+def validate_eval(cfg: DictConfig) -> EvalSettings:
+    """eval.py's settings, typed; ``data`` (checked as training's, or null: the checkpoint's) and ``paths`` ride along."""
     values = to_container(cfg)
-    check(EvalSettings, {k: v for k, v in values.items() if k not in ("data", "paths")}, "")
+    settings = check(EvalSettings, values, "")
     if values.get("data"):
         check(DataSettings, values["data"], "data")
         boundaries.check_data(values["data"])
-    return values
+    return settings
 
 
-def validate_predict(cfg: DictConfig) -> dict[str, Any]:
+def validate_predict(cfg: DictConfig) -> PredictSettings:
     values = to_container(cfg)
-    check(PredictSettings, {k: v for k, v in values.items() if k != "paths"}, "")
-    return values
+    return check(PredictSettings, values, "")
 
 
-def validate_export(cfg: DictConfig) -> dict[str, Any]:
+def validate_export(cfg: DictConfig) -> ExportSettings:
     values = to_container(cfg)
-    check(ExportSettings, {k: v for k, v in values.items() if k != "paths"}, "")
-    return values
+    return check(ExportSettings, values, "")
 
 
 def register_defaults() -> None:

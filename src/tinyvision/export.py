@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 
 from tinyvision.errors import ConfigError
-from tinyvision.files import card_path, replacing, write_atomic
+from tinyvision.files import PathsSettings, card_path, replacing, write_atomic
 from tinyvision.module import ImageClassifier
 from tinyvision.preprocessing import as_hw
 from tinyvision.schema import Open, one_of, spec
@@ -101,6 +101,8 @@ def _safetensors(classifier: ImageClassifier, path: Path) -> None:
 
 class ExportSettings(Open):
     """export.py's keys (conf/export.yaml)."""
+
+    paths: PathsSettings
 
     ckpt_path: str = spec("the path of a .ckpt file", "outputs/runs/<run>/checkpoints/best.ckpt")
     format: Literal[tuple(FORMATS)] = spec(one_of(tuple(FORMATS)), "onnx", "onnx")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyvision.errors import ConfigError, WriteFailed
+from tinyvision.schema import Section, spec
 
 # A run folder (outputs/runs/<run> or a sweep's job folder)
 METRICS_FILE = "metrics.json"  # a finished run's figures
@@ -22,6 +23,13 @@ BEST_FILE = "best.yaml"  # the best trial and the command that trains it again
 STUDY_RESULT = "study.yaml"  # every trial, read back by the sweep summary
 # An exported model (export.py) and its card, read back by predict.py
 CARD_SUFFIX = ".json"
+
+
+class PathsSettings(Section):
+    """``paths``: where datasets are read from and where a command writes (Hydra's run folder by default)."""
+
+    data_dir: str = spec("a directory path", "data", "data")
+    output_dir: str = spec("a directory path", "outputs/runs/my_run")
 
 
 def card_path(model: Path) -> Path:

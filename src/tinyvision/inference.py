@@ -12,7 +12,7 @@ import torch
 from tinyvision.boundaries import input_file, is_state_dict_mismatch, load_torch, looks_like_text, weights_do_not_fit
 from tinyvision.data.datamodule import data_module_settings
 from tinyvision.errors import ConfigError
-from tinyvision.files import CARD_SUFFIX, card_path
+from tinyvision.files import CARD_SUFFIX, PathsSettings, card_path
 from tinyvision.module import ImageClassifier
 from tinyvision.schema import Open, PositiveInt, one_of, spec
 from tinyvision.tta import MODES as TTA_MODES
@@ -126,7 +126,10 @@ class OnnxClassifier:
 
 
 class EvalSettings(Open):
-    """eval.py's keys (conf/eval.yaml); ``data`` is checked as training's."""
+    """eval.py's keys (conf/eval.yaml); ``data`` is checked as training's (null: the checkpoint's own)."""
+
+    paths: PathsSettings
+    data: dict[str, Any] | None = None
 
     ckpt_path: str = spec("the path of a .ckpt file", "outputs/runs/<run>/checkpoints/best.ckpt")
     batch_size: PositiveInt | None = spec("a whole number of images, 1 or more", 1024, None)
@@ -137,6 +140,8 @@ class EvalSettings(Open):
 
 class PredictSettings(Open):
     """predict.py's keys (conf/predict.yaml)."""
+
+    paths: PathsSettings | None = None
 
     ckpt_path: str = spec("the path of a .ckpt file, or of an .onnx file from export.py", "outputs/runs/<run>/checkpoints/best.ckpt")
     inputs: str = spec("an image file or a folder of images", "photos/")

@@ -29,10 +29,11 @@ def find_lr(cfg: DictConfig) -> float | None:
     import lightning as L
     from lightning.pytorch.tuner import Tuner
 
-    settings = validate_lr_find(cfg)["lr_find"]  # every train key, and min_lr < max_lr, 20 steps or more
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, classifier = build(cfg)
-    trainer = make_trainer(cfg, [], [])  # no checkpoints, logs, loss stop or pictures: only the sweep
+    values = validate_lr_find(cfg)  # every train key, and min_lr < max_lr, 20 steps or more
+    settings = values["lr_find"]
+    L.seed_everything(values["seed"], workers=True, verbose=False)
+    datamodule, classifier = build(values)
+    trainer = make_trainer(values, [], [])  # no checkpoints, logs, loss stop or pictures: only the sweep
     run_dir = Path(cfg.paths.output_dir)
     result = Tuner(trainer).lr_find(classifier, datamodule=datamodule, min_lr=settings["min_lr"], max_lr=settings["max_lr"],
                                     num_training=settings["num_training"], update_attr=False)

@@ -4,12 +4,11 @@ here (TrainerSettings); an argument Lightning refuses is worded as trainer.KEY=V
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import hydra.utils
 import lightning as L
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
 from pydantic import Field, field_validator, model_validator
 
 from tinyvision import slurm
@@ -54,22 +53,22 @@ class TrainerSettings(Open):
         return values
 
 
-def make_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
+def make_trainer(values: Mapping[str, Any], callbacks: list, loggers: list) -> L.Trainer:
     """Lightning's Trainer; an argument Lightning refuses is reported as trainer.KEY=VALUE and the reason."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    devices = OmegaConf.select(cfg, "trainer.devices")
+    devices = values["trainer"].get("devices")
     try:
-        environment = slurm.cluster_environment(cfg.get("slurm"))  # in a SLURM job: Lightning's, its requeue handler off
-        plugins = [hydra.utils.instantiate(p) for p in cfg.trainer.get("plugins") or []]
+        environment = slurm.cluster_environment(values.get("slurm"))  # in a SLURM job: Lightning's, its requeue handler off
+        plugins = [hydra.utils.instantiate(p) for p in values["trainer"].get("plugins") or []]
         plugins += [environment] if environment is not None else []
-        trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+        trainer = hydra.utils.instantiate(values["trainer"], callbacks=callbacks, logger=loggers or False, plugins=plugins)
         if environment is not None:  # what Lightning checks only when DDP launches, inside fit
             environment.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
         return trainer
     except InstantiationException as error:
         if isinstance(error.__cause__, (MisconfigurationException, ValueError, TypeError, ModuleNotFoundError)):
-            raise trainer_error(OmegaConf.to_container(cfg.trainer, resolve=True), error.__cause__) from None
+            raise trainer_error(values["trainer"], error.__cause__) from None
         raise
     except ValueError as error:  # SLURM's task counts do not fit the trainer's devices (Lightning's check)
         raise ConfigError(f"trainer.devices={devices}: {first_line(str(error))} Ask SLURM for one task per device "

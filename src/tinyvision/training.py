@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import logging
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,24 +38,24 @@ log = logging.getLogger(__name__)
 DATA_INFO_KEYS = ("channels", "image_size", "num_classes", "mean", "std")
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ImageClassifier]:
-    """The data module and the classifier a config describes (its values already validated)."""
+def build(values: Mapping[str, Any]) -> tuple[L.LightningDataModule, ImageClassifier]:
+    """The data module and the classifier of a config's validated values (``validate_train``)."""
     try:
         # mean and std are the classifier's (it normalizes); the data module hands over uint8 images
-        datamodule = hydra.utils.instantiate(data_module_settings(cfg.data), _convert_="all")
+        datamodule = hydra.utils.instantiate(data_module_settings(values["data"]), _convert_="all")
     except InstantiationException as error:
         if isinstance(error.__cause__, TinyVisionError):
             raise error.__cause__ from None  # our message already names the key and the fix
         raise
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    data_info = {key: data[key] for key in DATA_INFO_KEYS}
+    data = values["data"]
+    data_info = {key: copy.deepcopy(data[key]) for key in DATA_INFO_KEYS}
     data_info["dataset"] = data.get("dataset", "folder")
-    classifier = ImageClassifier(
-        model=OmegaConf.to_container(cfg.model, resolve=True),
+    classifier = ImageClassifier(  # copies: the classifier's saved hyperparameters are its own
+        model=copy.deepcopy(values["model"]),
         data=data_info,
-        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) or None,
-        loss=OmegaConf.to_container(cfg.loss, resolve=True) if cfg.get("loss") else None,
+        optimizer=copy.deepcopy(values["optimizer"]),
+        scheduler=copy.deepcopy(values.get("scheduler")) or None,
+        loss=copy.deepcopy(values.get("loss")) or None,
     )
     return datamodule, classifier
 
@@ -70,20 +72,21 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
         if earlier is not None:
             return earlier
     resume_from = _checkpoint_to_resume(cfg, run_dir)
-    validate_train(cfg)  # every key's type and range, before anything is built or written
-    with slurm.EndWarning(cfg.get("slurm")) as warning:  # never the signal's default action, wherever it lands
-        return _train(cfg, run_dir, resume_from, sweep_job, warning)
+    # Resolved and checked once, before anything is built or written: the run is built from these values alone.
+    values = validate_train(cfg)
+    with slurm.EndWarning(values.get("slurm")) as warning:  # never the signal's default action, wherever it lands
+        return _train(values, run_dir, resume_from, sweep_job, warning)
 
 
-def _train(cfg: DictConfig, run_dir: Path, resume_from: Path | None, sweep_job: bool, warning) -> dict[str, Any]:
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, classifier = build(cfg)
-    classifier.run_config = OmegaConf.to_container(cfg, resolve=True)
-    classifier.test_tta = cfg.get("tta") or "none"
-    pruning, trial_pruned = _pruning_callback(cfg) if sweep_job else (None, ())  # () catches nothing
-    trainer = make_trainer(cfg, _callbacks(cfg, pruning, warning), _loggers(cfg, resume_from))
+def _train(values: dict[str, Any], run_dir: Path, resume_from: Path | None, sweep_job: bool, warning) -> dict[str, Any]:
+    L.seed_everything(values["seed"], workers=True, verbose=False)
+    datamodule, classifier = build(values)
+    classifier.run_config = values
+    classifier.test_tta = values.get("tta") or "none"
+    pruning, trial_pruned = _pruning_callback(values) if sweep_job else (None, ())  # () catches nothing
+    trainer = make_trainer(values, _callbacks(values, pruning, warning), _loggers(values, resume_from))
     if sweep_job:
-        _refuse_relaunching_strategy(trainer, cfg.trainer.get("strategy"))
+        _refuse_relaunching_strategy(trainer, values["trainer"].get("strategy"))
 
     started, started_at = time.perf_counter(), time.time()
     try:
@@ -153,10 +156,10 @@ def _earlier_start_of_this_trial(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def _pruning_callback(cfg: DictConfig) -> tuple[L.Callback | None, type[Exception] | tuple]:
+def _pruning_callback(values: Mapping[str, Any]) -> tuple[L.Callback | None, type[Exception] | tuple]:
     """A trial of an Optuna sweep reports to its study (not when its run dir is resumed alone, nor with
     prune_on: null); with the callback comes the exception that says the pruner stopped the trial."""
-    search = cfg.get("hparams_search")
+    search = values.get("hparams_search")
     if search is None or search.get("trial") is None or not search.get("prune_on"):
         return None, ()
     from optuna import TrialPruned
@@ -166,17 +169,17 @@ def _pruning_callback(cfg: DictConfig) -> tuple[L.Callback | None, type[Exceptio
     return pruning_callback(search), TrialPruned
 
 
-def _callbacks(cfg: DictConfig, pruning, warning=None) -> list[L.Callback]:
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+def _callbacks(values: Mapping[str, Any], pruning, warning=None) -> list[L.Callback]:
+    callbacks = [hydra.utils.instantiate(c) for c in (values.get("callbacks") or {}).values() if c is not None]
     callbacks = [c for c in callbacks if c is not None]  # a factory may say "off" (callbacks.ema.decay=0)
-    callbacks.append(LogHyperparameters(compared_hparams(OmegaConf.to_container(cfg, resolve=True), group_choices())))
+    callbacks.append(LogHyperparameters(compared_hparams(values, group_choices())))
     callbacks.append(RememberMlflowRun())
     callbacks.append(FitChecks())  # settings only the data's size can refuse, before the first step
     callbacks.append(StopOnSignal(warning))  # always: a stopped run must never look finished
     return callbacks + ([pruning] if pruning is not None else [])
 
 
-def _loggers(cfg: DictConfig, resume_from: Path | None) -> list:
+def _loggers(values: Mapping[str, Any], resume_from: Path | None) -> list:
     """The configured loggers; a resumed run's TensorBoard logger drops the events written after its checkpoint,
     so curves have no repeated steps, and its MLflow logger continues the MLflow run of the checkpoint. A new
     MLflow run is named after the run dir (a sweep's: sweep/job)."""
@@ -184,10 +187,10 @@ def _loggers(cfg: DictConfig, resume_from: Path | None) -> list:
 
     checkpoint = load_checkpoint_file(resume_from) if resume_from is not None else {}
     purge_step = checkpoint.get("global_step")
-    run_dir = Path(cfg.paths.output_dir)
+    run_dir = Path(values["paths"]["output_dir"])
     run_name = f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.isdigit() else run_dir.name
     loggers = []
-    for settings in (cfg.get("logger") or {}).values():
+    for settings in (values.get("logger") or {}).values():
         if settings is None:
             continue
         make = hydra.utils.instantiate(settings, _partial_=True)

@@ -5,13 +5,13 @@ another machine and reaches the study through the storage."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import hydra.utils
 import optuna
 import yaml
-from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from tinyvision import boundaries
@@ -54,7 +54,7 @@ def default_storage(sweep_dir: Path) -> str:
     return f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
 
 
-def pruning_callback(search: DictConfig):
+def pruning_callback(search: Mapping[str, Any]):
     """The Lightning callback a sweep job uses to report ``prune_on`` each epoch and stop when the pruner says.
 
     Optuna-integration's callback does the reporting (and the DDP hand-over through the storage); this
@@ -62,17 +62,17 @@ def pruning_callback(search: DictConfig):
     from optuna_integration import PyTorchLightningPruningCallback
 
     study = optuna.load_study(
-        study_name=search.study_name, storage=open_storage(search.storage), pruner=hydra.utils.instantiate(search.get("pruner"))
+        study_name=search['study_name'], storage=open_storage(search['storage']), pruner=hydra.utils.instantiate(search.get("pruner"))
     )
     try:
         # Optuna has no public lookup of a trial by number; the storage method is the one its own trials use.
-        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, int(search.trial))
+        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, int(search['trial']))
     except KeyError:
         raise ConfigError(
-            f"hparams_search.trial={search.trial}: study {search.study_name!r} in {search.storage} has no such trial; "
+            f"hparams_search['trial']={search['trial']}: study {search['study_name']!r} in {search['storage']} has no such trial; "
             "trials are created by the sweeper (python train.py -m hparams_search=...), not by hand"
         ) from None
-    return PyTorchLightningPruningCallback(optuna.trial.Trial(study, trial_id), monitor=search.prune_on)
+    return PyTorchLightningPruningCallback(optuna.trial.Trial(study, trial_id), monitor=search['prune_on'])
 
 
 # ---------------------------------------------------------------------------------------------- results
