@@ -8,9 +8,12 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 
+from tinyvision.models import MODELS as REGISTERED
+from tinyvision.schema import defaults_of
 from tinyvision.training import build, train
 
-MODELS = ["convnet", "mlp", "lenet", "cifar_net", "cifar_net_v3", "vgg16"]
+# Every registered architecture, found by name; timm's and torchvision's need a library name (tests/test_any_model.py).
+MODELS = [name for name in REGISTERED if name not in ("timm", "torchvision")]
 DATASETS = ["mnist", "fashion", "cifar10", "folder"]
 
 
@@ -118,3 +121,36 @@ def test_each_command_writes_into_its_own_outputs_folder(script, folder):
                       return_hydra_config=True)
     run_dir = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]
     assert run_dir.startswith(folder) or f",{folder}" in run_dir  # train: its own, unless resuming
+
+
+@pytest.mark.parametrize("name", list(REGISTERED))
+def test_each_registered_architecture_has_its_config_and_its_defaults_come_from_its_code(name, make_config):
+    """conf/model/<name>.yaml names the registered class and composes to its settings' defaults (from the constructor's
+    signature), and holds no second copy of any of them: the YAML holds choices."""
+    import yaml
+
+    from conftest import CONF
+
+    registered = REGISTERED[name]
+    written = yaml.safe_load((CONF / "model" / f"{name}.yaml").read_text())
+    assert written["_target_"] == registered.target
+    defaults = defaults_of(registered.settings)
+    assert not {key for key, value in written.items() if key in defaults and defaults[key] == value}
+    composed = make_config(f"model={name}").model
+    assert {key: composed[key] for key in defaults} == defaults
+    assert "channels_last" in defaults and defaults["channels_last"] is True  # the common keys come with every model
+
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion", "folder", "cifar10"])
+def test_every_augmentation_key_reaches_each_data_config_from_its_settings(dataset, make_config):
+    """data.augment holds every AugmentSettings field, at its declared default unless the dataset chooses otherwise
+    (CIFAR's crop and flip), so any knob can be set from the command line without +."""
+    import yaml
+
+    from conftest import CONF
+    from tinyvision.data.augment import AugmentSettings
+
+    chosen = (yaml.safe_load((CONF / "data" / f"{dataset}.yaml").read_text()) or {}).get("augment") or {}
+    composed = make_config(*data_overrides(dataset)).data.augment
+    assert dict(composed) == {**defaults_of(AugmentSettings), **chosen}
