@@ -8,7 +8,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from tinyvision.checkpoints import RunInterrupted, config_for_resume
+from tinyvision.callbacks import RunInterrupted
+from tinyvision.checkpoints import config_for_resume
 from tinyvision.cli import report, run_script
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import FAILURE_FILE, write_json

@@ -39,22 +39,14 @@ class TensorBoardLogger(LightningTensorBoardLogger):
             super().log_graph(model, input_array)
 
 
+def tensorboard_writer(trainer: L.Trainer):
+    """The run's TensorBoard SummaryWriter (its first TensorBoard logger's), or None when it logs to no TensorBoard."""
+    return next((logger.experiment for logger in trainer.loggers if isinstance(logger, LightningTensorBoardLogger)), None)
+
+
 MLFLOW_RUN_KEY = "mlflow_run_id"  # in every checkpoint of a run logged to MLflow
 
 
-class RememberMlflowRun(L.Callback):
-    """Keeps the MLflow run's id in each checkpoint, so that resume=<run dir> logs on into the same MLflow run
-    (training._loggers reads it back) instead of starting a second one.
-
-    Every run carries this callback (tinyvision.training adds it), so it carries tinyvision.boundaries.FitChecks too:
-    the settings only the data's size can refuse are refused when fit sets up, before the first step."""
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        from lightning.pytorch.loggers import MLFlowLogger
-
-        for logger in trainer.loggers:
-            if isinstance(logger, MLFlowLogger) and logger.run_id:
-                checkpoint[MLFLOW_RUN_KEY] = logger.run_id
 
 
 def log_compared_hparams(trainer: L.Trainer, params: dict[str, Any], resumed: bool = False) -> None:
@@ -71,6 +63,8 @@ def log_compared_hparams(trainer: L.Trainer, params: dict[str, Any], resumed: bo
             # Not logger.log_hyperparams(params, metrics): it also logs the metrics' placeholder values as
             # scalars, which would stay in the run's curves. This writes the HPARAMS entry alone, naming the
             # result metrics whose scalars HPARAMS shows beside the parameters.
+            # SummaryWriter writes a raw summary only through its file writer, which it has no public getter for
+            # (tests/test_compare_runs.py reads the HPARAMS entry back, so a change in torch fails there).
             writer = logger.experiment._get_file_writer()
             experiment, session_start, session_end = hparams(params, dict.fromkeys(RESULT_METRICS, 0.0))
             for summary in (_headline_first(experiment), session_start, session_end):

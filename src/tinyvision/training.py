@@ -21,14 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinyvision import slurm
 from tinyvision.boundaries import FitChecks
-from tinyvision.callbacks import LogHyperparameters, RunRecord, TestReport
-from tinyvision.checkpoints import RunInterrupted, StopOnSignal, last_checkpoint, load_checkpoint_file
+from tinyvision.callbacks import LogHyperparameters, RememberMlflowRun, RunInterrupted, RunRecord, StopOnSignal, TestReport, find_callback
+from tinyvision.checkpoints import last_checkpoint, load_checkpoint_file
 from tinyvision.config import validate_train
 from tinyvision.data.datamodule import data_module_settings
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import METRICS_FILE, PRUNED_FILE, write_json
 from tinyvision.hparams import compared_hparams, group_choices
-from tinyvision.loggers import MLFLOW_RUN_KEY, RememberMlflowRun, log_final_figures, log_run_files
+from tinyvision.loggers import MLFLOW_RUN_KEY, log_final_figures, log_run_files
 from tinyvision.module import ImageClassifier
 from tinyvision.report import PER_CLASS_FILE, write_per_class_csv
 from tinyvision.trainer import make_trainer
@@ -94,7 +94,7 @@ def _train(values: dict[str, Any], run_dir: Path, resume_from: Path | None, swee
             _fit(trainer, classifier, datamodule, resume_from, pruning)
     except trial_pruned:
         return _record_pruned(trainer, run_dir, time.perf_counter() - started)
-    record = next((c for c in trainer.callbacks if isinstance(c, RunRecord)), None)
+    record = find_callback(trainer, RunRecord)
     log_final_figures(trainer, round(record.train_seconds, 2) if record else None, trainer.current_epoch)
     with _signals_stop(trainer):
         best, test = _test_best_checkpoint(trainer, classifier, datamodule)
@@ -116,7 +116,7 @@ def _signals_stop(trainer: L.Trainer):
     except RunInterrupted:
         raise
     except BaseException:
-        stop = next((c for c in trainer.callbacks if isinstance(c, StopOnSignal)), None)
+        stop = find_callback(trainer, StopOnSignal)
         interrupted = stop.interrupted(trainer) if stop is not None else None
         if interrupted is None:
             raise
@@ -227,8 +227,8 @@ def _test_best_checkpoint(trainer: L.Trainer, classifier, datamodule) -> tuple[s
 def _run_metrics(trainer: L.Trainer, test: dict, best: str | None, run_dir: Path, seconds: float,
                  started_at: float) -> dict[str, Any]:
     """metrics.json: the final figures, timings and the per-epoch history."""
-    record = next((c for c in trainer.callbacks if isinstance(c, RunRecord)), None)
-    report = next((c.report for c in trainer.callbacks if isinstance(c, TestReport)), None)
+    record = find_callback(trainer, RunRecord)
+    report = getattr(find_callback(trainer, TestReport), "report", None)
     history = record.history if record else []
     last = history[-1] if history else {}
     return {
@@ -257,7 +257,7 @@ def _run_metrics(trainer: L.Trainer, test: dict, best: str | None, run_dir: Path
 def _discard_logs_of_refused_run(trainer: L.Trainer) -> None:
     """A run refused while its data is read (before its first step) leaves no log files: Lightning opens
     the loggers' files before the data module's setup, where such a refusal happens."""
-    record = next((c for c in trainer.callbacks if isinstance(c, RunRecord)), None)
+    record = find_callback(trainer, RunRecord)
     if record is None or record.first_step_at is not None or not trainer.is_global_zero:
         return
     for logger in trainer.loggers:
@@ -270,7 +270,7 @@ def _discard_logs_of_refused_run(trainer: L.Trainer) -> None:
 
 def _record_pruned(trainer: L.Trainer, run_dir: Path, seconds: float) -> dict[str, Any]:
     """pruned.json: the epochs a pruned trial ran, with the metric values it reported."""
-    record = next((c for c in trainer.callbacks if isinstance(c, RunRecord)), None)
+    record = find_callback(trainer, RunRecord)
     history = list(record.history) if record else []
     val_acc = trainer.callback_metrics.get("val/acc")
     accuracies = [row["val/acc"] for row in history if "val/acc" in row] + ([float(val_acc)] if val_acc is not None else [])

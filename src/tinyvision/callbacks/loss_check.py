@@ -7,7 +7,7 @@ import math
 import lightning as L
 import torch
 
-from tinyvision.checkpoints import AtomicCheckpointIO, LastCheckpoint, ResumableRandomState
+from tinyvision.callbacks.checkpoints import LastCheckpoint
 from tinyvision.errors import TrainingDiverged
 from tinyvision.schema import Open, PositiveInt, spec
 
@@ -97,6 +97,3 @@ class StopOnNonFiniteLoss(L.Callback):
             f"(optimizer.lr={lr:g}: try a tenth of it), no normalization of the inputs (data.mean/data.std), "
             f"or a schedule that warms up too fast{kept}"
         )
-
-# Runs started before checkpoints.py existed name these three here in their saved config (resume=<run>).
-__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "ResumableRandomState", "StopOnNonFiniteLoss"]

@@ -1,0 +1,53 @@
+"""What the callbacks that read the run give back, observed against an independent computation."""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+from tinyvision.callbacks import ProgressBar, StopOnNonFiniteLoss, TensorBoardPictures
+
+
+def test_the_misclassified_pictures_are_the_first_wrong_validation_images_in_order():
+    """Kept on the device batch by batch, the grid still shows the first N wrong images of the whole validation, in
+    the order validation met them, with their predicted and true labels."""
+    generator = torch.Generator().manual_seed(0)
+    pictures = TensorBoardPictures(misclassified=5)
+    trainer = types.SimpleNamespace(sanity_checking=False)
+    batches = []
+    for _ in range(4):
+        images = torch.randint(0, 256, (6, 1, 4, 4), dtype=torch.uint8, generator=generator)
+        labels = torch.randint(0, 3, (6,), generator=generator)
+        logits = torch.randn(6, 3, generator=generator)
+        batches.append((images, labels, logits))
+        pictures.on_validation_batch_end(trainer, None, logits, (images, labels), 0)
+    images = torch.cat([b[0] for b in batches])
+    labels = torch.cat([b[1] for b in batches])
+    predicted = torch.cat([b[2] for b in batches]).argmax(1)
+    wrong = [i for i in range(len(labels)) if predicted[i] != labels[i]][:5]
+    assert len(wrong) == 5  # the draw has enough wrong ones for the cut to matter
+    shown_images, shown_predicted, shown_true = pictures._misclassified()
+    assert torch.equal(shown_images, images[wrong])
+    assert shown_predicted.tolist() == predicted[wrong].tolist() and shown_true.tolist() == labels[wrong].tolist()
+
+
+def test_the_progress_bar_shows_the_loss_without_the_loss_check(monkeypatch):
+    """The bar's live loss comes from the loss check when the run has it, and from the step's own loss (read once a
+    drawing) when callbacks.stop_on_non_finite_loss=null."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    # Rich's own drawing and metrics need a running Trainer: stood in for, the bar's own part runs as it is.
+    monkeypatch.setattr(RichProgressBar, "on_train_batch_end", lambda *args, **kwargs: None)
+    monkeypatch.setattr(RichProgressBar, "get_metrics", lambda self, trainer, module: {})
+    bar = ProgressBar(refresh_seconds=0.0)
+    monkeypatch.setattr(bar, "_due", lambda batch_idx, total: True)  # a drawing is due
+    check = StopOnNonFiniteLoss()
+    check.shown_loss = 1.25
+    with_check = types.SimpleNamespace(callbacks=[bar, check], training=True)
+    without_check = types.SimpleNamespace(callbacks=[bar], training=True)
+
+    assert bar.get_metrics(without_check, None) == {}  # nothing read yet
+    bar.on_train_batch_end(without_check, None, {"loss": torch.tensor(0.5)}, None, 0)
+    assert bar.get_metrics(without_check, None) == {"loss": "0.500"}
+    assert bar.get_metrics(with_check, None) == {"loss": "1.250"}
