@@ -51,3 +51,23 @@ def test_the_progress_bar_shows_the_loss_without_the_loss_check(monkeypatch):
     bar.on_train_batch_end(without_check, None, {"loss": torch.tensor(0.5)}, None, 0)
     assert bar.get_metrics(without_check, None) == {"loss": "0.500"}
     assert bar.get_metrics(with_check, None) == {"loss": "1.250"}
+
+
+def test_a_run_saved_before_the_callbacks_moved_resumes_with_classes_that_import(make_config):
+    """A checkpoint's config names the classes where they lived when it was saved (tinyvision.guards, the old
+    tinyvision.checkpoints and tinyvision.pictures ones): resume maps each to where it lives now."""
+    import hydra.utils
+    from omegaconf import OmegaConf
+
+    from tinyvision.checkpoints import MOVED_TARGETS, _current_targets
+
+    values = OmegaConf.to_container(make_config("callbacks=default"), resolve=False)
+    now = {new: old for old, new in MOVED_TARGETS.items() if not old.startswith("tinyvision.guards.")}
+    saved = {**values, "callbacks": {name: {**section, "_target_": now.get(section["_target_"], section["_target_"])}
+                                     for name, section in values["callbacks"].items()}}
+    saved["callbacks"]["stop_on_non_finite_loss"]["_target_"] = "tinyvision.guards.StopOnNonFiniteLoss"
+    assert {section["_target_"] for section in saved["callbacks"].values()} & set(MOVED_TARGETS)  # the old names
+    resumed = _current_targets(saved)
+    for section in resumed["callbacks"].values():
+        assert hydra.utils.get_object(section["_target_"])  # every one imports
+    assert resumed["callbacks"]["last_checkpoint"]["_target_"] == "tinyvision.callbacks.LastCheckpoint"

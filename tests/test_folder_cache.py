@@ -66,7 +66,7 @@ def test_the_cached_and_the_per_image_paths_give_the_same_pixels(images, tmp_pat
     [line] = [r.getMessage() for r in caplog.records if "cache_max_gb" in r.getMessage()]
     assert "decoding them per image" in line and "raise data.cache_max_gb" in line
     for split in ("train", "val", "test"):
-        images_per_image = torch.stack([per_image.datasets[split][i][0] for i in range(len(per_image.datasets[split]))])
+        images_per_image = torch.stack([per_image.streamed.datasets[split][i][0] for i in range(len(per_image.streamed.datasets[split]))])
         assert torch.equal(images_per_image, cached.splits[split][0].cpu()), split
 
 
@@ -115,7 +115,7 @@ def test_deep_images_are_scaled_to_8_bit_on_both_paths_in_decode_workers(tmp_pat
     decoded = folder_cache.load_or_decode(root, folder_cache.image_files(root)[0], 1, (32, 32), tmp_path / "cache", 0)[0]
     index = decoded.files.index(os.path.join("ants", name))
     assert decoded.images[index].unique().tolist() == [expected] and not decoded.bad
-    folder = per_image.datasets["train"]
+    folder = per_image.streamed.datasets["train"]
     while isinstance(folder, torch.utils.data.Subset):
         folder = folder.dataset  # the ImageFolder under the splits
     sample = next(i for i, (path, _) in enumerate(folder.samples) if path.endswith(name))

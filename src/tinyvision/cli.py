@@ -233,6 +233,8 @@ def _each_sweep_value(overrides: list[str]) -> list[list[str]]:
 def _choice_text(value: Any) -> str:
     from hydra.core.override_parser.types import Override
 
+    # Hydra's own writing of a parsed sweep value back as override text; it has no public name
+    # (tests/test_bad_input.py composes sweeps of quoted and nested values through it).
     return Override._get_value_element_as_str(value)
 
 

@@ -24,11 +24,15 @@ class TensorBoardLogger(LightningTensorBoardLogger):
 
     _graph_logged = False
 
+    def __init__(self, *args, purge_step: int | None = None, **kwargs):
+        super().__init__(*args, purge_step=purge_step, **kwargs)
+        self.resumed = purge_step is not None  # a resumed run's folder: its events after the checkpoint are purged
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         super().log_metrics({key: value for key, value in metrics.items() if key != "epoch"}, step)
 
     def log_graph(self, model, input_array=None) -> None:
-        if self._graph_logged or self._kwargs.get("purge_step") is not None:  # a resumed run's folder has its graph
+        if self._graph_logged or self.resumed:  # a resumed run's folder has its graph
             return
         self._graph_logged = True
         # TensorBoard's graph goes through torch.jit.trace, which warns that it is deprecated; the warning

@@ -233,7 +233,7 @@ def class_counts(datamodule, num_classes: int) -> torch.Tensor:
     if splits:
         labels = splits["train"][1].cpu()
     else:
-        subset = datamodule.datasets["train"]
+        subset = datamodule.streamed.datasets["train"]
         targets = getattr(subset.dataset, "targets", None)
         labels = torch.tensor([targets[i] for i in subset.indices] if targets is not None else [y for _, y in subset])
     return torch.bincount(labels, minlength=num_classes).float()

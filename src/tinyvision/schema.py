@@ -216,7 +216,7 @@ def _interpolation_message(cfg: DictConfig, error: InterpolationResolutionError)
     ("KeyError raised while resolving interpolation: ..."): one line, naming the key and the text typed."""
     key = error.full_key
     parent, _, leaf = key.rpartition(".")
-    try:  # the text as typed, unresolved (resolving it is what failed)
+    try:  # the text as typed, unresolved (resolving it is what failed): OmegaConf has no public read of it
         node = (OmegaConf.select(cfg, parent) if parent else cfg)._get_node(leaf)
         typed = node._value() if node is not None else None
     except Exception:  # a key OmegaConf cannot walk to without resolving: name it without its text

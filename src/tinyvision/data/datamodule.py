@@ -59,16 +59,23 @@ class ImageDataModule(L.LightningDataModule):
         self._augment_steps = self.augment.image_steps()  # built once, run on every training batch
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
 
-    def carve(self, count: int, what: str, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """The indices of the validation and training images among ``count``, drawn with ``generator``:
-        ``val_size`` images for validation, then ``train_size`` of the rest (all of them when null) for training."""
-        val_count = self._count("val_size", self.val_size, count, what)
-        order = torch.randperm(count, generator=generator)
-        val_index, train_index = order[:val_count], order[val_count:]
+    def carve(self, count: int, what: str, generator: torch.Generator, test_size: float | int | None = None) -> dict[str, Tensor]:
+        """The indices of each split among ``count`` images, drawn with ``generator``: with ``test_size`` (a folder
+        without a test/ subfolder) that many for the test first; then ``val_size`` of the rest for validation, and
+        ``train_size`` of what remains (all of it when null) for training."""
+        splits, rest = {}, torch.arange(count)
+        if test_size is not None:
+            test_count = round(test_size * count) if isinstance(test_size, float) else test_size
+            order = torch.randperm(count, generator=generator)
+            splits["test"], rest = order[:test_count], order[test_count:]
+        val_count = self._count("val_size", self.val_size, len(rest), what)
+        order = torch.randperm(len(rest), generator=generator)
+        splits["val"], train = rest[order[:val_count]], rest[order[val_count:]]
         if self.train_size is not None:
-            train_count = self._count("train_size", self.train_size, len(train_index), f"{what} less data.val_size", upto=True)
-            train_index = train_index[torch.randperm(len(train_index), generator=generator)[:train_count]]
-        return val_index, train_index
+            train_count = self._count("train_size", self.train_size, len(train), f"{what} less data.val_size", upto=True)
+            train = train[torch.randperm(len(train), generator=generator)[:train_count]]
+        splits["train"] = train
+        return splits
 
     @staticmethod
     def _count(key: str, size: float | int, available: int, what: str, upto: bool = False) -> int:
@@ -113,7 +120,8 @@ class ImageDataModule(L.LightningDataModule):
         if self.trainer is not None and self.trainer.training:
             images = self.augment_batch(images, self._augment_generator())
             if self.augment.mixes:
-                # Keyed by the batch's number in the whole run, which Lightning restores on resume.
+                # Keyed by the batch's number in the whole run, which Lightning restores on resume. Its loop's progress
+                # counters are the only count of batches (global_step counts optimizer steps); the resume tests pin them.
                 batch_number = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready
                 images, labels = mix_batch(images, labels, self.num_classes, self.augment.mixup_alpha, self.augment.cutmix_alpha,
                                            (self.seed, self._rank()[0], batch_number))
@@ -161,13 +169,11 @@ class TensorDataModule(ImageDataModule):
             )
         self.class_names = data.classes
         train_images, train_labels = self._adapt(data.train[0]), data.train[1]
-        val_index, train_index = self.carve(len(train_images), self.dataset, torch.Generator().manual_seed(self.seed))
+        index = self.carve(len(train_images), self.dataset, torch.Generator().manual_seed(self.seed))
         device = self._device()
-        self.splits = {
-            "train": (train_images[train_index].to(device), train_labels[train_index].to(device)),
-            "val": (train_images[val_index].to(device), train_labels[val_index].to(device)),
-            "test": (self._adapt(data.test[0]).to(device), data.test[1].to(device)),
-        }
+        self.splits = {split: (train_images[index[split]].to(device), train_labels[index[split]].to(device))
+                       for split in ("train", "val")}
+        self.splits["test"] = (self._adapt(data.test[0]).to(device), data.test[1].to(device))
 
     def _device(self) -> torch.device:
         if self.trainer is not None and self.trainer.strategy.root_device.type == "cuda":
@@ -195,10 +201,12 @@ class TensorDataModule(ImageDataModule):
         sampler = IndexSampler(len(images), shuffle, self.seed, rank, world_size, even=shuffle)
         return TensorBatches(images, labels, self.batch_size if shuffle else self.eval_batch_size, sampler)
 
-    def train_dataloader(self) -> TensorBatches:
-        self._train_batches = self._loader("train", shuffle=True)
-        self._train_batches.progress = self._train_progress
-        return self._train_batches
+    def train_dataloader(self):
+        loader = self._loader("train", shuffle=True)
+        if isinstance(loader, TensorBatches):  # resumable mid-epoch, and the augmentation's generator
+            loader.progress = self._train_progress
+            self._train_batches = loader
+        return loader
 
     def _train_progress(self) -> tuple[int, bool]:
         # Checkpoints are written after a batch's step: it counts as trained (Lightning resumes after it).
@@ -208,7 +216,7 @@ class TensorDataModule(ImageDataModule):
         return trained, trained >= self.trainer.num_training_batches
 
     def _augment_generator(self) -> torch.Generator | None:
-        return self._train_batches.generator if self._train_batches is not None else None
+        return self._train_batches.generator if self._train_batches is not None else None  # TensorBatches' only
 
 
 class FolderDataModule(TensorDataModule):
@@ -228,7 +236,7 @@ class FolderDataModule(TensorDataModule):
         super().__init__(dataset="folder", root=str(root), **kwargs)
         self.root, self.test_size, self.num_workers = Path(root), test_size, num_workers
         self.cache_max_gb, self.skip_bad_images, self.cache_dir = cache_max_gb, skip_bad_images, Path(cache_dir)
-        self.datasets: dict[str, torch.utils.data.Dataset] = {}  # the per-image path, when the cache does not fit
+        self.streamed: StreamedFolder | None = None  # the per-image path, when the decoded folder does not fit the cache
         self.skipped: list[tuple[str, str]] = []
 
     def _class_root(self, split: str = "train") -> Path:
@@ -274,7 +282,7 @@ class FolderDataModule(TensorDataModule):
         return bool(self.splits)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits or self.datasets:
+        if self.splits or self.streamed is not None:
             return
         from tinyvision.data import folder_cache
 
@@ -290,27 +298,22 @@ class FolderDataModule(TensorDataModule):
             log.info("data=folder: %d images decoded would take %.2f GB, over data.cache_max_gb=%s (%.2f GB): decoding them "
                      "per image in DataLoader workers every epoch; raise data.cache_max_gb to decode them once",
                      count, need / 1e9, self.cache_max_gb if self.cache_max_gb is not None else "null", budget / 1e9)
-            self._setup_per_image(roots)
+            self.streamed = StreamedFolder(roots, self.channels, self.hw)
+            self._report_bad(self.streamed.bad)
+            index = self.carve(len(self.streamed.train), str(self.root), torch.Generator().manual_seed(self.seed),
+                               None if self.streamed.test is not None else self.test_size)
+            self.streamed.split(index)
             return
         decoded = {split: folder_cache.load_or_decode(root, samples[split], self.channels, self.hw, self.cache_dir,
                                                       self.num_workers)[0] for split, root in roots.items()}
         self._report_bad([(str(roots[split] / file), reason) for split, d in decoded.items() for file, reason in d.bad])
         images, labels = decoded["train"].images, decoded["train"].labels
-        generator = torch.Generator().manual_seed(self.seed)
-        if "test" in decoded:
-            test_images, test_labels = decoded["test"].images, decoded["test"].labels
-        else:
-            test_count = round(self.test_size * len(images)) if isinstance(self.test_size, float) else self.test_size
-            order = torch.randperm(len(images), generator=generator)
-            test_images, test_labels = images[order[:test_count]], labels[order[:test_count]]
-            images, labels = images[order[test_count:]], labels[order[test_count:]]
-        val_index, train_index = self.carve(len(images), str(self.root), generator)
+        index = self.carve(len(images), str(self.root), torch.Generator().manual_seed(self.seed),
+                           None if "test" in decoded else self.test_size)
         device = self._device()
-        self.splits = {
-            "train": (images[train_index].to(device), labels[train_index].to(device)),
-            "val": (images[val_index].to(device), labels[val_index].to(device)),
-            "test": (test_images.to(device), test_labels.to(device)),
-        }
+        self.splits = {split: (images[rows].to(device), labels[rows].to(device)) for split, rows in index.items()}
+        if "test" in decoded:
+            self.splits["test"] = (decoded["test"].images.to(device), decoded["test"].labels.to(device))
 
     def _report_bad(self, bad: list[tuple[str, str]]) -> None:
         if not bad:
@@ -322,63 +325,53 @@ class FolderDataModule(TensorDataModule):
         self.skipped = bad
         log.warning("data=folder: skipped %d images that cannot be read: %s", len(bad), listed)
 
-    def _setup_per_image(self, roots: dict[str, Path]) -> None:
-        """The images decoded per image in DataLoader workers (a folder too large for the cache)."""
-        from PIL import Image
+    def _loader(self, split: str, shuffle: bool):
+        if self.streamed is None:
+            return super()._loader(split, shuffle)
+        return self.streamed.loader(split, self.batch_size if shuffle else self.eval_batch_size, shuffle, self.num_workers,
+                                    self.seed)
+
+
+class StreamedFolder:
+    """A folder too large to hold decoded: torchvision ImageFolder datasets decoded per image in DataLoader workers,
+    with the cache's transforms (the same images as decoding once would give). Unreadable files are left out and
+    listed in ``bad``; ``split`` cuts the splits the data module carved."""
+
+    def __init__(self, roots: dict[str, Path], channels: int, hw: tuple[int, int]):
         from torchvision import datasets
 
         from tinyvision.data.folder_cache import open_image, transform_for
 
-        bad = []
+        self.bad: list[tuple[str, str]] = []
+        transform = transform_for(channels, hw)
+        self.train = datasets.ImageFolder(str(roots["train"]), transform=transform, loader=open_image, is_valid_file=self._readable)
+        self.test = (datasets.ImageFolder(str(roots["test"]), transform=transform, loader=open_image, is_valid_file=self._readable)
+                     if "test" in roots else None)
+        self.datasets: dict[str, torch.utils.data.Dataset] = {}
 
-        def readable(path: str) -> bool:
-            from torchvision.datasets.folder import IMG_EXTENSIONS
+    def _readable(self, path: str) -> bool:
+        from PIL import Image
+        from torchvision.datasets.folder import IMG_EXTENSIONS
 
-            if not path.lower().endswith(IMG_EXTENSIONS):
-                return False
-            try:
-                with Image.open(path) as image:
-                    image.verify()  # the header and structure, without decoding every pixel
-                return True
-            except Exception as error:
-                bad.append((path, f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"))
-                return False
+        if not path.lower().endswith(IMG_EXTENSIONS):
+            return False
+        try:
+            with Image.open(path) as image:
+                image.verify()  # the header and structure, without decoding every pixel
+            return True
+        except Exception as error:
+            self.bad.append((path, f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"))
+            return False
 
-        transform = transform_for(self.channels, self.hw)
-        full = datasets.ImageFolder(str(roots["train"]), transform=transform, loader=open_image, is_valid_file=readable)
-        test = (datasets.ImageFolder(str(roots["test"]), transform=transform, loader=open_image, is_valid_file=readable)
-                if "test" in roots else None)
-        self._report_bad(bad)
-        generator = torch.Generator().manual_seed(self.seed)
-        if test is None:
-            test_count = round(self.test_size * len(full)) if isinstance(self.test_size, float) else self.test_size
-            order = torch.randperm(len(full), generator=generator).tolist()
-            test = torch.utils.data.Subset(full, order[:test_count])
-            full = torch.utils.data.Subset(full, order[test_count:])
-        val_index, train_index = self.carve(len(full), str(self.root), generator)
-        self.datasets = {
-            "train": torch.utils.data.Subset(full, train_index.tolist()),
-            "val": torch.utils.data.Subset(full, val_index.tolist()),
-            "test": test,
-        }
+    def split(self, index: dict[str, Tensor]) -> None:
+        self.datasets = {split: torch.utils.data.Subset(self.train, rows.tolist()) for split, rows in index.items()}
+        if self.test is not None:
+            self.datasets["test"] = self.test
 
-    def train_dataloader(self):
-        return super().train_dataloader() if self.cached else self._loader("train", shuffle=True)
-
-    def _loader(self, split: str, shuffle: bool):
-        if self.cached:
-            return super()._loader(split, shuffle)
-        return torch.utils.data.DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-        )
-
-    def _augment_generator(self) -> torch.Generator | None:
-        return super()._augment_generator() if self.cached else None
+    def loader(self, split: str, batch_size: int, shuffle: bool, num_workers: int, seed: int) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                                           persistent_workers=num_workers > 0,
+                                           generator=torch.Generator().manual_seed(seed) if shuffle else None)
 
 
 def data_module_settings(data: Any) -> dict[str, Any]:

@@ -163,7 +163,7 @@ class Study:
             if not isinstance(outcome, dict):  # a task function that returns the metric alone
                 outcome = {"status": "done", metric: outcome}
         else:  # an exception the task function did not catch; JobReturn keeps it as the return value
-            error = result._return_value
+            error = result._return_value  # JobReturn.return_value re-raises a failed job's exception; this reads it
             outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
         if outcome.get("status") == "pruned":
             study.tell(trial, state=TrialState.PRUNED)
