@@ -6,61 +6,58 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
-from torchmetrics.functional.classification import multiclass_confusion_matrix
 
+from tinyvision.callbacks import TestReport
 from tinyvision.cli import run_script
 from tinyvision.config import validate_eval
 from tinyvision.files import write_json
 from tinyvision.inference import datamodule_for, load_classifier
 from tinyvision.pictures import confusion_figure
-from tinyvision.report import PER_CLASS_FILE, classification_report, write_per_class_csv
-from tinyvision.tta import probabilities as tta_probabilities
+from tinyvision.report import PER_CLASS_FILE, write_per_class_csv
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    """The checkpoint tested as a training run's final test is: Lightning's test loop over the classifier's own
+    test_step (TTA included) and the same TestReport, so metrics.json speaks the same keys as training's."""
+    import lightning as L
+
     cfg = validate_eval(cfg)  # resolved and checked once: typed settings from here on
+    L.seed_everything(cfg.seed, verbose=False)
     classifier = load_classifier(cfg.ckpt_path)
+    classifier.test_tta = cfg.tta
     datamodule = datamodule_for(classifier, cfg.data, cfg.paths.data_dir)
-    datamodule.eval_batch_size = cfg.batch_size
-    datamodule.setup("test")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    classifier.to(device)
-    probabilities, labels = [], []
-    with torch.inference_mode():
-        for images, batch_labels in datamodule.test_dataloader():
-            # uint8: the classifier applies its own normalization; tta averages over flipped/shifted views
-            probabilities.append(tta_probabilities(classifier, images.to(device), cfg.tta).cpu())
-            labels.append(batch_labels.cpu())
-    probabilities, labels = torch.cat(probabilities), torch.cat(labels)
-    names = [str(n) for n in (datamodule.class_names or classifier.class_names)]
-    matrix = multiclass_confusion_matrix(probabilities.argmax(1), labels, num_classes=len(names))
-    per_class = (matrix.diag() / matrix.sum(1).clamp(min=1)).tolist()
-    accuracy = matrix.diag().sum().item() / max(matrix.sum().item(), 1)
-    report = classification_report(probabilities, labels, names, cfg.top_k)
+    if cfg.batch_size is not None:
+        datamodule.eval_batch_size = cfg.batch_size
+    report = TestReport(top_k=cfg.top_k, pr_curves=False)
+    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, callbacks=[report], enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    test = trainer.test(classifier, datamodule=datamodule, verbose=False)[0]
+    names = [str(n) for n in classifier.class_names]
     run_dir = cfg.paths.output_dir
     metrics = {
+        **{key: value for key, value in test.items() if key not in ("test/acc", "test/loss")},  # the report's figures
+        "test/acc": test["test/acc"],
+        "test/loss": test["test/loss"],
         "ckpt_path": str(cfg.ckpt_path),
         "dataset": getattr(datamodule, "dataset", "folder"),
-        "test/acc": accuracy,
-        "images": len(labels),
+        "images": report.report["images"],
         "tta": cfg.tta,
-        "per_class_acc": dict(zip(names, per_class)),
-        "report": report,  # per-class precision/recall/F1/support, macro and weighted, top-k, ECE
-        "confusion_matrix": matrix.tolist(),
+        "test_report": report.report,  # per class, macro and weighted averages, top-k, ECE (as training's metrics.json)
+        "confusion_matrix": report.confusion_matrix.tolist(),
         "class_names": names,
     }
     write_json(f"{run_dir}/metrics.json", metrics)
-    write_per_class_csv(Path(run_dir) / PER_CLASS_FILE, report)
-    figure = confusion_figure(matrix, names, f"test accuracy {accuracy:.2%}")
+    write_per_class_csv(Path(run_dir) / PER_CLASS_FILE, report.report)
+    figure = confusion_figure(report.confusion_matrix, names, f"test accuracy {metrics['test/acc']:.2%}")
     figure.savefig(f"{run_dir}/confusion_matrix.png", dpi=120)
-    show(metrics, matrix, run_dir)
+    show(metrics, report.confusion_matrix, run_dir)
     return metrics
 
 
 def show(metrics: dict, matrix: torch.Tensor, run_dir: str) -> None:
     console = Console()
     names = metrics["class_names"]
-    report = metrics["report"]
+    report = metrics["test_report"]
     top_k = next(key for key in report if key.startswith("top"))
     console.print(f"[bold]test accuracy[/] {metrics['test/acc']:.2%} on {metrics['images']:,} images of {metrics['dataset']}; "
                   f"{top_k.replace('_', ' ')} {report[top_k]:.2%}; expected calibration error {report['ece']:.4f}")

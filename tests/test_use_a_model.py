@@ -42,7 +42,11 @@ def test_eval_of_a_checkpoint_matches_the_training_run(shapes_run, shapes_root, 
     metrics = json.loads((out / "metrics.json").read_text())
     trained = json.loads((shapes_run / "metrics.json").read_text())
     assert metrics["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
-    assert metrics["images"] == 300 and len(metrics["per_class_acc"]) == 10
+    assert metrics["test/loss"] == pytest.approx(trained["test/loss"], abs=1e-6)  # the same test loop as training's
+    # one vocabulary: what training's metrics.json calls its test figures, eval's calls the same
+    assert {key for key in trained if key.startswith("test/")} <= set(metrics)
+    assert metrics["test_report"] == trained["test_report"]
+    assert metrics["images"] == 300 and len(metrics["test_report"]["per_class"]) == 10
     assert sum(map(sum, metrics["confusion_matrix"])) == 300
     assert (out / "confusion_matrix.png").stat().st_size > 1000
     assert "test accuracy" in result.stdout and "confusion matrix" in result.stdout

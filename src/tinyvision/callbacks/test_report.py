@@ -33,6 +33,7 @@ class TestReport(L.Callback):
     def __init__(self, top_k: int = 3, pr_curves: bool = True):
         self.top_k, self.pr_curves = top_k, pr_curves
         self.report: dict | None = None
+        self.confusion_matrix = None  # true × predicted counts of the last test, on the host
         self._probabilities: list = []
         self._labels: list = []
 
@@ -46,6 +47,7 @@ class TestReport(L.Callback):
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         import torch
+        from torchmetrics.functional.classification import multiclass_confusion_matrix
 
         from tinyvision.report import classification_report, scalars
 
@@ -56,6 +58,7 @@ class TestReport(L.Callback):
             probabilities, labels = gather_uneven(pl_module, probabilities), gather_uneven(pl_module, labels)
         names = [str(name) for name in pl_module.class_names]
         self.report = classification_report(probabilities, labels, names, self.top_k)
+        self.confusion_matrix = multiclass_confusion_matrix(probabilities.argmax(1), labels, num_classes=len(names)).cpu()
         pl_module.log_dict(scalars(self.report))
         self._probabilities, self._labels = [], []
         writer = tensorboard_writer(trainer)
