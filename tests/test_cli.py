@@ -107,3 +107,14 @@ def test_multirun_jobs_get_their_own_dirs_and_a_failed_job_spares_the_others(dat
     for job in ("0", "2"):
         assert (sweep / job / "checkpoints" / "best.ckpt").is_file()
     assert "error: optimizer.lr=-1: a positive number" in (sweep / "1" / "train.log").read_text()
+
+
+def test_the_config_groups_ship_inside_the_package_and_conf_at_the_root_is_them():
+    """Hydra reads the package's own conf/ (an installed tinyvision has it as package data); the checkout's conf/ is
+    the same folder, so editing either edits what the scripts compose."""
+    import tinyvision
+    from tinyvision.cli import CONF_DIR
+
+    assert CONF_DIR == Path(tinyvision.__file__).resolve().parent / "conf"
+    assert (CONF_DIR / "train.yaml").is_file() and (CONF_DIR / "model" / "lenet.yaml").is_file()
+    assert (Path(__file__).resolve().parents[1] / "conf").resolve() == CONF_DIR

@@ -21,7 +21,8 @@ from typing import Any
 from tinyvision import slurm
 from tinyvision.errors import ConfigError, TinyVisionError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# The package's own config groups (conf/ at the checkout's root links here), so an installed tinyvision has them too.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 EXIT_BAD_INPUT = 2
 # Command-line flags of Hydra's that take no part in composition (or print and exit by themselves).
 # Names people type for a key that tinyvision or Lightning spells otherwise.

@@ -1,0 +1,339 @@
+"""One answer to bad input for every script: ``error: KEY=VALUE: what is allowed, e.g. KEY=good``, exit 2.
+
+Hydra composes the config before a script's main runs, and reports a misspelt key or an unknown option
+through its own wrapper and exit status 1. ``precheck`` composes the command line first with Hydra's
+compose API and words those failures as one line, with the closest valid key or the list of options.
+What composes but cannot work is the schema's (``tinyvision.schema``) and Lightning's to refuse, inside
+main; ``report`` prints those. Real bugs keep their traceback: only ``TinyVisionError`` is worded here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tinyvision import slurm
+from tinyvision.errors import ConfigError, TinyVisionError
+
+# The package's own config groups (conf/ at the checkout's root links here), so an installed tinyvision has them too.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+EXIT_BAD_INPUT = 2
+# Command-line flags of Hydra's that take no part in composition (or print and exit by themselves).
+# Names people type for a key that tinyvision or Lightning spells otherwise.
+SYNONYMS = {"learning_rate": "lr", "epochs": "max_epochs", "batch": "batch_size", "bs": "batch_size",
+            "wd": "weight_decay", "gpus": "devices", "precision_mode": "precision"}
+_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--version", "--shell-completion", "-sc"}
+
+
+def log_to_file(message: str, level: int = logging.INFO) -> None:
+    """Write a line to the run's log file only (when Hydra has set one up), not to the console again."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(logging.LogRecord("tinyvision", level, __file__, 0, message, None, None))
+
+
+def report(error: TinyVisionError) -> None:
+    """Print the one line on stderr, once; the run's log file (when Hydra has set one up) keeps it too."""
+    message = f"error: {error}"
+    log_to_file(message, logging.ERROR)
+    print(message, file=sys.stderr, flush=True)
+
+
+def exit_bad_input(error: TinyVisionError) -> None:
+    report(error)
+    discard_claimed_output()
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def run_script(config_name: str, job: Callable[[Any], Any]) -> None:
+    """What each of the five scripts runs: its command line prechecked (``precheck``: one line and exit 2 when Hydra
+    cannot compose it; the output folder claimed), then ``job`` under Hydra's main with conf/``config_name``.yaml.
+    A TinyVisionError from ``job`` ends in its one line and exit status 2; what ``job`` returns goes to Hydra (a
+    sweeper reads a multirun job's result)."""
+    import functools
+
+    import hydra
+
+    sys.argv[1:] = precheck(config_name, sys.argv[1:])
+
+    @functools.wraps(job)  # Hydra names the job (and its log file) after the script whose function this wraps
+    def main(cfg):
+        try:
+            return job(cfg)
+        except TinyVisionError as error:
+            exit_bad_input(error)
+
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(main)()
+
+
+def precheck(config_name: str, argv: list[str]) -> list[str]:
+    """Compose the command line as Hydra will; exit 2 with one line if it cannot be composed. Returns the command
+    line with the output folder pinned to one this process has created (``claim_output_dir``)."""
+    if any(arg in _INFO_FLAGS or arg.startswith(("--cfg", "-c", "--package", "-p", "--config")) for arg in argv):
+        return argv
+    multirun = any(arg in ("-m", "--multirun") for arg in argv)
+    overrides = [arg for arg in argv if not arg.startswith("-")]
+    try:
+        command_lines = _each_sweep_value(overrides) if multirun else [overrides]
+    except ConfigError as error:
+        exit_bad_input(error)
+    for command_line in command_lines:
+        error = _composition_error(config_name, command_line)
+        if error is not None:
+            exit_bad_input(error)
+    try:
+        return claim_output_dir(config_name, argv, command_lines[0], multirun)
+    except ConfigError as error:
+        exit_bad_input(error)
+
+
+_CLAIMED: list[Path] = []  # the output folder this process created, for discard_claimed_output
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether a folder holds a training run's files (a refused run leaves none)."""
+    return any((folder / name).exists() for name in ("metrics.json", "checkpoints", "pruned.json", "failure.json"))
+
+
+def claim_output_dir(config_name: str, argv: list[str], overrides: list[str], multirun: bool) -> list[str]:
+    """The command line with the output folder (a sweep's with -m) pinned to one this process has just created with
+    an exclusive mkdir: two runs started in the same second get two folders (the second named ..._2). A folder given
+    with hydra.run.dir that already holds a run is refused before Hydra writes its .hydra/ and log into it; a resume
+    continues in its own folder."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = next((arg.split("=", 1)[1] for arg in argv if arg.startswith(f"{key}=")), None)
+    resumed = next((o.split("=", 1)[1] for o in overrides if o.split("=")[0] in ("resume", "hparams_search.resume")), None)
+    if resumed is not None:
+        if Path(resumed).is_dir() and not os.access(resumed, os.W_OK):
+            raise ConfigError(f"resume={resumed}: the folder cannot be written here (read-only): copy it to a folder you "
+                              "can write to and resume the copy (a copied run folder resumes in its new place)")
+        return argv
+    others = [arg for arg in argv if not arg.startswith(f"{key}=")]
+    command = slurm.command_of(argv)
+    earlier = _earlier_start(config_name, overrides, key, command) if config_name == "train" else None
+    continued = _continued(earlier, others, key, multirun, overrides) if earlier is not None else None
+    if continued is not None:  # a SLURM job's next start after it requeued itself: each command continues its own
+        return continued
+    if given is not None and "${" not in given:
+        if config_name == "train" and not multirun and holds_run(Path(given)):
+            go_on = "" if (Path(given) / "metrics.json").is_file() else f", or continue that run with python train.py resume={given}"
+            raise ConfigError(f"hydra.run.dir={given} already holds a run: it is kept as it is; choose a new folder{go_on}")
+        if not Path(given).exists():  # made here, so that a refused command removes it again
+            _make_folder(key, Path(given), parents=True)
+            _CLAIMED.append(Path(given))
+        slurm.mark(Path(given), command)
+        return argv
+    folder = Path(_resolved(config_name, overrides, key))
+    _make_folder(key, folder.parent, parents=True)
+    for attempt in range(1, 1000):
+        candidate = folder if attempt == 1 else folder.with_name(f"{folder.name}_{attempt}")
+        try:
+            _make_folder(key, candidate)
+        except FileExistsError:
+            continue
+        _CLAIMED.append(candidate)
+        slurm.mark(candidate, command)
+        return [*others, f"{key}={candidate}"]
+    raise ConfigError(f"{key}: {folder} and 998 more folders of that name exist already: name one with {key}=FOLDER")
+
+
+def _make_folder(key: str, folder: Path, parents: bool = False) -> None:
+    try:
+        folder.mkdir(parents=parents, exist_ok=parents)
+    except FileExistsError:
+        raise
+    except OSError as error:  # a read-only disk, no permission, a file in the way
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise ConfigError(f"{key}: cannot create {folder}: {reason}: choose a folder you can write to, "
+                          f"e.g. {key}=outputs/my_run") from None
+
+
+def _earlier_start(config_name: str, overrides: list[str], key: str, command: list[str]) -> Path | None:
+    """In a requeued SLURM job, the folder its earlier start of this command left: the folder the command names, or
+    (when it names a new one, as the default ``outputs/runs/<time>_...`` does) one beside it."""
+    if slurm.job_id() is None or not slurm.restarted():
+        return None
+    folder = Path(_resolved(config_name, overrides, key))
+    beside = sorted(folder.parent.iterdir(), reverse=True) if folder.parent.is_dir() else []
+    return slurm.earlier_folder([folder, *beside], command)
+
+
+def _continued(earlier: Path, others: list[str], key: str, multirun: bool, overrides: list[str]) -> list[str] | None:
+    """The command line that continues a requeued job's earlier start in ``earlier``: a run resumes, a finished run
+    is not trained again, a sweep goes on in its folder (its finished trials kept), an Optuna study is resumed;
+    None for a run stopped before its first checkpoint, which starts anew."""
+    if multirun:
+        if any(o.lstrip("+").startswith("hparams_search=") for o in overrides):
+            return [*others, f"hparams_search.resume={earlier}"]
+        return [*others, f"{key}={earlier}"]
+    if (earlier / "metrics.json").is_file():
+        print(f"{earlier} finished in this SLURM job's earlier start: nothing left to do", flush=True)
+        sys.exit(0)
+    return [*others, f"resume={earlier}"] if slurm.resumable(earlier) else None
+
+
+def discard_claimed_output() -> None:
+    """Remove the output folder this process created when the run was refused before writing anything of its own
+    (only Hydra's .hydra/ and log file): a refused command leaves nothing behind."""
+    import shutil
+
+    for folder in _CLAIMED:
+        if folder.is_dir() and not holds_run(folder) and all(
+                p.name in (".hydra", slurm.JOB_MARKER) or p.suffix == ".log" for p in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _resolved(config_name: str, overrides: list[str], key: str) -> str:
+    """A hydra.* value as Hydra will resolve it for this command line (its ${now:...} at this moment)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            return str(OmegaConf.select(cfg, key))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _each_sweep_value(overrides: list[str]) -> list[list[str]]:
+    """A multirun's command line as single command lines that together hold every value of every choice
+    sweep (ranges and intervals of a search are left out): if they compose, every job's keys and options exist."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    single, choices = [], []
+    for line in overrides:
+        try:
+            override = parser.parse_override(line)
+        except OverrideParseException as error:
+            reason = first_line(str(error))
+            raise ConfigError(f"{line}: cannot be read as KEY=VALUE ({reason}), e.g. optimizer.lr=0.01") from None
+        if not override.is_sweep_override():
+            single.append(line)
+        elif isinstance(override.value(), ChoiceSweep) and override.value().list:
+            choices.append([f"{override.get_key_element()}={_choice_text(v)}" for v in override.value().list])
+    # Each value of each sweep once, the other sweeps at their first value: every option gets composed.
+    firsts = [values[0] for values in choices]
+    return [single + firsts] + [single + firsts[:i] + [value] + firsts[i + 1:]
+                                for i, values in enumerate(choices) for value in values[1:]]
+
+
+def _choice_text(value: Any) -> str:
+    from hydra.core.override_parser.types import Override
+
+    # Hydra's own writing of a parsed sweep value back as override text; it has no public name
+    # (tests/test_bad_input.py composes sweeps of quoted and nested values through it).
+    return Override._get_value_element_as_str(value)
+
+
+def _composition_error(config_name: str, overrides: list[str]) -> ConfigError | None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException, MissingConfigException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            try:
+                compose(config_name, overrides=overrides)
+            except MissingConfigException as error:
+                return _unknown_option(error, overrides)
+            except HydraException as error:
+                return _word_hydra_error(config_name, overrides, error)
+    finally:
+        GlobalHydra.instance().clear()
+    return None
+
+
+def first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def _unknown_option(error: Exception, overrides: list[str]) -> ConfigError:
+    text = str(error)
+    found = re.search(r"Could not (?:find|load) '([^']+)'", text)
+    group, _, option = (found.group(1) if found else "").rpartition("/")
+    options = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)
+    typed = next((o for o in overrides if o.lstrip("+~").split("=")[0] == group), f"{group}={option}")
+    if not options:
+        options = _options_of(group)
+    close = difflib.get_close_matches(option, options, n=1)
+    example = f"{group}={close[0] if close else (options[0] if options else 'NAME')}"
+    return ConfigError(f"{typed}: no option {option!r} in {group}/; choose one of {', '.join(options)}, e.g. {example}")
+
+
+def _options_of(group: str) -> list[str]:
+    folder = CONF_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def _word_hydra_error(config_name: str, overrides: list[str], error: Exception) -> ConfigError:
+    text = f"{error}\n{error.__cause__ or ''}"
+    found = re.search(r"Could not (?:override|append to|delete from config)[^']*'([^']+)'", text)
+    key = found.group(1) if found else None
+    if key and ("not in struct" in text or "does not exist" in text or "Could not find" in text or "delete" in text):
+        line = next((o for o in overrides if o.lstrip("+~").split("=")[0] == key), key)
+        parent, _, leaf = key.rpartition(".")
+        known = _keys_at(config_name, [o for o in overrides if o != line], parent)
+        close = [SYNONYMS[leaf]] if SYNONYMS.get(leaf) in known else difflib.get_close_matches(leaf, known, n=1, cutoff=0.6)
+        where = f"{parent}." if parent else ""
+        hint = f"did you mean {where}{close[0]}?" if close else \
+            f"the keys of {parent or 'the config'} are {', '.join(known)}"
+        return ConfigError(f"{line}: no key {leaf!r} in {parent or 'the config'}; {hint} "
+                           f"(to add a key of your own, write +{key}=VALUE)")
+    return ConfigError(f"{' '.join(overrides)}: {first_line(text)}")
+
+
+def _keys_at(config_name: str, overrides: list[str], parent: str) -> list[str]:
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    try:
+        node = OmegaConf.select(compose(config_name, overrides=overrides), parent) if parent else \
+            compose(config_name, overrides=overrides)
+    except Exception:  # another override is wrong too: list nothing rather than fail here
+        return []
+    return [str(k) for k in node.keys()] if hasattr(node, "keys") else []
+
+
+def trainer_error(trainer_cfg: dict[str, Any], error: Exception) -> ConfigError:
+    """Lightning's refusal of a Trainer argument, worded as ``trainer.KEY=VALUE: Lightning's reason``."""
+    import inspect
+
+    import lightning as L
+
+    from tinyvision.schema import show
+
+    text = first_line(str(error.__cause__ or error))
+    unexpected = re.search(r"unexpected keyword argument '(\w+)'", text)
+    if unexpected:
+        key = unexpected.group(1)
+        known = [p for p in inspect.signature(L.Trainer.__init__).parameters if p != "self"]
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean trainer.{close[0]}?" if close else "see Lightning's Trainer arguments"
+        return ConfigError(f"trainer.{key}={show(trainer_cfg.get(key))}: Lightning's Trainer has no such argument; {hint}")
+    named = [k for k in trainer_cfg if not k.startswith("_") and re.search(rf"\b{re.escape(k)}\b", text)]
+    key = next((k for k in named if show(trainer_cfg[k]) in text or str(trainer_cfg[k]) in text), named[0] if named else None)
+    if key is None and isinstance(error, ModuleNotFoundError):  # the accelerator's or strategy's package is missing
+        key = "accelerator" if trainer_cfg.get("accelerator") not in (None, "auto", "cpu") else "strategy"
+    if key is None and re.search(r"no supported \w+ backend|can not run on your system", text, re.I):
+        return ConfigError(f"trainer.accelerator={show(trainer_cfg.get('accelerator'))}: no such device is available here "
+                           f"({text.rstrip('.!')}); use trainer=cpu, e.g. trainer.accelerator=cpu")
+    examples = {"accelerator": "cpu", "devices": 1, "precision": "bf16-mixed", "strategy": "ddp", "num_nodes": 1}
+    if key is None:
+        return ConfigError(f"trainer: Lightning refused the Trainer arguments: {text}")
+    example = f", e.g. trainer.{key}={examples[key]}" if key in examples else ""
+    return ConfigError(f"trainer.{key}={show(trainer_cfg[key])}: {text.rstrip('.')}{example}")

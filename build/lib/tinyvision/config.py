@@ -1,0 +1,145 @@
+"""The composed config, checked once: each section by the settings model of the code that uses it, and the defaults
+those models declare handed to Hydra, so the YAML files under conf/ hold choices and no second copy of a default.
+
+``validate_train`` (and its siblings for the other scripts) resolves the config once and returns the plain values the
+run is built from; a violation is one ConfigError line (tinyvision.schema words it). ``register_defaults`` puts each
+architecture's and the augmentation's defaults into Hydra's ConfigStore as ``tinyvision/model/<name>`` and
+``tinyvision/augment``, which conf/model/*.yaml and the data configs list in their defaults: a key keeps its default
+in one place and can still be overridden without ``+``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from omegaconf import DictConfig
+from pydantic import BaseModel, Field
+
+from tinyvision import boundaries
+from tinyvision.callbacks import LIGHTNING_CALLBACK_SETTINGS
+from tinyvision.data.augment import AugmentSettings
+from tinyvision.data.datamodule import DataSettings
+from tinyvision.errors import ConfigError
+from tinyvision.export import ExportSettings
+from tinyvision.files import PathsSettings
+from tinyvision.hparams import SearchSettings
+from tinyvision.inference import EvalSettings, PredictSettings
+from tinyvision.loggers import LOGGER_SETTINGS
+from tinyvision.models import MODELS, ModelSettings
+from tinyvision.models.registry import settings_by_target
+from tinyvision.module import LossSettings
+from tinyvision.optim import OPTIMIZERS, SCHEDULERS, Optimizer, Scheduler, WarmupOnly
+from tinyvision.schema import Open, by_target, check, defaults_of, one_of, show, spec, to_container, with_signature_defaults
+from tinyvision.slurm import SlurmSettings
+from tinyvision.trainer import TrainerSettings
+from tinyvision.tta import MODES as TTA_MODES
+
+
+class TopLevelSettings(Open):
+    """The run's own keys (conf/train.yaml); the groups are checked by their owners' settings."""
+
+    tta: Literal[TTA_MODES] = spec(one_of(TTA_MODES), "flip", "none")
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = spec("a whole number from 0 to 4294967295", 42)
+    resume: str | None = spec("the folder of a run under outputs/, or null", "outputs/runs/<run>", None)
+    paths: PathsSettings = spec("data_dir and output_dir", "data", None)
+    slurm: SlurmSettings = spec("auto_requeue and requeue_signal", "USR1", None)
+
+
+@functools.cache
+def _settings_of(target: str | None) -> type[BaseModel] | None:
+    """The ``Settings`` a tinyvision callback class (or factory) carries, its defaults taken from its signature."""
+    if not target or not target.startswith("tinyvision."):
+        return None
+    import hydra.utils
+
+    try:
+        owner = hydra.utils.get_object(target)
+    except Exception:  # a target that does not import: Hydra's instantiate names it when the run builds it
+        return None
+    settings = getattr(owner, "Settings", None)
+    return with_signature_defaults(settings, owner) if settings is not None else None
+
+
+def validate_train(cfg: DictConfig) -> dict[str, Any]:
+    """Check every tinyvision key of a composed train config; returns the resolved values the run is built from."""
+    values = to_container(cfg)
+    check(TopLevelSettings, {k: values[k] for k in ("seed", "resume", "paths", "tta", "slurm") if k in values}, "")
+    check(LossSettings, values.get("loss") or {}, "loss")
+    weights = (values.get("loss") or {}).get("class_weights")
+    if isinstance(weights, list) and len(weights) != values["data"].get("num_classes"):
+        count = values["data"].get("num_classes")
+        raise ConfigError(f"loss.class_weights={show(weights)}: one weight per class ({count} for data.num_classes={count}), "
+                          f"e.g. loss.class_weights=auto")
+    check(by_target(values["model"], settings_by_target(), ModelSettings), values["model"], "model")
+    check(DataSettings, values["data"], "data")
+    check(by_target(values["optimizer"], OPTIMIZERS, Optimizer), values["optimizer"], "optimizer")
+    if values.get("scheduler"):
+        fallback = Scheduler if values["scheduler"].get("_target_") else WarmupOnly
+        check(by_target(values["scheduler"], SCHEDULERS, fallback), values["scheduler"], "scheduler")
+    check(TrainerSettings, values["trainer"], "trainer")
+    for name, section in (values.get("callbacks") or {}).items():
+        if section is None:
+            continue
+        target = section.get("_target_")
+        settings = _settings_of(target) or LIGHTNING_CALLBACK_SETTINGS.get(target)
+        if settings is not None:
+            check(settings, section, f"callbacks.{name}")
+        if target in LIGHTNING_CALLBACK_SETTINGS:
+            _monitor_is_logged_then(name, section, values)
+    for name, section in (values.get("logger") or {}).items():
+        if section is not None and section.get("_target_") in LOGGER_SETTINGS:
+            check(LOGGER_SETTINGS[section["_target_"]], section, f"logger.{name}")
+    if values.get("hparams_search") is not None:
+        check(SearchSettings, values["hparams_search"], "hparams_search")
+    # Last, once every value is of its kind: what the file system and the network say (nothing is written).
+    boundaries.check_data(values["data"])
+    boundaries.check_loggers(values.get("logger") or {})
+    return values
+
+
+def _monitor_is_logged_then(name: str, section: Mapping[str, Any], values: Mapping[str, Any]) -> None:
+    """A logged metric that is not logged yet when the callback reads it stops the run after its first validation."""
+    metric, key = section.get("monitor"), f"callbacks.{name}.monitor"
+    if metric is None:
+        return
+    if metric.startswith("test/") and not values["data"].get("test_every_epoch"):
+        raise ConfigError(f"{key}={metric}: test metrics are logged during training only with data.test_every_epoch=true; "
+                          f"add it, or monitor a validation metric, e.g. {key}=val/acc")
+    interval = values["trainer"].get("val_check_interval")
+    if metric.startswith("train/") and interval not in (None, 1.0):
+        raise ConfigError(f"{key}={metric}: train metrics are logged at the end of each epoch, after the validation that "
+                          f"trainer.val_check_interval={show(interval)} runs within it; monitor a validation metric, "
+                          f"e.g. {key}=val/acc")
+
+
+def validate_eval(cfg: DictConfig) -> EvalSettings:
+    """eval.py's settings, typed; ``data`` (checked as training's, or null: the checkpoint's) and ``paths`` ride along."""
+    values = to_container(cfg)
+    settings = check(EvalSettings, values, "")
+    if values.get("data"):
+        check(DataSettings, values["data"], "data")
+        boundaries.check_data(values["data"])
+    return settings
+
+
+def validate_predict(cfg: DictConfig) -> PredictSettings:
+    values = to_container(cfg)
+    return check(PredictSettings, values, "")
+
+
+def validate_export(cfg: DictConfig) -> ExportSettings:
+    values = to_container(cfg)
+    return check(ExportSettings, values, "")
+
+
+def register_defaults() -> None:
+    """Each registered architecture's defaults as ``tinyvision/model/<name>``, the augmentation's as
+    ``tinyvision/augment``: the nodes conf/ lists in its defaults (Hydra hands the ConfigStore to launcher workers)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for name, registered in MODELS.items():
+        store.store(group="tinyvision/model", name=name, node=defaults_of(registered.settings), provider="tinyvision")
+    store.store(group="tinyvision", name="augment", node=defaults_of(AugmentSettings), provider="tinyvision")

@@ -1,0 +1,109 @@
+"""Take a trained model out of tinyvision: ONNX, TorchScript or safetensors, each beside a JSON card of
+what the model expects (an exported ONNX file is run back by ``tinyvision.inference.OnnxClassifier``).
+
+The exported model is the whole classifier, normalization included: it takes images as stored (uint8,
+N × C × H × W, 0-255) and returns class scores (logits), so a user needs no mean or std to run it; the card
+still lists them, with the channels, image size and class names.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from tinyvision.errors import ConfigError
+from tinyvision.files import PathsSettings, card_path, replacing, write_atomic
+from tinyvision.module import ImageClassifier
+from tinyvision.preprocessing import as_hw
+from tinyvision.schema import Open, one_of, spec
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+
+
+def model_card(classifier: ImageClassifier, fmt: str, source: str | None = None) -> dict[str, Any]:
+    """What the exported file expects and returns, for someone without tinyvision."""
+    data = dict(classifier.hparams.data)
+    height, width = as_hw(data["image_size"])
+    return {
+        "format": fmt,
+        "input": {"name": "images", "dtype": "uint8", "shape": ["batch", data["channels"], height, width],
+                  "range": [0, 255], "normalized_inside": fmt != "safetensors"},
+        "output": {"name": "logits", "shape": ["batch", data["num_classes"]], "softmax": "not applied"},
+        "channels": data["channels"],
+        "image_size": [height, width],
+        "mean": list(data["mean"]),  # on [0, 1] values: (image / 255 - mean) / std, per channel
+        "std": list(data["std"]),
+        "class_names": [str(name) for name in classifier.class_names],
+        "data": data,  # tinyvision's own data settings: predict.py prepares photos by them
+        "model": dict(classifier.hparams.model),  # the architecture's settings, for safetensors
+        "source": source,
+    }
+
+
+def example_images(classifier: ImageClassifier, batch: int = 2) -> torch.Tensor:
+    data = classifier.hparams.data
+    height, width = as_hw(data["image_size"])
+    return torch.randint(0, 256, (batch, data["channels"], height, width), dtype=torch.uint8)
+
+
+def export(classifier: ImageClassifier, fmt: str, path: Path, source: str | None = None) -> tuple[Path, Path]:
+    """Write the model to ``path`` (which must end in the format's suffix) and its card beside it; each file
+    appears whole or not at all."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"format={fmt}: one of {', '.join(FORMATS)}, e.g. format=onnx")
+    if path.suffix != FORMATS[fmt]:
+        raise ConfigError(f"output={path}: a {fmt} export ends in {FORMATS[fmt]}, e.g. output={path.with_suffix(FORMATS[fmt])}")
+    classifier = classifier.cpu().eval()
+    with replacing(path) as partial:
+        {"onnx": _onnx, "torchscript": _torchscript, "safetensors": _safetensors}[fmt](classifier, partial)
+    card = card_path(path)
+    write_atomic(card, json.dumps(model_card(classifier, fmt, source), indent=2) + "\n")
+    return path, card
+
+
+def _onnx(classifier: ImageClassifier, path: Path) -> None:
+    try:
+        import onnxscript  # noqa: F401  torch's ONNX exporter needs it
+    except ImportError:
+        raise ConfigError("format=onnx needs the onnx and onnxscript packages: pip install 'tinyvision[export]'") from None
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals, none for the user to act on
+        program = torch.onnx.export(classifier, (example_images(classifier),), dynamo=True, verbose=False,
+                                    input_names=["images"], output_names=["logits"], dynamic_shapes={"images": {0: batch}})
+    program.save(str(path))
+
+
+def _torchscript(classifier: ImageClassifier, path: Path) -> None:
+    # torch.jit (and so Lightning's to_torchscript) is deprecated in favour of torch.export, but TorchScript
+    # is still what C++ (libtorch) and older serving stacks load; the README says so, and the deprecation
+    # warnings are not repeated at every export. Lightning's to_torchscript traces the module detached from
+    # any Trainer; the trace records the uint8 path, normalization included.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = classifier.to_torchscript(method="trace", example_inputs=example_images(classifier))
+        torch.jit.save(traced, str(path))
+
+
+def _safetensors(classifier: ImageClassifier, path: Path) -> None:
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise ConfigError("format=safetensors needs the safetensors package: pip install 'tinyvision[export]'") from None
+    # The network's weights (normalization is in the card), not the metrics' running state (train_acc.tp, ...)
+    weights = {key: value for key, value in classifier.state_dict().items() if key.startswith("net.")}
+    save_file({key: value.contiguous() for key, value in weights.items()}, str(path))
+
+
+class ExportSettings(Open):
+    """export.py's keys (conf/export.yaml)."""
+
+    paths: PathsSettings
+
+    ckpt_path: str = spec("the path of a .ckpt file", "outputs/runs/<run>/checkpoints/best.ckpt")
+    format: Literal[tuple(FORMATS)] = spec(one_of(tuple(FORMATS)), "onnx", "onnx")
+    output: str | None = spec("null or the path of the file to write", "model.onnx", None)

@@ -1,0 +1,144 @@
+"""Optimizers and learning-rate schedules: their settings (``optimizer``, ``scheduler``) and how the classifier's
+``configure_optimizers`` builds them from those settings: torch's classes, with the "auto" values filled in from the
+run and an optional linear warm-up chained in front."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import hydra.utils
+import torch
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from tinyvision.schema import ConfigValueError, NonNegative, Open, PositiveInt, Section, Zero, spec
+
+
+class Optimizer(Open):
+    target: str = Field(alias="_target_")
+    partial: bool = Field(True, alias="_partial_")
+    lr: Annotated[float, Field(gt=0)] = spec("a positive number", 0.01)
+    backbone_lr_scale: NonNegative = spec("a number, 0 or more (1: the same lr everywhere)", 0.1, 1.0)
+    weight_decay: Annotated[float, Field(ge=0)] = spec("a number, 0 or more", 0.0005, 0.0)
+
+
+class SGD(Optimizer):
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+    momentum: Annotated[float, Field(ge=0, lt=1)] = spec("a number from 0 to below 1", 0.9, 0.0)
+    nesterov: bool = spec("true or false", True, False)
+    dampening: Annotated[float, Field(ge=0, le=1)] = spec("a number from 0 to 1", 0.0, 0.0)
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self):
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ConfigValueError("nesterov", True, "only with momentum above 0 and no dampening",
+                                   "true optimizer.momentum=0.9")
+        return self
+
+
+class Adam(Optimizer):
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+    betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = spec(
+        "two numbers from 0 to below 1", "[0.9,0.999]", [0.9, 0.999]
+    )
+    eps: Annotated[float, Field(gt=0)] = spec("a positive number", 1e-8, 1e-8)
+    amsgrad: bool = spec("true or false", False, False)
+
+
+OPTIMIZERS = {"torch.optim.SGD": SGD, "torch.optim.Adam": Adam, "torch.optim.AdamW": Adam}
+
+
+# ---------------------------------------------------------------------------------------------- scheduler
+
+
+class Scheduler(Open):
+    target: str = Field(alias="_target_")
+    partial: bool = Field(True, alias="_partial_")
+    interval: Literal["epoch", "step"] = spec("epoch or step", "epoch", "epoch")
+    warmup_epochs: NonNegative = spec(
+        "a number of epochs, 0 or more (fractions allowed)", 1, 0)
+
+
+class WarmupOnly(Section):  # scheduler=none: a constant lr, after an optional warm-up
+    warmup_epochs: NonNegative = spec(
+        "a number of epochs, 0 or more (fractions allowed)", 1, 0)
+
+
+class Closed(Scheduler):
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+
+
+class StepLR(Closed):
+    step_size: PositiveInt = spec("a whole number of epochs, 1 or more", 10)
+    gamma: Annotated[float, Field(gt=0)] = spec("a positive factor", 0.1, 0.1)
+
+
+class MultiStepLR(Closed):
+    milestones: Annotated[list[PositiveInt], Field(min_length=1)] = spec(
+        "a rising list of epochs, each 1 or more", "[8,16,24]"
+    )
+    gamma: Annotated[float, Field(gt=0)] = spec("a positive factor", 0.5, 0.1)
+
+    @field_validator("milestones")
+    @classmethod
+    def _rising(cls, value):
+        if any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError("")
+        return value
+
+
+class CosineAnnealingLR(Closed):
+    T_max: Literal["auto"] | PositiveInt = spec("auto (trainer.max_epochs) or a number of epochs, 1 or more", "auto")
+    eta_min: Annotated[float, Field(ge=0)] = spec("a number, 0 or more", 0.0, 0.0)
+
+
+class OneCycleLR(Closed):
+    warmup_epochs: Zero | Annotated[float, Field(ge=0, le=0)] = spec("0: one-cycle warms up by itself (scheduler.pct_start)",
+                                                                       0, 0)
+    max_lr: Literal["auto"] | Annotated[float, Field(gt=0)] = spec("auto (the optimizer's lr) or a positive number", "auto")
+    # OneCycleLR divides by (total_steps - 1): one step is a ZeroDivisionError; fewer than the run's optimizer steps
+    # end the run when the schedule runs out (checked against the data at fit start: tinyvision.boundaries.FitChecks).
+    total_steps: Literal["auto"] | Annotated[int, Field(ge=2)] = spec(
+        "auto (every batch of the run) or a number of steps, 2 or more (at least the run's)", "auto")
+    pct_start: Annotated[float, Field(gt=0, lt=1)] = spec("a fraction between 0 and 1", 0.3, 0.3)
+    anneal_strategy: Literal["cos", "linear"] = spec("cos or linear (with the linear rise: triangular)", "linear", "cos")
+
+
+SCHEDULERS = {
+    "torch.optim.lr_scheduler.StepLR": StepLR,
+    "torch.optim.lr_scheduler.MultiStepLR": MultiStepLR,
+    "torch.optim.lr_scheduler.CosineAnnealingLR": CosineAnnealingLR,
+    "torch.optim.lr_scheduler.OneCycleLR": OneCycleLR,
+}
+
+
+def build_optimizer(settings: dict[str, Any], parameters) -> torch.optim.Optimizer:
+    """The optimizer of ``settings`` (a partial of its class) over ``parameters``; backbone_lr_scale is the caller's."""
+    settings = {key: value for key, value in settings.items() if key != "backbone_lr_scale"}
+    return hydra.utils.instantiate(settings)(params=parameters)
+
+
+def build_schedulers(optimizer: torch.optim.Optimizer, settings: dict[str, Any] | None, total_steps: int,
+                     max_epochs: int) -> list[dict[str, Any]]:
+    """Lightning's scheduler entries for ``settings`` (the run's ``total_steps`` optimizer steps over ``max_epochs``):
+    none for a constant lr."""
+    settings = dict(settings or {})
+    warmup_epochs = settings.pop("warmup_epochs", 0) or 0
+    schedulers = []
+    if warmup_epochs:
+        # A linear rise from a hundredth of each group's lr, stepped after every batch. Chained with the main
+        # schedule (both scale the lr step by step), which starts counting its own epochs from the first.
+        steps = max(1, round(warmup_epochs * total_steps / max_epochs))
+        warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=steps)
+        schedulers.append({"scheduler": warmup, "interval": "step"})
+    if settings.get("_target_"):
+        interval = settings.pop("interval", "epoch")
+        # "auto" values are filled in from the run: the length of training and the optimizer's lr.
+        auto = {
+            "total_steps": total_steps,
+            "T_max": max_epochs if interval == "epoch" else total_steps,
+            "max_lr": [group["lr"] for group in optimizer.param_groups],  # per group: a scaled backbone stays scaled
+        }
+        settings = {key: auto[key] if value == "auto" else value for key, value in settings.items()}
+        scheduler = hydra.utils.instantiate(settings, _convert_="all")(optimizer=optimizer)
+        schedulers.append({"scheduler": scheduler, "interval": interval})
+    return schedulers

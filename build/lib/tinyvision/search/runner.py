@@ -1,0 +1,254 @@
+"""The sweep that hparams_search runs (the Hydra plugin in hydra_plugins/ only hands over to it): ask, launch, tell.
+
+Each round asks ``n_jobs`` trials, launches them as one batch of Hydra jobs through the configured launcher
+(basic, joblib, submitit), and tells the study what each job returned. Jobs reach their trial through the
+study's storage (an SQLite file in the sweep dir by default) to report each epoch and be pruned. Written here
+because the released hydra-optuna-sweeper pins optuna<3 and can neither prune nor resume."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra.utils
+import optuna
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
+
+from tinyvision.cli import report
+from tinyvision.errors import ConfigError, TinyVisionError
+from tinyvision.files import FAILURE_FILE, STUDY_FILE, write_json
+from tinyvision.search import space as study_space
+from tinyvision.search import study as study_tools
+
+log = logging.getLogger(__name__)
+
+# Overrides that may change between a sweep and its resumption without changing what is searched.
+RESUMABLE_CHANGES = ("hparams_search.resume", "hparams_search.n_trials", "hparams_search.n_jobs")
+
+
+class Study:
+    """One sweep: the study it opens or resumes, the trials it launches, the results it writes."""
+
+    def __init__(self, search: DictConfig, config: DictConfig, launcher) -> None:
+        self.search, self.config, self.launcher = search, config, launcher
+
+    def run(self, arguments: list[str]) -> optuna.Study:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            return self._sweep(arguments)
+        except TinyVisionError as error:
+            report(error)
+            sys.exit(2)
+
+    def _sweep(self, arguments: list[str]) -> optuna.Study:
+        search = OmegaConf.to_container(self.search, resolve=True)
+        explicit = any(_key(o) == "hparams_search.prune_on" for o in arguments)
+        search["prune_on"] = study_space.pruning_metric(search, explicit)
+        study_space.check_settings(search)
+        fixed, command_space = study_space.split_overrides(arguments)
+        space = {**study_space.search_space(search.get("params")), **command_space}
+        if not space:
+            raise ConfigError(
+                "nothing to search: hparams_search.params is empty and the command gives no range. "
+                f"Give one, e.g. 'optimizer.lr=tag(log, interval(1e-4, 1e-1))' (ranges: {study_space.SYNTAX})"
+            )
+        sweep_dir = Path(self.config.hydra.sweep.dir).resolve()
+        url = search.get("storage") or study_tools.default_storage(sweep_dir)
+        study = self._open_study(search, sweep_dir, url, fixed, space)
+        self._retry_interrupted(study, sweep_dir)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # as Hydra's own sweeper does
+
+        n_trials = search["n_trials"]
+        n_jobs = (os.cpu_count() or 1) if search["n_jobs"] == -1 else search["n_jobs"]
+        # What every job gets besides its parameters: the pinned sweep dir (so jobs recomposed in another
+        # process or on another machine land in it) and where its trial lives.
+        set_here = ("hparams_search.resume", "hparams_search.storage", "hparams_search.study_name", "hparams_search.trial",
+                    "hparams_search.prune_on")
+        common = [o for o in fixed if _key(o) not in set_here]
+        common += [
+            f"hydra.sweep.dir={sweep_dir}",
+            f"hparams_search.storage={study_space.quote(url)}",
+            f"hparams_search.study_name={study_space.quote(study.study_name)}",
+            f"hparams_search.prune_on={study_space.quote(search['prune_on'])}",  # as resolved here: the jobs report it
+        ]
+        started = time.perf_counter()
+        while (done := len(study_tools.counted_trials(study))) < n_trials:
+            batch = [study.ask(space) for _ in range(min(n_jobs, n_trials - done))]
+            for trial in batch:
+                trial.set_user_attr("run_dir", str(sweep_dir / str(trial.number)))
+            for run in _consecutive(batch):
+                overrides = [common + study_space.trial_overrides(t.params) + [f"hparams_search.trial={t.number}"] for t in run]
+                log.info("trials %s: %s", ", ".join(str(t.number) for t in run), [study_space.trial_overrides(t.params) for t in run])
+                returns = self.launcher.launch(overrides, initial_job_idx=run[0].number)
+                for trial, result in zip(run, returns):
+                    self._tell(study, trial, result, search["metric"])
+        result = study_tools.write_results(study, sweep_dir, search["metric"], self._rerun_command(fixed))
+        _print_result(result, sweep_dir, time.perf_counter() - started)
+        return study
+
+    def _open_study(self, search: dict, sweep_dir: Path, url: str, fixed: list[str], space: dict) -> optuna.Study:
+        resume = search.get("resume")
+        name = search.get("study_name") or self.config.hydra.runtime.choices.get("hparams_search") or "tinyvision"
+        if resume:
+            if not sweep_dir.is_dir():
+                raise ConfigError(f"hparams_search.resume={resume} does not exist: give the folder of a sweep under outputs/multirun/")
+        else:
+            # The sweep's folder holds multirun.yaml and the jobs' folders whatever the storage: a folder given with
+            # hydra.sweep.dir is not created by the command line's check (tinyvision.cli), and Hydra creates it later.
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+        if url == study_tools.default_storage(sweep_dir):
+            if resume and not (sweep_dir / STUDY_FILE).is_file():
+                raise ConfigError(
+                    f"hparams_search.resume={resume} holds no {STUDY_FILE}: it is not the folder of an Optuna sweep"
+                )
+            if not resume and (sweep_dir / STUDY_FILE).is_file():
+                raise ConfigError(
+                    f"{sweep_dir} already holds a study ({STUDY_FILE}); it is kept as it is. "
+                    f"Continue it with hparams_search.resume={sweep_dir}, or start a new sweep"
+                )
+        storage = study_tools.open_storage(url)
+        options = dict(study_name=name, storage=storage, pruner=hydra.utils.instantiate(search.get("pruner")))
+        searched = {key: optuna.distributions.distribution_to_json(d) for key, d in sorted(space.items())}
+        kept = sorted(o for o in fixed if not _key(o).startswith(RESUMABLE_CHANGES))
+        if resume:
+            try:
+                study = optuna.load_study(**options)
+            except KeyError:
+                raise ConfigError(f"hparams_search.resume={resume}: {url} holds no study named {name!r}") from None
+            _refuse_other_search(study, resume, searched, kept, search)
+            study.sampler = _sampler(search.get("sampler"), len(study.get_trials(deepcopy=False)))
+            _keep_previous(sweep_dir / "multirun.yaml")
+            log.info("resuming study %r in %s: %d trials ended", name, sweep_dir, len(study_tools.counted_trials(study)))
+            return study
+        try:
+            study = optuna.create_study(**options, direction=search["direction"], sampler=_sampler(search.get("sampler"), 0))
+        except optuna.exceptions.DuplicatedStudyError:
+            raise ConfigError(
+                f"study {name!r} exists already in {url}: continue it with hparams_search.resume=<its sweep dir>, "
+                "or give another hparams_search.study_name"
+            ) from None
+        study.set_user_attr("search_space", searched)
+        study.set_user_attr("fixed_overrides", kept)
+        study.set_user_attr("metric", search["metric"])
+        for params in search.get("enqueue") or []:
+            study.enqueue_trial(dict(params))
+        return study
+
+    def _retry_interrupted(self, study: optuna.Study, sweep_dir: Path) -> None:
+        """Trials still running in the storage were cut off with the sweep: mark them failed and ask their
+        parameters again first. Their folders stay as they were, with a note of what happened."""
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            # Optuna's public API sets attributes only through a live Trial; the storage call is what it uses.
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            retry = study.get_trials(deepcopy=False)[-1].number
+            for key, value in (("interrupted", True), ("retried_as", retry), ("error", "interrupted: the sweep stopped while it ran")):
+                study._storage.set_trial_user_attr(trial._trial_id, key, value)
+            study.tell(trial.number, state=TrialState.FAIL)
+            run_dir = sweep_dir / str(trial.number)
+            if run_dir.is_dir() and not (run_dir / "metrics.json").exists():
+                write_json(run_dir / FAILURE_FILE, {"error": "interrupted: the sweep stopped while this trial ran; "
+                                                             "its parameters were asked again when the sweep resumed"})
+            log.warning("trial %d was running when the sweep stopped: marked failed, its parameters asked again", trial.number)
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn, metric: str) -> None:
+        if result.status == JobStatus.COMPLETED:
+            outcome = result.return_value
+            if not isinstance(outcome, dict):  # a task function that returns the metric alone
+                outcome = {"status": "done", metric: outcome}
+        else:  # an exception the task function did not catch; JobReturn keeps it as the return value
+            error = result._return_value  # JobReturn.return_value re-raises a failed job's exception; this reads it
+            outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        if outcome.get("status") == "pruned":
+            study.tell(trial, state=TrialState.PRUNED)
+            log.info("trial %d pruned after %s epochs", trial.number, outcome.get("epochs"))
+            return
+        value = outcome.get(metric)
+        if outcome.get("status") == "failed" or not isinstance(value, (int, float)) or not math.isfinite(value):
+            error = outcome.get("error") or f"the job returned no finite {metric} (got {value!r})"
+            trial.set_user_attr("error", error)
+            study.tell(trial, state=TrialState.FAIL)
+            log.warning("trial %d failed: %s", trial.number, error)
+            return
+        study.tell(trial, float(value))
+
+    def _rerun_command(self, fixed: list[str]) -> list[str]:
+        """The overrides that train the best trial again as a single run (the search's own keys left out)."""
+        command = [o for o in fixed if not _key(o).startswith("hparams_search")]
+        experiment = self.config.hydra.runtime.choices.get("experiment")
+        if experiment and not any(_key(o) == "experiment" for o in command):
+            command.insert(0, f"experiment={experiment}")
+        return command
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _consecutive(trials: list[optuna.Trial]) -> list[list[optuna.Trial]]:
+    """Trials in runs of consecutive numbers: a launch numbers its jobs from its first one, so each job's
+    folder is named after its trial."""
+    runs: list[list[optuna.Trial]] = []
+    for trial in sorted(trials, key=lambda t: t.number):
+        if runs and runs[-1][-1].number + 1 == trial.number:
+            runs[-1].append(trial)
+        else:
+            runs.append([trial])
+    return runs
+
+
+def _refuse_other_search(study: optuna.Study, resume: str, searched: dict, kept: list[str], search: dict) -> None:
+    before = study.user_attrs
+    differences = []
+    if before.get("search_space") != searched:
+        differences.append(f"search space {sorted(before.get('search_space', {}))} -> {sorted(searched)}"
+                            if set(before.get("search_space", {})) != set(searched) else "the ranges of the search space")
+    previous = before.get("fixed_overrides", [])
+    if previous != kept:
+        gone, added = [o for o in previous if o not in kept], [o for o in kept if o not in previous]
+        differences.append(f"overrides {' '.join(gone) or '(none)'} -> {' '.join(added) or '(none)'}")
+    if before.get("metric") != search["metric"]:
+        differences.append(f"hparams_search.metric {before.get('metric')} -> {search['metric']}")
+    if differences:
+        raise ConfigError(
+            f"hparams_search.resume={resume} was searched with other settings than this command: {'; '.join(differences)}. "
+            "Resume with the command that started the sweep plus hparams_search.resume=... "
+            "(hparams_search.n_trials may change), or start a new sweep"
+        )
+
+
+def _sampler(config: dict | None, trials_so_far: int) -> optuna.samplers.BaseSampler | None:
+    """The sampler; a resumed study's seed is offset by its trials, or it would draw the first session's points again."""
+    if config and config.get("seed") is not None:
+        config = {**config, "seed": int(config["seed"]) + trials_so_far}
+    return hydra.utils.instantiate(config)
+
+
+def _keep_previous(path: Path) -> None:
+    """Keep the multirun.yaml of the session that is resumed; the resumed one writes its own."""
+    if path.is_file():
+        path.replace(path.with_name(f"multirun_{time.strftime('%Y-%m-%d_%H-%M-%S')}.yaml"))
+
+
+def _print_result(result: dict[str, Any], sweep_dir: Path, seconds: float) -> None:
+    from rich.console import Console
+
+    console = Console()
+    counts = ", ".join(f"{n} {state}" for state, n in result["trials"].items())
+    best = result["best"]
+    if best is None:
+        console.print(f"[bold red]study {result['study_name']}: no trial completed[/] ({counts}); see {sweep_dir / 'study.yaml'}")
+        return
+    params = " ".join(best["overrides"])
+    console.print(
+        f"[bold]best trial {best['trial']}[/]: {best['metric']}={best['value']:.4f} with {params}\n"
+        f"  trials: {counts}; {seconds:.1f} s this session\n"
+        f"  best.yaml, study.yaml and plots in {sweep_dir}\n  train it again: {best['command']}",
+        highlight=False,
+    )

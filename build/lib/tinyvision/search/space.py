@@ -1,0 +1,129 @@
+"""Search spaces and study settings: Hydra's sweep syntax on the command line or in
+``hparams_search.params`` turned into Optuna distributions, and settings that would waste a study refused."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.errors import OverrideParseException
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from tinyvision.errors import ConfigError
+from tinyvision.hparams import PRUNE_ON, SUMMARY_METRICS
+
+SYNTAX = "choice(a, b), interval(low, high), tag(log, interval(low, high)), int(interval(low, high)) or range(low, high, step)"
+
+
+def split_overrides(arguments: list[str]) -> tuple[list[str], dict[str, BaseDistribution]]:
+    """Command-line overrides split into fixed ones (passed to every trial) and searched ones."""
+    fixed, space = [], {}
+    for override in _parse(arguments, "the command line"):
+        if override.is_sweep_override():
+            space[override.get_key_element()] = _distribution(override)
+        else:
+            fixed.append(override.input_line)
+    return fixed, space
+
+
+def search_space(params: Mapping[str, str] | None) -> dict[str, BaseDistribution]:
+    """``hparams_search.params`` ({key: sweep syntax}) as Optuna distributions."""
+    lines = [f"{key}={value}" for key, value in (params or {}).items()]
+    space = {}
+    for override in _parse(lines, "hparams_search.params"):
+        if not override.is_sweep_override():
+            raise ConfigError(
+                f"hparams_search.params: {override.input_line} is not a range to search: write {SYNTAX}, "
+                f"or set a fixed value in the experiment or on the command line"
+            )
+        space[override.get_key_element()] = _distribution(override)
+    return space
+
+
+def _parse(lines: list[str], where: str) -> list[Override]:
+    try:
+        return OverridesParser.create().parse_overrides(lines)
+    except OverrideParseException as error:
+        raise ConfigError(f"{where}: {error}. Search ranges are written {SYNTAX}") from None
+
+
+def _distribution(override: Override) -> BaseDistribution:
+    sweep = override.value()
+    key = override.get_key_element()
+    if isinstance(sweep, IntervalSweep):
+        low, high = sweep.start, sweep.end
+        if not low < high:
+            raise ConfigError(f"{key}: interval({low}, {high}) is empty: the low end must be below the high end")
+        log = "log" in sweep.tags
+        if log and low <= 0:
+            raise ConfigError(f"{key}: a log-scale interval must start above 0, not at {low}")
+        if isinstance(low, int) and isinstance(high, int):
+            return IntDistribution(low, high, log=log)
+        return FloatDistribution(float(low), float(high), log=log)
+    if isinstance(sweep, RangeSweep):
+        values = list(sweep.range())
+        if not values:
+            raise ConfigError(f"{key}: range({sweep.start}, {sweep.stop}, {sweep.step}) holds no value")
+        if all(isinstance(v, int) for v in (sweep.start, sweep.stop, sweep.step)):
+            return IntDistribution(values[0], values[-1], step=sweep.step)
+        return CategoricalDistribution(values)
+    if isinstance(sweep, ChoiceSweep):
+        return CategoricalDistribution(list(sweep.list))
+    raise ConfigError(f"{override.input_line}: {type(sweep).__name__} is not a search range; write {SYNTAX}")
+
+
+def trial_overrides(params: Mapping[str, Any]) -> list[str]:
+    """A trial's parameters as Hydra overrides (``optimizer.lr=0.0123``, ``optimizer=sgd``)."""
+    return [f"{key}={quote(value)}" for key, value in params.items()]
+
+
+def quote(value: Any) -> str:
+    """A value as Hydra's override grammar reads it back unchanged."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    return text if re.fullmatch(r"[\w./:@+-]+", text) else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def pruning_metric(search: Mapping[str, Any], explicit: bool) -> str | None:
+    """What a study's trials report to the pruner: ``prune_on`` as given on the command line (``explicit``), else the one
+    that goes the study's way, val/loss when it minimizes and val/acc when it maximizes. The shipped searches set
+    val/acc, which a study minimizing val/loss would otherwise have to override by hand; null (no pruning) is kept."""
+    value = search.get("prune_on")
+    if explicit or value is None or search.get("direction") not in ("maximize", "minimize"):
+        return value
+    return "val/loss" if search["direction"] == "minimize" else "val/acc"
+
+
+def check_settings(search: Mapping[str, Any]) -> None:
+    """Refuse settings that would spend a whole study for nothing: an unknown metric (every trial would
+    fail after training), a pruning metric that goes the other way than the study (pruning would keep
+    the worst trials), no trials."""
+    direction = search.get("direction")
+    if direction not in ("maximize", "minimize"):
+        raise ConfigError(f"hparams_search.direction={direction}: maximize or minimize, e.g. hparams_search.direction=maximize")
+    for key, allowed in (("metric", SUMMARY_METRICS), ("prune_on", PRUNE_ON)):
+        value = search.get(key)
+        if value not in allowed:
+            raise ConfigError(f"hparams_search.{key}={value}: one of {', '.join(map(str, allowed))}, "
+                              f"e.g. hparams_search.{key}={allowed[0]}")
+        if value and ("loss" in value) == (direction == "maximize"):
+            raise ConfigError(
+                f"hparams_search.{key}={value} goes the other way than hparams_search.direction={direction}: "
+                f"use val/acc or val/acc_best when maximizing accuracy, val/loss when minimizing a loss"
+            )
+    for key, least in (("n_trials", 1), ("n_jobs", -1)):
+        value = search.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least or value == 0:
+            raise ConfigError(f"hparams_search.{key}={value}: a whole number, 1 or more"
+                              + (" (or -1: one per CPU core)" if key == "n_jobs" else "") + f", e.g. hparams_search.{key}=4")
+
+
+# ---------------------------------------------------------------------------------------------- trial side

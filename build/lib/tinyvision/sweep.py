@@ -1,0 +1,236 @@
+"""The summary of a multirun: every job ranked by best validation accuracy, failures with their error,
+the jobs that differ only in their seed aggregated (n, mean ± standard deviation), and for an Optuna
+sweep the study's result."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from tinyvision.files import FAILURE_FILE, METRICS_FILE, PRUNED_FILE, STUDY_RESULT
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job folder: its overrides, status, metrics or error, ranked best first."""
+    rows = []
+    for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()), key=lambda p: p.name):
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        overrides = [o for o in overrides if not o.startswith("hparams_search.trial=")]  # an Optuna trial's job number is its trial's
+        row: dict[str, Any] = {"job": job.name, "overrides": overrides, "run_dir": str(job)}
+        if (job / METRICS_FILE).is_file():
+            metrics = json.loads((job / METRICS_FILE).read_text())
+            row.update(status="done", **{key: metrics.get(key) for key in ("val/acc_best", "test/acc", "epochs", "wall_seconds")})
+        elif (job / PRUNED_FILE).is_file():
+            pruned = json.loads((job / PRUNED_FILE).read_text())
+            row.update(status="pruned", error=f"pruned after epoch {pruned['epochs']} (val acc {_fmt(pruned.get('val/acc'))})",
+                       **{key: pruned.get(key) for key in ("val/acc_best", "epochs", "wall_seconds")})
+        elif (job / FAILURE_FILE).is_file():
+            row.update(status="failed", error=json.loads((job / FAILURE_FILE).read_text())["error"])
+        else:
+            row.update(status="unfinished")
+        rows.append(row)
+    varying = _varying_overrides([row["overrides"] for row in rows])
+    for row in rows:
+        row["varied"] = [o for o in row["overrides"] if o in varying]
+        row["overrides"] = " ".join(row["varied"]) or " ".join(row["overrides"])
+    return sorted(rows, key=lambda r: (r["status"] != "done", -(r.get("val/acc_best") or 0.0)))
+
+
+def _varying_overrides(all_overrides: list[list[str]]) -> set[str]:
+    """Overrides that are not the same in every job: what the sweep varied."""
+    common = set.intersection(*(set(o) for o in all_overrides)) if all_overrides else set()
+    return {o for overrides in all_overrides for o in overrides if o not in common}
+
+
+AGGREGATED = ("val/acc_best", "test/acc", "wall_seconds")
+
+
+def over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """When a sweep varies ``seed``: one row per configuration of the other varied overrides, with n and the
+    mean and sample standard deviation (None for one seed) of each figure over its finished jobs, best first."""
+    if not any(o.startswith("seed=") for row in rows for o in row.get("varied", [])):
+        return []
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] == "done":
+            configuration = " ".join(o for o in row["varied"] if not o.startswith("seed="))
+            groups.setdefault(configuration, []).append(row)
+    aggregated = []
+    for configuration, members in groups.items():
+        result: dict[str, Any] = {"overrides": configuration or "(every job)", "n": len(members),
+                                  "seeds": " ".join(o.split("=", 1)[1] for m in members for o in m["varied"] if o.startswith("seed="))}
+        for key in AGGREGATED:
+            values = [m[key] for m in members if m.get(key) is not None]
+            result[f"{key}_mean"] = statistics.fmean(values) if values else None
+            result[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        aggregated.append(result)
+    return sorted(aggregated, key=lambda r: -(r["val/acc_best_mean"] or 0.0))
+
+
+def _mean_std(row: dict[str, Any], key: str, digits: int = 4) -> str:
+    mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
+    """summary.md, summary.csv and, when a job finished, summary.png in the sweep folder; returns the files written."""
+    study = _study_section(sweep_dir)
+    seeds = [] if study else over_seeds(rows)  # an Optuna study's trials are not seed repeats
+    columns = ["rank", "job", "status", "overrides", "val/acc_best", "test/acc", "epochs", "wall_seconds", "run_dir", "error"]
+    if seeds:
+        columns += ["n", "seeds", *(f"{key}_{stat}" for key in AGGREGATED for stat in ("mean", "std"))]
+    with open(sweep_dir / "summary.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for rank, row in enumerate(rows, 1):
+            writer.writerow({"rank": rank, **row})
+        for row in seeds:  # after the jobs: one row per configuration, over its seeds
+            writer.writerow({"job": f"mean of {row['n']}", "status": "over seeds", **row})
+    lines = ["| rank | job | overrides | best val acc | test acc | epochs | seconds | run dir |", "|---:|---|---|---:|---:|---:|---:|---|"]
+    failed = [row for row in rows if row["status"] != "done"]
+    for rank, row in enumerate((r for r in rows if r["status"] == "done"), 1):
+        lines.append(f"| {rank} | {row['job']} | `{row['overrides']}` | {row['val/acc_best']:.4f} | {row['test/acc']:.4f} | "
+                     f"{row['epochs']} | {row['wall_seconds']:.1f} | {row['run_dir']} |")
+    if failed:
+        lines += ["", "Jobs that did not finish:", ""]
+        lines += [f"- job {r['job']} ({r['status']}, `{r['overrides']}`): {r.get('error', r['status'])}" for r in failed]
+    if seeds:
+        lines = ["Over seeds (mean ± sample standard deviation of the finished jobs of each configuration):", "",
+                 "| overrides | n | seeds | best val acc | test acc | seconds |", "|---|---:|---|---:|---:|---:|",
+                 *(f"| `{r['overrides']}` | {r['n']} | {r['seeds']} | {_mean_std(r, 'val/acc_best')} | {_mean_std(r, 'test/acc')} | "
+                   f"{_mean_std(r, 'wall_seconds', 1)} |" for r in seeds), "", "Every job:", "", *lines]
+    (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir.name}\n\n" + study + "\n".join(lines) + "\n")
+    written = [sweep_dir / "summary.md", sweep_dir / "summary.csv"]
+    picture = sweep_dir / "summary.png"
+    picture.unlink(missing_ok=True)  # a summary.png of an earlier session is not this one's
+    if seeds:
+        _plot_over_seeds(picture, seeds)
+    else:
+        _plot(picture, [r for r in rows if r["status"] == "done"])  # nothing to draw when no job finished
+    return written + ([picture] if picture.is_file() else [])
+
+
+def _study_section(sweep_dir: Path) -> str:
+    """The Optuna study's result, when the sweep was one: best trial, trial counts, plots."""
+    if not (sweep_dir / STUDY_RESULT).is_file():
+        return ""
+    study = yaml.safe_load((sweep_dir / STUDY_RESULT).read_text())
+    counts = ", ".join(f"{n} {state}" for state, n in study["trials"].items())
+    lines = [f"Optuna study `{study['study_name']}`: {study['direction']} {study['metric']}; trials: {counts}.", ""]
+    best = study.get("best")
+    if best:
+        lines += [f"Best: trial {best['trial']}, {best['metric']} = {best['value']:.4f}, with `{' '.join(best['overrides'])}` "
+                  f"(best.yaml). Train it again: `{best['command']}`", ""]
+    lines += [f"![{name}]({path})" for name, path in study["plots"].items() if path.endswith(".png")]
+    return "\n".join(lines) + "\n\n"
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['job']}: {r['overrides']}"[:60] for r in rows][::-1]
+    figure, axes = plt.subplots(figsize=(8, 1.4 + 0.4 * len(rows)))
+    positions = range(len(rows))
+    axes.barh([p + 0.2 for p in positions], [r["val/acc_best"] for r in rows][::-1], height=0.4, label="best val acc")
+    axes.barh([p - 0.2 for p in positions], [r["test/acc"] for r in rows][::-1], height=0.4, label="test acc")
+    axes.set_yticks(list(positions), labels, fontsize=8)
+    axes.set_xlabel("accuracy")
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)  # above the bars, never over them
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _plot_over_seeds(path: Path, seeds: list[dict[str, Any]]) -> None:
+    """Bars of the mean over seeds, error bars of one standard deviation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = seeds[::-1]
+    labels = [f"{r['overrides']} (n={r['n']})"[:60] for r in rows]
+    figure, axes = plt.subplots(figsize=(8, 1.4 + 0.5 * len(rows)))
+    positions = range(len(rows))
+    for offset, key, label in ((0.2, "val/acc_best", "best val acc"), (-0.2, "test/acc", "test acc")):
+        axes.barh([p + offset for p in positions], [r[f"{key}_mean"] or 0.0 for r in rows], height=0.4, label=label,
+                  xerr=[r[f"{key}_std"] or 0.0 for r in rows], capsize=3)
+    axes.set_yticks(list(positions), labels, fontsize=8)
+    axes.set_xlabel("accuracy: mean over seeds ± 1 standard deviation")
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)  # above the bars, never over them
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def print_summary(rows: list[dict[str, Any]], sweep_dir: Path, written: list[Path] | None = None) -> None:
+    """The table of jobs and, with ``written`` (what write_summary returned), the files it wrote."""
+    table = Table("rank", "job", "overrides", "best val acc", "test acc", "seconds", title=f"sweep {sweep_dir}", title_justify="left")
+    done = [r for r in rows if r["status"] == "done"]
+    for rank, row in enumerate(done, 1):
+        table.add_row(str(rank), row["job"], row["overrides"], f"{row['val/acc_best']:.4f}", f"{row['test/acc']:.4f}",
+                      f"{row['wall_seconds']:.1f}")
+    for row in rows:
+        if row["status"] == "pruned":
+            table.add_row("-", row["job"], row["overrides"], f"[yellow]{_fmt(row['val/acc_best'])} pruned[/]", "",
+                          f"{row['wall_seconds']:.1f}", end_section=False)
+            table.add_row("", "", f"[yellow]{row['error']}[/]", "", "", "")
+        elif row["status"] != "done":
+            table.add_row("-", row["job"], row["overrides"], f"[red]{row['status']}[/]", "", "", end_section=False)
+            table.add_row("", "", f"[red]{row.get('error', '')}[/]", "", "", "")
+    console = Console()
+    console.print(table)
+    seeds = [] if (sweep_dir / STUDY_RESULT).is_file() else over_seeds(rows)
+    if seeds:
+        over = Table("overrides", "n", "best val acc", "test acc", "seconds", title="over seeds (mean ± std)", title_justify="left")
+        for row in seeds:
+            over.add_row(row["overrides"], str(row["n"]), _mean_std(row, "val/acc_best"), _mean_std(row, "test/acc"),
+                         _mean_std(row, "wall_seconds", 1))
+        console.print(over)
+    if written is None:
+        written = [sweep_dir / name for name in ("summary.md", "summary.csv", "summary.png") if (sweep_dir / name).is_file()]
+    if written:
+        print(f"summary: {', '.join(str(path) for path in written)}")
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a multirun, write and print the summary; exit 1 if any job failed (in an Optuna
+    study, only if no trial completed)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = collect(sweep_dir)
+        if not rows:
+            return
+        written = write_summary(sweep_dir, rows)
+        print_summary(rows, sweep_dir, written)
+        if (sweep_dir / STUDY_RESULT).is_file():
+            # In a study, failed and pruned trials are results; it fails only when no trial completed.
+            if not any(row["status"] == "done" for row in rows):
+                sys.exit(1)
+        elif any(row["status"] != "done" for row in rows):
+            sys.exit(1)

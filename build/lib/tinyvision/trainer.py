@@ -1,0 +1,75 @@
+"""Lightning's Trainer made from the ``trainer`` config: the arguments Lightning takes without a check are declared
+here (TrainerSettings); an argument Lightning refuses is worded as trainer.KEY=VALUE and the reason."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import hydra.utils
+import lightning as L
+from hydra.errors import InstantiationException
+from pydantic import Field, field_validator, model_validator
+
+from tinyvision import slurm
+from tinyvision.cli import first_line, trainer_error
+from tinyvision.errors import ConfigError
+from tinyvision.schema import ConfigValueError, Open, PositiveInt, spec
+
+
+class TrainerSettings(Open):
+    """The Trainer arguments Lightning takes without a check; the rest Lightning checks itself."""
+
+    max_epochs: int | None = spec("a whole number, 1 or more (-1: no limit)", 10, None)
+    min_epochs: Annotated[int, Field(ge=0)] | None = spec("a whole number, 0 or more", 1, None)
+    log_every_n_steps: PositiveInt = spec("a whole number, 1 or more", 50, 50)
+    accumulate_grad_batches: PositiveInt = spec("a whole number of batches, 1 or more", 4, 1)
+    gradient_clip_val: Annotated[float, Field(gt=0)] | Annotated[int, Field(gt=0)] | None = spec(
+        "a positive number, or null (no clipping)", 1.0, None)
+    check_val_every_n_epoch: PositiveInt | None = spec("a whole number of epochs, 1 or more", 1, 1)
+    # Lightning takes any truthy value here (deterministic=maybe) as true.
+    deterministic: bool | Literal["warn"] | None = spec("true, false or warn (deterministic where PyTorch can be, warn where not)",
+                                                        True, None)
+
+    @field_validator("max_epochs")
+    @classmethod
+    def _epochs(cls, value):
+        if value is not None and value < 1 and value != -1:
+            raise ValueError("")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _device_here(cls, values):
+        """Lightning's own refusal of a missing GPU names no setting ("No supported gpu backend found!")."""
+        accelerator = values.get("accelerator") if isinstance(values, Mapping) else None
+        if accelerator in ("gpu", "cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigValueError("accelerator", accelerator, "no GPU is available here (PyTorch finds no CUDA device): "
+                                       "train on the CPU with trainer=cpu, or let Lightning choose with trainer.accelerator=auto",
+                                       "cpu")
+        return values
+
+
+def make_trainer(values: Mapping[str, Any], callbacks: list, loggers: list) -> L.Trainer:
+    """Lightning's Trainer; an argument Lightning refuses is reported as trainer.KEY=VALUE and the reason."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    devices = values["trainer"].get("devices")
+    try:
+        environment = slurm.cluster_environment(values.get("slurm"))  # in a SLURM job: Lightning's, its requeue handler off
+        plugins = [hydra.utils.instantiate(p) for p in values["trainer"].get("plugins") or []]
+        plugins += [environment] if environment is not None else []
+        trainer = hydra.utils.instantiate(values["trainer"], callbacks=callbacks, logger=loggers or False, plugins=plugins)
+        if environment is not None:  # what Lightning checks only when DDP launches, inside fit
+            environment.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+        return trainer
+    except InstantiationException as error:
+        if isinstance(error.__cause__, (MisconfigurationException, ValueError, TypeError, ModuleNotFoundError)):
+            raise trainer_error(values["trainer"], error.__cause__) from None
+        raise
+    except ValueError as error:  # SLURM's task counts do not fit the trainer's devices (Lightning's check)
+        raise ConfigError(f"trainer.devices={devices}: {first_line(str(error))} Ask SLURM for one task per device "
+                          f"(#SBATCH --ntasks-per-node={devices}) and run the command under srun") from None
