@@ -145,40 +145,36 @@ def _fmt(value: Any) -> str:
 def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [f"{r['job']}: {r['overrides']}"[:60] for r in rows][::-1]
-    figure, axes = plt.subplots(figsize=(8, 1.4 + 0.4 * len(rows)))
-    positions = range(len(rows))
-    axes.barh([p + 0.2 for p in positions], [r["val/acc_best"] for r in rows][::-1], height=0.4, label="best val acc")
-    axes.barh([p - 0.2 for p in positions], [r["test/acc"] for r in rows][::-1], height=0.4, label="test acc")
-    axes.set_yticks(list(positions), labels, fontsize=8)
-    axes.set_xlabel("accuracy")
-    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)  # above the bars, never over them
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    rows = rows[::-1]  # the best job at the top
+    _bar_pairs(path, [f"{r['job']}: {r['overrides']}"[:60] for r in rows],
+               {key: ([r[key] for r in rows], None) for key in ("val/acc_best", "test/acc")}, "accuracy", row_height=0.4)
 
 
 def _plot_over_seeds(path: Path, seeds: list[dict[str, Any]]) -> None:
     """Bars of the mean over seeds, error bars of one standard deviation."""
+    rows = seeds[::-1]
+    _bar_pairs(path, [f"{r['overrides']} (n={r['n']})"[:60] for r in rows],
+               {key: ([r[f"{key}_mean"] or 0.0 for r in rows], [r[f"{key}_std"] or 0.0 for r in rows])
+                for key in ("val/acc_best", "test/acc")},
+               "accuracy: mean over seeds ± 1 standard deviation", row_height=0.5)
+
+
+def _bar_pairs(path: Path, labels: list[str], series: dict[str, tuple[list[float], list[float] | None]], xlabel: str,
+               row_height: float) -> None:
+    """One row of two horizontal bars per label (best val acc above test acc), with error bars where given."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = seeds[::-1]
-    labels = [f"{r['overrides']} (n={r['n']})"[:60] for r in rows]
-    figure, axes = plt.subplots(figsize=(8, 1.4 + 0.5 * len(rows)))
-    positions = range(len(rows))
-    for offset, key, label in ((0.2, "val/acc_best", "best val acc"), (-0.2, "test/acc", "test acc")):
-        axes.barh([p + offset for p in positions], [r[f"{key}_mean"] or 0.0 for r in rows], height=0.4, label=label,
-                  xerr=[r[f"{key}_std"] or 0.0 for r in rows], capsize=3)
+    names = {"val/acc_best": "best val acc", "test/acc": "test acc"}
+    figure, axes = plt.subplots(figsize=(8, 1.4 + row_height * len(labels)))
+    positions = range(len(labels))
+    for offset, (key, (values, errors)) in zip((0.2, -0.2), series.items()):
+        axes.barh([p + offset for p in positions], values, height=0.4, label=names[key], xerr=errors,
+                  capsize=3 if errors else 0)
     axes.set_yticks(list(positions), labels, fontsize=8)
-    axes.set_xlabel("accuracy: mean over seeds ± 1 standard deviation")
+    axes.set_xlabel(xlabel)
     axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)  # above the bars, never over them
     figure.tight_layout()
     figure.savefig(path, dpi=110)
