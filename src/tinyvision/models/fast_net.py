@@ -37,8 +37,6 @@ class FastNet(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size=32, widths: list[int] | tuple[int, ...] = (24, 48, 96, 96),
                  head_scale: float = 0.2):
         super().__init__()
-        if len(widths) != 4:
-            raise ValueError(f"model.widths={list(widths)}: four channel counts (stem and three blocks), e.g. model.widths=[24,48,96,96]")
         stem, *blocks = widths
         layers = [nn.Conv2d(in_channels, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem), nn.GELU()]
         for width_in, width_out in zip([stem, *blocks[:-1]], blocks):
