@@ -15,6 +15,7 @@ from tinyvision.data.augment import (
     mix_batch,
     random_crop,
     random_erasing,
+    random_grayscale,
     random_horizontal_flip,
     random_translate,
     trivial_augment,
@@ -99,6 +100,7 @@ AUGMENTS = {
     "horizontal_flip": (["data.augment.horizontal_flip=0.5"], lambda x, g: random_horizontal_flip(x, 0.5, g)),
     "color_jitter": (["data.augment.color_jitter=0.4"], lambda x, g: color_jitter(x, 0.4, g)),
     "erasing": (["data.augment.erasing=0.5"], lambda x, g: random_erasing(x, 0.5, g)),
+    "grayscale": (["data.augment.grayscale=0.5"], lambda x, g: random_grayscale(x, 0.5, g)),
     "trivial_augment": (["data.augment.trivial_augment=true"], lambda x, g: trivial_augment(x, g)),
 }
 

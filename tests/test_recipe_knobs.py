@@ -256,3 +256,20 @@ def test_the_cifar10_fast_recipe_trains_end_to_end_on_the_fixtures(make_config, 
     # Eight steps of a recipe made for batch 1024: measured test/acc 0.29 (best val 0.36; chance 0.1) with BatchNorm
     # momentum 0.6 and the EMA's warm-up; before those the EMA weights stayed at chance. 0.2 leaves a margin.
     assert metrics["epochs"] == 2 and metrics["test/acc"] > 0.2
+
+
+def test_grayscale_gives_the_chosen_images_their_luma_in_every_channel_and_leaves_the_rest():
+    """Per image: drawn grey, all three channels hold torchvision's grey of it (rgb_to_grayscale); not drawn, unchanged."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from tinyvision.data.augment import random_grayscale
+
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    out = random_grayscale(images, 0.5, torch.Generator().manual_seed(2))
+    grey = torch.rand(64, generator=torch.Generator().manual_seed(2)) < 0.5  # the draw the function makes
+    assert 10 < int(grey.sum()) < 54  # both kinds occur
+    expected = TF.rgb_to_grayscale(images[grey].float() / 255).mul(255).round().to(torch.uint8)
+    assert (out[grey].int() - expected.expand(-1, 3, -1, -1).int()).abs().max() <= 1  # rounding: at most one level
+    assert torch.equal(out[~grey], images[~grey])
+    assert torch.equal(random_grayscale(images[:, :1], 1.0), images[:, :1])  # grey images: nothing to do
+

@@ -101,6 +101,17 @@ def color_jitter(images: Tensor, strength: float, generator: torch.Generator | N
     return x.clamp(0, 255).round().to(images.dtype)
 
 
+def random_grayscale(images: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
+    """With probability ``p`` per image, its luma (ITU-R 601, torchvision's weights) in every channel: torchvision's
+    RandomGrayscale, drawn per image. A grey (one-channel) batch is returned as it is."""
+    if images.shape[1] != 3:
+        return images
+    grey = torch.rand(images.shape[0], device=images.device, generator=generator) < p
+    weights = torch.tensor([0.299, 0.587, 0.114], device=images.device)[:, None, None]
+    luma = (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(images.dtype).expand_as(images)
+    return torch.where(grey[:, None, None, None], luma, images)
+
+
 def mix_batch(images: Tensor, labels: Tensor, num_classes: int, mixup_alpha: float, cutmix_alpha: float,
               key: Sequence[int]) -> tuple[Tensor, Tensor]:
     """MixUp or CutMix of a uint8 batch with itself in a shuffled order; the labels become soft (N×C, rows summing
@@ -194,6 +205,7 @@ IMAGE_STEPS = (
     ("translate", random_translate, "max_shift"),
     ("horizontal_flip", random_horizontal_flip, "p"),
     ("color_jitter", color_jitter, "strength"),
+    ("grayscale", random_grayscale, "p"),
     ("trivial_augment", trivial_augment, None),
     ("erasing", random_erasing, "p"),
 )
@@ -210,6 +222,8 @@ class AugmentSettings(Section):
     translate: Annotated[int, Field(ge=0)] = spec("a whole number of pixels, 0 (off) or more", 2, 0)
     # brightness/contrast/saturation factors drawn per image from [1 - x, 1 + x]
     color_jitter: Annotated[float, Field(ge=0, le=1)] | ZeroOrOne = spec("a strength from 0 (off) to 1", 0.4, 0.0)
+    # the probability that a colour image is made grey (its luma in every channel; grey images stay as they are)
+    grayscale: Probability | ZeroOrOne = spec("a probability from 0 to 1 (not true or false)", 0.2, 0.0)
     # random erasing (cutout): the probability that an image gets a zeroed rectangle
     erasing: Probability | ZeroOrOne = spec("a probability from 0 to 1 (not true or false)", 0.25, 0.0)
     # TrivialAugment: one random operation per image at a random strength
