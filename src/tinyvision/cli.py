@@ -3,7 +3,7 @@
 Hydra composes the config before a script's main runs, and reports a misspelt key or an unknown option
 through its own wrapper and exit status 1. ``precheck`` composes the command line first with Hydra's
 compose API and words those failures as one line, with the closest valid key or the list of options.
-What composes but cannot work is the schema's (``tinyvision.schema``) and Lightning's to refuse, inside
+What composes but cannot work is the settings' (``tinyvision.config``) and Lightning's to refuse, inside
 main; ``report`` prints those. Real bugs keep their traceback: only ``TinyVisionError`` is worded here.
 """
 
