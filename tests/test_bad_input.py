@@ -103,7 +103,7 @@ CASES = [
     ("train", ["model.freeze=all"], "model.freeze=all: null or backbone (train the head only)"),
     ("train", ["optimizer.backbone_lr_scale=-1"], "optimizer.backbone_lr_scale=-1: a number, 0 or more"),
     ("train", ["scheduler.warmup_epochs=-1"], "scheduler.warmup_epochs=-1: a number of epochs, 0 or more"),
-    ("train", ["scheduler=onecycle", "+scheduler.warmup_epochs=1"],
+    ("train", ["scheduler=onecycle", "scheduler.warmup_epochs=1"],
      "scheduler.warmup_epochs=1: 0: one-cycle warms up by itself (scheduler.pct_start)"),
     ("train", ["tta=rotate"], "tta=rotate: none, flip or flip_translate"),
     ("train", ["callbacks.ema.decay=1"], "callbacks.ema.decay=1: a number from 0 (off) to below 1"),

@@ -154,3 +154,28 @@ def test_every_augmentation_key_reaches_each_data_config_from_its_settings(datas
     chosen = (yaml.safe_load((CONF / "data" / f"{dataset}.yaml").read_text()) or {}).get("augment") or {}
     composed = make_config(*data_overrides(dataset)).data.augment
     assert dict(composed) == {**defaults_of(AugmentSettings), **chosen}
+
+
+def test_no_config_file_repeats_a_default_its_settings_node_gives():
+    """Every conf/ file that lists a tinyvision/... defaults node (an architecture's, the augmentation's, an
+    optimizer's, a schedule's) holds only choices: no key with the value the node already gives it."""
+    import yaml
+    from hydra.core.config_store import ConfigStore
+
+    from conftest import CONF
+    from tinyvision.config import register_defaults
+
+    register_defaults()
+    store, checked = ConfigStore.instance(), 0
+    for path in sorted(CONF.rglob("*.yaml")):
+        written = yaml.safe_load(path.read_text()) or {}
+        for entry in written.get("defaults") or []:
+            if not (isinstance(entry, str) and entry.startswith("/tinyvision/")):
+                continue
+            node_path, _, package = entry[1:].partition("@")
+            node = store.load(f"{node_path}.yaml").node
+            section = written if package == "_here_" else written.get(package.split(".")[-1]) or {}
+            repeated = {key for key, value in section.items() if key in node and node[key] == value}
+            assert not repeated, f"{path.relative_to(CONF)} repeats {node_path}'s defaults: {sorted(repeated)}"
+            checked += 1
+    assert checked >= 9 + 2 + 3 + 4  # the architectures, two data configs, the optimizers and the schedules

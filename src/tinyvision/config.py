@@ -3,9 +3,10 @@ those models declare handed to Hydra, so the YAML files under conf/ hold choices
 
 ``validate_train`` (and its siblings for the other scripts) resolves the config once and returns the plain values the
 run is built from; a violation is one ConfigError line (tinyvision.schema words it). ``register_defaults`` puts each
-architecture's and the augmentation's defaults into Hydra's ConfigStore as ``tinyvision/model/<name>`` and
-``tinyvision/augment``, which conf/model/*.yaml and the data configs list in their defaults: a key keeps its default
-in one place and can still be overridden without ``+``.
+architecture's, the augmentation's, and each optimizer's and schedule's defaults into Hydra's ConfigStore as
+``tinyvision/model/<name>``, ``tinyvision/augment``, ``tinyvision/optimizer/<Class>`` and ``tinyvision/scheduler/<Class>``,
+which the YAML files under conf/ list in their defaults: a key keeps its default in one place (for torch's classes,
+torch's signature) and can still be overridden without ``+``.
 """
 
 from __future__ import annotations
@@ -143,3 +144,7 @@ def register_defaults() -> None:
     for name, registered in MODELS.items():
         store.store(group="tinyvision/model", name=name, node=defaults_of(registered.settings), provider="tinyvision")
     store.store(group="tinyvision", name="augment", node=defaults_of(AugmentSettings), provider="tinyvision")
+    for group, known in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS)):  # torch's classes, by class name
+        for target, settings in known.items():
+            store.store(group=f"tinyvision/{group}", name=target.rsplit(".", 1)[-1], node=defaults_of(settings),
+                        provider="tinyvision")

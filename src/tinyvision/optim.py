@@ -10,22 +10,23 @@ import hydra.utils
 import torch
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from tinyvision.schema import ConfigValueError, NonNegative, Open, PositiveInt, Section, Zero, spec
+from tinyvision.schema import ConfigValueError, NonNegative, Open, PositiveInt, Section, Zero, spec, with_signature_defaults
 
 
 class Optimizer(Open):
     target: str = Field(alias="_target_")
     partial: bool = Field(True, alias="_partial_")
     lr: Annotated[float, Field(gt=0)] = spec("a positive number", 0.01)
+    # the backbone's lr is lr × this (the head keeps lr): e.g. 0.1 for pretrained models
     backbone_lr_scale: NonNegative = spec("a number, 0 or more (1: the same lr everywhere)", 0.1, 1.0)
-    weight_decay: Annotated[float, Field(ge=0)] = spec("a number, 0 or more", 0.0005, 0.0)
+    weight_decay: Annotated[float, Field(ge=0)] = spec("a number, 0 or more", 0.0005)
 
 
 class SGD(Optimizer):
     model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
-    momentum: Annotated[float, Field(ge=0, lt=1)] = spec("a number from 0 to below 1", 0.9, 0.0)
-    nesterov: bool = spec("true or false", True, False)
-    dampening: Annotated[float, Field(ge=0, le=1)] = spec("a number from 0 to 1", 0.0, 0.0)
+    momentum: Annotated[float, Field(ge=0, lt=1)] = spec("a number from 0 to below 1", 0.9)
+    nesterov: bool = spec("true or false", True)
+    dampening: Annotated[float, Field(ge=0, le=1)] = spec("a number from 0 to 1", 0.0)
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self):
@@ -38,13 +39,14 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
     betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)] = spec(
-        "two numbers from 0 to below 1", "[0.9,0.999]", [0.9, 0.999]
-    )
-    eps: Annotated[float, Field(gt=0)] = spec("a positive number", 1e-8, 1e-8)
-    amsgrad: bool = spec("true or false", False, False)
+        "two numbers from 0 to below 1", "[0.9,0.999]")
+    eps: Annotated[float, Field(gt=0)] = spec("a positive number", 1e-8)
+    amsgrad: bool = spec("true or false", False)
 
 
-OPTIMIZERS = {"torch.optim.SGD": SGD, "torch.optim.Adam": Adam, "torch.optim.AdamW": Adam}
+# Each optimizer's settings, by its _target_, with torch's own defaults (read from its signature: written once, there).
+OPTIMIZERS = {f"torch.optim.{kind.__name__}": with_signature_defaults(settings, kind)
+              for kind, settings in ((torch.optim.SGD, SGD), (torch.optim.Adam, Adam), (torch.optim.AdamW, Adam))}
 
 
 # ---------------------------------------------------------------------------------------------- scheduler
@@ -53,7 +55,8 @@ OPTIMIZERS = {"torch.optim.SGD": SGD, "torch.optim.Adam": Adam, "torch.optim.Ada
 class Scheduler(Open):
     target: str = Field(alias="_target_")
     partial: bool = Field(True, alias="_partial_")
-    interval: Literal["epoch", "step"] = spec("epoch or step", "epoch", "epoch")
+    interval: Literal["epoch", "step"] = spec("epoch or step", "epoch", "epoch")  # when the schedule steps
+    # a linear warm-up over this many epochs (stepped per batch) before the schedule
     warmup_epochs: NonNegative = spec(
         "a number of epochs, 0 or more (fractions allowed)", 1, 0)
 
@@ -69,14 +72,14 @@ class Closed(Scheduler):
 
 class StepLR(Closed):
     step_size: PositiveInt = spec("a whole number of epochs, 1 or more", 10)
-    gamma: Annotated[float, Field(gt=0)] = spec("a positive factor", 0.1, 0.1)
+    gamma: Annotated[float, Field(gt=0)] = spec("a positive factor", 0.1)
 
 
 class MultiStepLR(Closed):
     milestones: Annotated[list[PositiveInt], Field(min_length=1)] = spec(
         "a rising list of epochs, each 1 or more", "[8,16,24]"
     )
-    gamma: Annotated[float, Field(gt=0)] = spec("a positive factor", 0.5, 0.1)
+    gamma: Annotated[float, Field(gt=0)] = spec("a positive factor", 0.5)
 
     @field_validator("milestones")
     @classmethod
@@ -87,28 +90,27 @@ class MultiStepLR(Closed):
 
 
 class CosineAnnealingLR(Closed):
-    T_max: Literal["auto"] | PositiveInt = spec("auto (trainer.max_epochs) or a number of epochs, 1 or more", "auto")
-    eta_min: Annotated[float, Field(ge=0)] = spec("a number, 0 or more", 0.0, 0.0)
+    T_max: Literal["auto"] | PositiveInt = spec("auto (trainer.max_epochs) or a number of epochs, 1 or more", "auto", "auto")
+    eta_min: Annotated[float, Field(ge=0)] = spec("a number, 0 or more", 0.0)
 
 
 class OneCycleLR(Closed):
     warmup_epochs: Zero | Annotated[float, Field(ge=0, le=0)] = spec("0: one-cycle warms up by itself (scheduler.pct_start)",
                                                                        0, 0)
-    max_lr: Literal["auto"] | Annotated[float, Field(gt=0)] = spec("auto (the optimizer's lr) or a positive number", "auto")
+    max_lr: Literal["auto"] | Annotated[float, Field(gt=0)] = spec("auto (the optimizer's lr) or a positive number", "auto", "auto")
     # OneCycleLR divides by (total_steps - 1): one step is a ZeroDivisionError; fewer than the run's optimizer steps
     # end the run when the schedule runs out (checked against the data at fit start: tinyvision.boundaries.FitChecks).
     total_steps: Literal["auto"] | Annotated[int, Field(ge=2)] = spec(
-        "auto (every batch of the run) or a number of steps, 2 or more (at least the run's)", "auto")
-    pct_start: Annotated[float, Field(gt=0, lt=1)] = spec("a fraction between 0 and 1", 0.3, 0.3)
-    anneal_strategy: Literal["cos", "linear"] = spec("cos or linear (with the linear rise: triangular)", "linear", "cos")
+        "auto (every batch of the run) or a number of steps, 2 or more (at least the run's)", "auto", "auto")
+    pct_start: Annotated[float, Field(gt=0, lt=1)] = spec("a fraction between 0 and 1", 0.3)
+    anneal_strategy: Literal["cos", "linear"] = spec("cos or linear (with the linear rise: triangular)", "linear")
 
 
-SCHEDULERS = {
-    "torch.optim.lr_scheduler.StepLR": StepLR,
-    "torch.optim.lr_scheduler.MultiStepLR": MultiStepLR,
-    "torch.optim.lr_scheduler.CosineAnnealingLR": CosineAnnealingLR,
-    "torch.optim.lr_scheduler.OneCycleLR": OneCycleLR,
-}
+# Each schedule's settings, by its _target_, with torch's own defaults (read from its signature).
+SCHEDULERS = {f"torch.optim.lr_scheduler.{kind.__name__}": with_signature_defaults(settings, kind)
+              for kind, settings in ((torch.optim.lr_scheduler.StepLR, StepLR), (torch.optim.lr_scheduler.MultiStepLR, MultiStepLR),
+                                     (torch.optim.lr_scheduler.CosineAnnealingLR, CosineAnnealingLR),
+                                     (torch.optim.lr_scheduler.OneCycleLR, OneCycleLR))}
 
 
 def build_optimizer(settings: dict[str, Any], parameters) -> torch.optim.Optimizer:

@@ -247,6 +247,8 @@ def with_signature_defaults(settings: type[BaseModel], function: Any) -> type[Ba
         parameter = parameters.get(name)
         if field.is_required() and parameter is not None and parameter.default is not inspect.Parameter.empty:
             default = list(parameter.default) if isinstance(parameter.default, tuple) else parameter.default
+            if isinstance(default, int) and not isinstance(default, bool) and "float" in str(field.annotation):
+                default = float(default)  # torch writes momentum=0: the config shows 0.0, as a float setting is typed
             filled[name] = (field.annotation, FieldInfo.merge_field_infos(field, default=default))
     if not filled:
         return settings
