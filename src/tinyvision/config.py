@@ -4,7 +4,8 @@ those models declare handed to Hydra, so the YAML files under conf/ hold choices
 ``validate_train`` (and its siblings for the other scripts) resolves the config once and returns the plain values the
 run is built from; a violation is one ConfigError line (tinyvision.schema words it). ``register_defaults`` puts each
 architecture's, the augmentation's, and each optimizer's and schedule's defaults into Hydra's ConfigStore as
-``tinyvision/model/<name>``, ``tinyvision/augment``, ``tinyvision/optimizer/<Class>`` and ``tinyvision/scheduler/<Class>``,
+``tinyvision/model/<name>``, ``tinyvision/augment``, ``tinyvision/callback/<Class>``, ``tinyvision/optimizer/<Class>`` and
+``tinyvision/scheduler/<Class>``,
 which the YAML files under conf/ list in their defaults: a key keeps its default in one place (for torch's classes,
 torch's signature) and can still be overridden without ``+``.
 """
@@ -18,7 +19,7 @@ from typing import Annotated, Any, Literal
 from omegaconf import DictConfig
 from pydantic import BaseModel, Field
 
-from tinyvision import boundaries
+from tinyvision import boundaries, callbacks
 from tinyvision.callbacks import LIGHTNING_CALLBACK_SETTINGS
 from tinyvision.data.augment import AugmentSettings
 from tinyvision.data.datamodule import DataSettings
@@ -144,6 +145,11 @@ def register_defaults() -> None:
     for name, registered in MODELS.items():
         store.store(group="tinyvision/model", name=name, node=defaults_of(registered.settings), provider="tinyvision")
     store.store(group="tinyvision", name="augment", node=defaults_of(AugmentSettings), provider="tinyvision")
+    for name in callbacks.__all__:  # each tinyvision callback that carries its Settings: its target and defaults
+        settings = _settings_of(f"tinyvision.callbacks.{name}")
+        if settings is not None:
+            store.store(group="tinyvision/callback", name=name, provider="tinyvision",
+                        node={"_target_": f"tinyvision.callbacks.{name}", **defaults_of(settings)})
     for group, known in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS)):  # torch's classes, by class name
         for target, settings in known.items():
             store.store(group=f"tinyvision/{group}", name=target.rsplit(".", 1)[-1], node=defaults_of(settings),
