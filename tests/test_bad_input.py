@@ -107,6 +107,11 @@ CASES = [
      "scheduler.warmup_epochs=1: 0: one-cycle warms up by itself (scheduler.pct_start)"),
     ("train", ["tta=rotate"], "tta=rotate: none, flip or flip_translate"),
     ("train", ["callbacks.ema.decay=1"], "callbacks.ema.decay=1: a number from 0 (off) to below 1"),
+    # a key the callback's constructor does not take, added with +: refused by its settings, not by a TypeError
+    ("train", ["+callbacks.pictures.foo=1"], "callbacks.pictures.foo=1: no such key; the keys here are input_grid"),
+    ("train", ["model._target_=mynet.MyNet"], "model._target_=mynet.MyNet: it cannot be imported (ModuleNotFoundError"),
+    ("train", ["callbacks.ema._target_=tinyvision.callbacks.nope"],
+     "callbacks.ema._target_=tinyvision.callbacks.nope: it cannot be imported (AttributeError"),
     ("train", ["data.augment.mixup_alpha=-0.2"], "data.augment.mixup_alpha=-0.2: a number, 0 (off) or more"),
     ("train", ["loss.label_smoothing=1"], "loss.label_smoothing=1: a number from 0 to below 1"),
     ("train", ["loss.class_weights=balanced"], "loss.class_weights=balanced: null, auto or a list of positive weights"),

@@ -71,3 +71,28 @@ def test_a_run_saved_before_the_callbacks_moved_resumes_with_classes_that_import
     for section in resumed["callbacks"].values():
         assert hydra.utils.get_object(section["_target_"])  # every one imports
     assert resumed["callbacks"]["last_checkpoint"]["_target_"] == "tinyvision.callbacks.LastCheckpoint"
+
+
+class PlainNet(torch.nn.Module):
+    """A user's own architecture: it takes the data's shape and nothing else."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size):
+        super().__init__()
+        self.head = torch.nn.Linear(in_channels * image_size * image_size, num_classes)
+
+    def forward(self, x):
+        return self.head(x.flatten(1))
+
+
+def test_a_users_model_given_a_key_it_does_not_take_is_one_line_naming_the_key():
+    """model._target_ on top of fast_net's defaults hands the user's class fast_net's widths: the line names the key."""
+    import pytest
+
+    from tinyvision.errors import ConfigError
+    from tinyvision.models import build_model
+
+    target = f"{PlainNet.__module__}.PlainNet"
+    assert isinstance(build_model({"_target_": target}, 1, 10, 28), PlainNet)
+    with pytest.raises(ConfigError, match=rf"^model.widths=\[24, 48, 96, 96\]: {target} takes no argument widths: remove it"):
+        build_model({"_target_": target, "widths": [24, 48, 96, 96]}, 1, 10, 28)
+

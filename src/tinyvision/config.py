@@ -13,6 +13,7 @@ torch's signature) and can still be overridden without ``+``.
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -54,19 +55,55 @@ def _settings_of(target: str | None) -> type[BaseModel] | None:
     """The ``Settings`` a tinyvision callback class (or factory) carries, its defaults taken from its signature."""
     if not target or not target.startswith("tinyvision."):
         return None
-    import hydra.utils
-
     try:
-        owner = hydra.utils.get_object(target)
-    except Exception:  # a target that does not import: Hydra's instantiate names it when the run builds it
+        owner = locate(target)
+    except (ImportError, AttributeError):  # a target that does not import: _check_targets names it
         return None
     settings = getattr(owner, "Settings", None)
     return with_signature_defaults(settings, owner) if settings is not None else None
 
 
+def locate(target: str) -> Any:
+    """The object a dotted ``_target_`` names, imported; ModuleNotFoundError or AttributeError when there is none.
+    Not hydra.utils.get_object: it logs its own error lines before raising."""
+    parts = target.split(".")
+    for end in range(len(parts), 0, -1):
+        name = ".".join(parts[:end])
+        try:
+            found = importlib.import_module(name)
+            break
+        except ModuleNotFoundError as error:
+            if error.name is None or not name.startswith(error.name):
+                raise  # the module exists and fails to import something else: that is its own error
+    else:
+        raise ModuleNotFoundError(f"No module named '{parts[0]}'", name=parts[0])
+    for part in parts[end:]:
+        found = getattr(found, part)
+    return found
+
+
+def _check_targets(values: Mapping[str, Any]) -> None:
+    """Every ``_target_`` a run instantiates names something that imports: Hydra's own refusal comes as it builds the
+    run, in three lines and exit status 1 ("Error locating target ...")."""
+    sections = [("model", values.get("model")), ("optimizer", values.get("optimizer")), ("scheduler", values.get("scheduler"))]
+    for group in ("callbacks", "logger"):
+        sections += [(f"{group}.{name}", section) for name, section in (values.get(group) or {}).items()]
+    for key, section in sections:
+        target = section.get("_target_") if isinstance(section, Mapping) else None
+        if not isinstance(target, str):
+            continue
+        try:
+            locate(target)
+        except (ImportError, AttributeError) as cause:
+            reason = f"{type(cause).__name__}: {str(cause).splitlines()[0]}" if str(cause).strip() else type(cause).__name__
+            raise ConfigError(f"{key}._target_={target}: it cannot be imported ({reason}); check its spelling, or put its "
+                              "module on the Python path (PYTHONPATH=/folder/of/the/module)") from None
+
+
 def validate_train(cfg: DictConfig) -> dict[str, Any]:
     """Check every tinyvision key of a composed train config; returns the resolved values the run is built from."""
     values = to_container(cfg)
+    _check_targets(values)
     check(TopLevelSettings, {k: values[k] for k in ("seed", "resume", "paths", "tta", "slurm") if k in values}, "")
     check(LossSettings, values.get("loss") or {}, "loss")
     weights = (values.get("loss") or {}).get("class_weights")

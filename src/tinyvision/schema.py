@@ -57,6 +57,13 @@ ZeroOrOne = Annotated[int, Field(ge=0, le=1)]
 Zero = Annotated[int, Field(ge=0, le=0)]
 
 
+class Target(Section):
+    """A section Hydra instantiates whose keys are all its class's arguments (a tinyvision callback): a misspelt one
+    added with ``+`` is refused here, not by the constructor's TypeError when the run is built."""
+
+    target: str | None = Field(None, alias="_target_")
+
+
 class Closed(Section):
     """A section of an ``Open`` family whose keys are all known (a tinyvision model, torch's SGD)."""
 

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 
 from tinyvision.files import LAST_CHECKPOINT
-from tinyvision.schema import Open, PositiveInt, spec
+from tinyvision.schema import PositiveInt, Target, spec
 
 
 class LastCheckpoint(Checkpoint):
@@ -20,7 +20,8 @@ class LastCheckpoint(Checkpoint):
     steps and every epoch; this one writes through ``trainer.save_checkpoint``.
     """
 
-    class Settings(Open):  # callbacks.last_checkpoint; defaults: __init__'s
+    class Settings(Target):  # callbacks.last_checkpoint; defaults: __init__'s
+        dirpath: str = spec("a directory path", "outputs/runs/<run>/checkpoints")
         every_n_train_steps: PositiveInt | None = spec("a whole number of steps, 1 or more, or null", 500)
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None):

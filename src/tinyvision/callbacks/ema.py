@@ -7,7 +7,7 @@ from typing import Annotated
 from lightning.pytorch.callbacks import WeightAveraging
 from pydantic import Field
 
-from tinyvision.schema import Open, Zero, spec
+from tinyvision.schema import Target, Zero, spec
 
 
 class WarmedUpDecay:
@@ -63,7 +63,7 @@ def exponential_moving_average(decay: float = 0.0, start_step: int = 0, warmup_p
     return EMA(decay, start_step, warmup_power) if decay > 0 else None
 
 
-class _EmaSettings(Open):  # callbacks.ema; defaults: exponential_moving_average's
+class _EmaSettings(Target):  # callbacks.ema; defaults: exponential_moving_average's
     decay: Annotated[float, Field(ge=0, lt=1)] | Zero = spec("a number from 0 (off) to below 1", 0.999)
     start_step: Annotated[int, Field(ge=0)] = spec("a whole number of steps, 0 or more", 0)
     warmup_power: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = spec(

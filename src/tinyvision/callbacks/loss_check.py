@@ -9,7 +9,7 @@ import torch
 
 from tinyvision.callbacks.checkpoints import LastCheckpoint
 from tinyvision.errors import TrainingDiverged
-from tinyvision.schema import Open, PositiveInt, spec
+from tinyvision.schema import PositiveInt, Target, spec
 
 
 class StopOnNonFiniteLoss(L.Callback):
@@ -27,7 +27,7 @@ class StopOnNonFiniteLoss(L.Callback):
     device record there too, as bench/sync_trace.py does to show a GPU's step on a CPU).
     """
 
-    class Settings(Open):  # callbacks.stop_on_non_finite_loss; defaults: __init__'s
+    class Settings(Target):  # callbacks.stop_on_non_finite_loss; defaults: __init__'s
         check_every_n_steps: PositiveInt = spec("a whole number of steps, 1 or more", 50)
         read_on_cpu: bool = spec("true or false", True)
 

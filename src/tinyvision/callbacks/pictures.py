@@ -13,7 +13,7 @@ from torchvision.utils import make_grid
 
 from tinyvision.loggers import tensorboard_writer
 from tinyvision.pictures import as_picture, confusion_figure, labelled_grid_figure
-from tinyvision.schema import Open, spec
+from tinyvision.schema import Target, spec
 
 
 class TensorBoardPictures(L.Callback):
@@ -21,7 +21,7 @@ class TensorBoardPictures(L.Callback):
     sees them after augmentation, as stored), and every validation epoch the confusion matrix, a grid
     of misclassified validation images labelled predicted/true, and per-class accuracy scalars."""
 
-    class Settings(Open):  # callbacks.pictures; defaults: __init__'s
+    class Settings(Target):  # callbacks.pictures; defaults: __init__'s
         input_grid: bool = spec("true or false", True)
         confusion_matrix: bool = spec("true or false", True)
         misclassified: Annotated[int, Field(ge=0)] | bool = spec("a number of images, 0 or more", 16)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 
 from tinyvision.loggers import tensorboard_writer
-from tinyvision.schema import Open, PositiveInt, spec
+from tinyvision.schema import PositiveInt, Target, spec
 
 
 def gather_uneven(pl_module, rows):
@@ -26,7 +26,7 @@ class TestReport(L.Callback):
     as test/* metrics (so the test results, metrics.json and every logger hold them), and one precision-recall
     curve per class in TensorBoard's PR-curves tab. Validation is left alone: this runs once, on the test."""
 
-    class Settings(Open):  # callbacks.test_report; defaults: __init__'s
+    class Settings(Target):  # callbacks.test_report; defaults: __init__'s
         top_k: PositiveInt = spec("a whole number, 1 or more", 3)
         pr_curves: bool = spec("true or false", True)
 

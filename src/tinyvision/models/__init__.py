@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import hydra.utils
@@ -35,6 +36,12 @@ def build_model(model: dict[str, Any], in_channels: int, num_classes: int, image
         )
     except InstantiationException as error:
         cause = error.__cause__
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(cause)) if isinstance(cause, TypeError) else None
+        if unexpected:  # a key the class does not take: a user's model under another model's defaults, or a +key
+            key = unexpected.group(1)
+            raise ConfigError(f"model.{key}={model.get(key)}: {settings.get('_target_')} takes no argument {key}: remove it "
+                              f"(~model.{key}), or start from a model option without it (model=lenet "
+                              f"model._target_={settings.get('_target_')})") from None
         if isinstance(cause, (ValueError, TypeError)):
             raise ConfigError(str(cause)) from cause
         raise
