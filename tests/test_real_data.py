@@ -33,8 +33,9 @@ RECIPES = {  # recipe: (overrides, floor)  # best val / test accuracy of this te
     "cifar_net": (["data=fashion", "data.image_size=32", "data.train_size=5000", "trainer.max_epochs=3"], 0.40),  # 0.554 / 0.550
     "cifar_net_v3": (["data=fashion", "data.image_size=32", "data.train_size=2000", "trainer.max_epochs=2"], 0.50),  # 0.694 / 0.698
     # VGG16 from random weights (no ImageNet weights offline), no BatchNorm, plain SGD: slow to leave chance, and 150
-    # steps already take over 3 minutes here; the floor is 2x chance, the one below 4x
-    "vgg16_cifar10": (["data=fashion", "data.image_size=32", "data.train_size=3200", "trainer.max_epochs=3"], 0.22),  # 0.300 / 0.308
+    # steps already take over 3 minutes here; the floor is 2x chance, the one below 4x. 0.300 / 0.308 when set; on
+    # 2026-12-01 this machine gives 0.220 / 0.220 at this commit and at 5957884 alike (float32 0.2199999988 < 0.22)
+    "vgg16_cifar10": (["data=fashion", "data.image_size=32", "data.train_size=3200", "trainer.max_epochs=3"], 0.20),
     "fashion_fast": (["data.train_size=2000", "trainer.max_epochs=4"], 0.45),  # 0.639 / 0.649
     "cifar10_fast": ([*CIFAR_SHAPED, "data.train_size=2000", "trainer.max_epochs=4"], 0.45),  # 0.615 / 0.660
 }

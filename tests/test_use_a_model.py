@@ -122,9 +122,11 @@ def logged_hparams(tensorboard_dir: Path) -> tuple[dict, set[str]]:
 COMPARED = {"experiment", "model", "model/freeze", "model/bn_momentum", "data", "optimizer", "scheduler", "seed",
             "data/batch_size", "data/image_size", "data/channels", "data/val_size", "data/train_size",
             "augment/crop_padding", "augment/horizontal_flip", "augment/translate", "augment/color_jitter", "augment/erasing",
-            "augment/trivial_augment", "augment/mixup_alpha", "augment/cutmix_alpha",
+            "augment/grayscale", "augment/trivial_augment", "augment/mixup_alpha", "augment/cutmix_alpha",
             "loss/label_smoothing", "loss/class_weights", "scheduler/warmup_epochs",
-            "optimizer/lr", "optimizer/betas", "optimizer/weight_decay", "optimizer/backbone_lr_scale",
+            # Adam's every setting, torch's defaults included (eps, amsgrad): they come from its signature now
+            "optimizer/lr", "optimizer/betas", "optimizer/eps", "optimizer/amsgrad", "optimizer/weight_decay",
+            "optimizer/backbone_lr_scale",
             "trainer/max_epochs", "trainer/precision", "trainer/devices", "trainer/accumulate_grad_batches"}
 RESULTS = {"val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss", "run/train_seconds", "run/epochs"}
 
