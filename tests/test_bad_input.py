@@ -108,6 +108,7 @@ CASES = [
     ("train", ["tta=rotate"], "tta=rotate: none, flip or flip_translate"),
     ("train", ["callbacks.ema.decay=1"], "callbacks.ema.decay=1: a number from 0 (off) to below 1"),
     # a key the callback's constructor does not take, added with +: refused by its settings, not by a TypeError
+    ("train", ["data.augment.grayscale=true"], "data.augment.grayscale=true: a probability from 0 to 1 (not true or false)"),
     ("train", ["+callbacks.pictures.foo=1"], "callbacks.pictures.foo=1: no such key; the keys here are input_grid"),
     ("train", ["model._target_=mynet.MyNet"], "model._target_=mynet.MyNet: it cannot be imported (ModuleNotFoundError"),
     ("train", ["callbacks.ema._target_=tinyvision.callbacks.nope"],

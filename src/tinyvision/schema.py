@@ -2,7 +2,7 @@
 
 Each config section's settings model stands beside the code that uses it (a model's beside the model, augmentation's
 in data/augment.py, the trainer's in trainer.py); tinyvision.config gathers them. Here are the pieces they are made
-of: ``spec`` gives a field its rule in words and an example, ``Section``/``Open`` the strictness, and ``check`` turns
+of: ``spec`` gives a field its rule in words and an example, ``Section``/``Open``/``Target`` the strictness, and ``check`` turns
 pydantic's first violation into one ConfigError line: ``KEY=VALUE: what is allowed, e.g. KEY=example``. pydantic
 rather than Hydra structured configs because its ranges, unions and cross-field checks are declarations, where
 OmegaConf's structured configs check types only.
@@ -63,11 +63,6 @@ class Target(Section):
 
     target: str | None = Field(None, alias="_target_")
 
-
-class Closed(Section):
-    """A section of an ``Open`` family whose keys are all known (a tinyvision model, torch's SGD)."""
-
-    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 
