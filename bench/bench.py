@@ -154,7 +154,9 @@ def run_raw(workload: str, epochs: int, data_dir: str, device: str, target: floa
 
     from tinyvision.data.augment import random_crop, random_horizontal_flip
     from tinyvision.data.sources import load
+    from tinyvision.host_memory import keep_freed_memory
 
+    keep_freed_memory()  # the floor reuses freed memory as tinyvision does (TINYVISION_KEEP_FREED_MEMORY=0: not)
     _, architecture, batch, optimizer_name, lr, mean, std = WORKLOADS[workload]
     splits = load("fashion", data_dir, [], download=False)
     augmented = cifar_shaped(workload)

@@ -25,6 +25,8 @@ import bench  # noqa: E402  (bench/bench.py: one measurement per process)
 
 VARIANTS = {
     "raw": ("raw", []),
+    "raw, glibc's malloc thresholds": ("raw", []),  # TINYVISION_KEEP_FREED_MEMORY=0: freed blocks go back to the kernel
+    "tinyvision, glibc's malloc thresholds": ("tinyvision", []),
     "tinyvision": ("tinyvision", []),
     "- progress bar": ("tinyvision", ["~callbacks.progress_bar"]),
     "- loggers, callbacks": ("tinyvision", ["logger=none", "callbacks=minimal"]),
@@ -48,6 +50,7 @@ def main() -> None:
             for count in threads:
                 os.environ["OMP_NUM_THREADS"] = str(count)
                 for name, (variant, overrides) in VARIANTS.items():
+                    os.environ["TINYVISION_KEEP_FREED_MEMORY"] = "0" if "glibc" in name else "1"
                     last = bench.measure(variant, workload, args, 2, overrides)["epochs"][-1]
                     results.setdefault((workload, count, name), []).append(last["samples"] / last["train_seconds"])
     print(f"\n| workload | threads | variant | train images/s (median of {args.repeats}) | of raw | runs |")

@@ -36,6 +36,7 @@ from tinyvision.config import validate_train
 from tinyvision.data.datamodule import data_module_settings
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import METRICS_FILE, PRUNED_FILE, write_json
+from tinyvision.host_memory import keep_freed_memory
 from tinyvision.hparams import compared_hparams, group_choices
 from tinyvision.loggers import MLFLOW_RUN_KEY, log_final_figures, log_run_files
 from tinyvision.module import ImageClassifier
@@ -83,6 +84,7 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
     resume_from = _checkpoint_to_resume(cfg, run_dir)
     # Resolved and checked once, before anything is built or written: the run is built from these values alone.
     values = validate_train(cfg)
+    keep_freed_memory()  # each step's tensors reuse the last step's memory, without page faults (host_memory.py)
     with slurm.EndWarning(values.get("slurm")) as warning:  # never the signal's default action, wherever it lands
         return _train(values, run_dir, resume_from, sweep_job, warning)
 
