@@ -5,7 +5,7 @@ threads, every measurement in its own process, variants interleaved, the median 
 
 Variants (training images/s of the last of 2 epochs; bench/bench.py's raw loop and tinyvision run):
   raw                     the floor: the same model, batch and optimizer over tensors normalized once
-  ... glibc's malloc thresholds   the same with TINYVISION_KEEP_FREED_MEMORY=0 (tinyvision.host_memory not applied)
+  raw|tinyvision (glibc malloc)  the same with TINYVISION_KEEP_FREED_MEMORY=0 (tinyvision.host_memory not applied)
   tinyvision              train.py's composition, default callbacks and TensorBoard
   - progress bar          without the Rich bar (and its refresh thread)
   - loggers, callbacks    logger=none callbacks=minimal: no TensorBoard, bar, pictures or model summary
@@ -26,8 +26,8 @@ import bench  # noqa: E402  (bench/bench.py: one measurement per process)
 
 VARIANTS = {
     "raw": ("raw", []),
-    "raw, glibc's malloc thresholds": ("raw", []),  # TINYVISION_KEEP_FREED_MEMORY=0: freed blocks go back to the kernel
-    "tinyvision, glibc's malloc thresholds": ("tinyvision", []),
+    "raw (glibc malloc)": ("raw", []),  # TINYVISION_KEEP_FREED_MEMORY=0: freed blocks go back to the kernel
+    "tinyvision (glibc malloc)": ("tinyvision", []),
     "tinyvision": ("tinyvision", []),
     "- progress bar": ("tinyvision", ["~callbacks.progress_bar"]),
     "- loggers, callbacks": ("tinyvision", ["logger=none", "callbacks=minimal"]),

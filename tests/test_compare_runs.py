@@ -17,7 +17,7 @@ import yaml
 from tinyvision.files import STUDY_RESULT
 from tinyvision.hparams import compared_hparams
 from tinyvision.report import classification_report
-from tinyvision.sweep import collect, over_seeds, write_summary
+from tinyvision.sweep import collect, over_repeats, write_summary
 from tinyvision.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,10 +65,10 @@ def test_a_seed_sweep_gets_one_aggregated_row_per_configuration(tmp_path):
     for job, (overrides, (val, test, seconds)) in enumerate(figures.items()):
         write_job(sweep, job, ["data=fashion", *overrides], val, test, seconds)
     rows = collect(sweep)
-    aggregated = over_seeds(rows)
+    aggregated = over_repeats(rows)
     assert [row["overrides"] for row in aggregated] == ["model=lenet", "model=mlp"]  # best mean first
     lenet = aggregated[0]
-    assert lenet["n"] == 2 and lenet["seeds"] in ("0 1", "1 0")
+    assert lenet["n"] == 2 and lenet["repeats"] in ("0 1", "1 0") and lenet["over"] == "seeds"
     assert lenet["val/acc_best_mean"] == pytest.approx(0.82) and lenet["test/acc_mean"] == pytest.approx(0.80)
     assert lenet["val/acc_best_std"] == pytest.approx(statistics.stdev([0.80, 0.84]))
     assert lenet["wall_seconds_mean"] == pytest.approx(11.0)
@@ -88,7 +88,7 @@ def test_a_sweep_without_seeds_and_an_optuna_study_are_not_aggregated(tmp_path):
     sweep = tmp_path / "sweep"
     write_job(sweep, 0, ["model=lenet"], 0.8, 0.8, 1.0)
     write_job(sweep, 1, ["model=mlp"], 0.7, 0.7, 1.0)
-    assert over_seeds(collect(sweep)) == []
+    assert over_repeats(collect(sweep)) == []
     study = tmp_path / "study"
     write_job(study, 0, ["seed=0", "optimizer.lr=0.1"], 0.8, 0.8, 1.0)
     write_job(study, 1, ["seed=1", "optimizer.lr=0.2"], 0.7, 0.7, 1.0)

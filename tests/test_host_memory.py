@@ -88,3 +88,31 @@ def test_training_keeps_freed_memory(monkeypatch):
     monkeypatch.setattr(training, "_checkpoint_to_resume", lambda cfg, run_dir: None)
     training.train(OmegaConf.create({"paths": {"output_dir": "unused"}}))
     assert calls == ["kept", "trained"]
+
+
+def test_set_up_objects_are_out_of_the_collectors_sight_during_the_block_and_back_after():
+    import gc
+
+    from tinyvision.host_memory import set_up_objects_frozen
+
+    assert gc.get_freeze_count() == 0
+    existing = len(gc.get_objects())
+    with set_up_objects_frozen():
+        assert gc.get_freeze_count() >= existing  # a full collection now walks only what the block creates
+        made = [[] for _ in range(1000)]
+        assert all(gc.is_tracked(m) for m in made) and len(gc.get_objects()) < 2000 + 1000 * 2
+    assert gc.get_freeze_count() == 0  # back: a sweep's next trial does not keep this one's leftovers
+
+
+def test_fit_and_test_run_with_set_up_objects_frozen(monkeypatch, make_config):
+    import gc
+
+    from tinyvision import training
+
+    seen = {}
+    monkeypatch.setattr(training, "_fit", lambda *args: seen.setdefault("fit", gc.get_freeze_count()))
+    monkeypatch.setattr(training, "_test_best_checkpoint",
+                        lambda *args: (seen.setdefault("test", gc.get_freeze_count()), None) and (None, {}))
+    monkeypatch.setattr(training, "_run_metrics", lambda *args: {})
+    training.train(make_config("data=mnist", "logger=none", "trainer.max_epochs=1"))
+    assert seen["fit"] > 10_000 and seen["test"] > 10_000 and gc.get_freeze_count() == 0

@@ -337,3 +337,69 @@ def test_a_sweep_whose_jobs_all_failed_names_only_the_files_it_wrote(tmp_path, c
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("summary:"))
     assert line == f"summary: {tmp_path / 'summary.md'}, {tmp_path / 'summary.csv'}"
     assert not (tmp_path / "summary.png").exists()
+
+
+# ---------------------------------------------------------------------------------------------- shared studies
+# Several sweep processes on one study, as on several machines (hparams_search.shared=true): through Optuna's journal
+# file (a shared file system) and an SQLite file standing for a database every machine reaches.
+
+
+def journal_trials(journal: Path, name: str = "optuna") -> list[optuna.trial.FrozenTrial]:
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+def test_two_workers_of_a_shared_journal_study_run_n_trials_between_them_each_once(shapes_root, tmp_path):
+    journal, sweep_dir = tmp_path / "shared" / "study.journal", tmp_path / "sweep"
+    args = [sys.executable, "train.py", "-m", "hparams_search=optuna", LR, *TRIAL, "trainer.max_epochs=1",
+            "hparams_search.n_trials=4", "hparams_search.shared=true", "hparams_search.heartbeat_seconds=1",
+            f"hparams_search.storage=journal:{journal}", f"paths.data_dir={shapes_root}", f"hydra.sweep.dir={sweep_dir}"]
+    workers = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [worker.communicate(timeout=600) for worker in workers]
+    for worker, (out, err) in zip(workers, outputs):
+        assert worker.returncode == 0, out[-2000:] + err[-3000:]
+    every = journal_trials(journal)
+    counted = [t for t in every if t.state == TrialState.COMPLETE]
+    assert len(counted) == 4, [(t.number, t.state, t.user_attrs) for t in every]
+    assert all(t.user_attrs.get("surplus") for t in every if t.state != TrialState.COMPLETE)  # asked at once, not run
+    # each trial ran once, in its own folder, and the workers' first trials differ (their samplers are their own)
+    assert all((sweep_dir / str(t.number) / "metrics.json").is_file() for t in counted)
+    assert not any((sweep_dir / str(t.number)).exists() for t in every if t.state != TrialState.COMPLETE)
+    assert len({t.params["optimizer.lr"] for t in counted}) == 4
+
+
+def test_a_killed_worker_leaves_its_trial_failed_and_another_worker_retries_it(shapes_root, tmp_path):
+    storage, sweep_dir = f"sqlite:///{tmp_path / 'study.db'}", tmp_path / "sweep"
+    args = ["hparams_search=optuna", LR, *TRIAL, "trainer.max_epochs=1", "hparams_search.n_trials=3",
+            "hparams_search.shared=true", "hparams_search.heartbeat_seconds=1", f"hparams_search.storage={storage}",
+            f"paths.data_dir={shapes_root}", f"hydra.sweep.dir={sweep_dir}"]
+    killed = sweep(*args, fault=("kill-in-trial", 1))  # SIGKILL mid-trial 1: no tell, no more heartbeats
+    assert killed.returncode == -9
+    study = optuna.load_study(study_name="optuna", storage=storage)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.RUNNING]
+    lost = study.get_trials()[1]
+
+    other = sweep(*args)  # another worker, later: it fails the silent trial, asks its parameters again, and finishes
+    assert other.returncode == 0, other.stdout[-2000:] + other.stderr[-3000:]
+    after = {t.number: t for t in optuna.load_study(study_name="optuna", storage=storage).get_trials()}
+    assert after[1].state == TrialState.FAIL and after[1].user_attrs["interrupted"]
+    retries = [t for t in after.values() if t.system_attrs.get("failed_trial") == 1]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == lost.params
+    assert after[0].state == TrialState.COMPLETE and after[0].value == study.get_trials()[0].value  # kept as it was
+    assert sum(t.state == TrialState.COMPLETE for t in after.values()) == 3  # n_trials across both workers
+    assert "its worker stopped beating" in other.stderr + other.stdout
+
+
+def test_a_worker_with_another_search_is_refused_joining(shapes_root, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = [*TRIAL, "trainer.max_epochs=1", "hparams_search.n_trials=1", "hparams_search.shared=true",
+              f"hparams_search.storage={storage}", f"paths.data_dir={shapes_root}"]
+    first = sweep("hparams_search=optuna", LR, *common, f"hydra.sweep.dir={tmp_path / 'a'}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    other = sweep("hparams_search=optuna", "optimizer.lr=tag(log, interval(0.01, 0.1))", *common,
+                  f"hydra.sweep.dir={tmp_path / 'b'}")
+    assert other.returncode == 2
+    assert "hparams_search.shared=true (study 'optuna' in " in other.stderr
+    assert "the study was searched with other settings than this command" in other.stderr

@@ -1,5 +1,7 @@
-"""Keep freed host memory in the process for the next batch, instead of handing it back to the kernel.
+"""What the training process does with its host memory: freed blocks kept for the next step, and the objects of
+set-up left out of Python's garbage collections.
 
+**Freed blocks.** 
 A training step on the CPU allocates and frees the same few megabyte-sized tensors (activations, their
 gradients) every step. glibc's malloc serves blocks that large with mmap and returns them with munmap when they
 are freed, or trims them off the heap's top, so every step touches fresh pages: about 4,600 page faults a LeNet
@@ -9,14 +11,23 @@ malloc's mmap and trim thresholds keeps those blocks on the heap: the next step 
 PyTorch's CPU performance guide gets the same by preloading jemalloc or tcmalloc (``LD_PRELOAD``), which needs a
 system library and a wrapper around the command; glibc's own ``mallopt`` does it from inside the process. What it
 costs: the process keeps its peak heap until it exits. ``TINYVISION_KEEP_FREED_MEMORY=0`` leaves glibc's defaults.
+
+**Set-up objects.** A run holds about half a million Python objects once torch, Lightning, Hydra and the data are
+loaded, and Python's oldest-generation collection walks all of them: 0.3-0.4 s, once or twice during a short fit
+(bench/cpu_steps.py's notes in BENCHMARKS.md). None of them is garbage the run could free, so ``set_up_objects_frozen``
+moves them out of the collector's sight (``gc.freeze``) for the fit and the test, and back afterwards, so that a
+sweep running many trials in one process does not keep each trial's leftovers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import gc
 import os
 import sys
+from collections.abc import Iterator
 
 # mallopt's parameter numbers (glibc's malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -50,3 +61,13 @@ def keep_freed_memory() -> bool:
     # mallopt returns 1 on success; setting either threshold also stops glibc adjusting them itself.
     _applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _applied
+
+
+@contextlib.contextmanager
+def set_up_objects_frozen() -> Iterator[None]:
+    """Inside the block the garbage collector leaves alone every object that exists when it starts."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

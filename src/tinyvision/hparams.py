@@ -9,9 +9,9 @@ is still kept in the run's .hydra/config.yaml and in every checkpoint.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from tinyvision import boundaries
 from tinyvision.schema import Open, PositiveInt, one_of, spec
@@ -99,6 +99,8 @@ class SearchSettings(Open):
     storage: str | None = spec("null or a database URL", "sqlite:///study.db", None)
     study_name: str | None = spec("null or a name", "lenet", None)
     resume: str | None = spec("null or a sweep folder", "outputs/multirun/<sweep>", None)
+    shared: bool = spec("true or false", True, False)
+    heartbeat_seconds: Annotated[float, Field(gt=0)] | PositiveInt = spec("a number of seconds above 0", 10, 10.0)
     trial: int | None = spec("set by the sweeper", 0, None)
 
     @field_validator("n_jobs")
@@ -112,7 +114,9 @@ class SearchSettings(Open):
     @classmethod
     def _database(cls, value):
         """A URL SQLAlchemy cannot use (bogus://x) fails in SQLAlchemy with NoSuchModuleError; no connection is made here."""
-        problem = boundaries.database_url_problem(value) if value is not None else None
+        if value is None or value.startswith("journal:"):  # Optuna's journal file: checked when it is opened
+            return value
+        problem = boundaries.database_url_problem(value)
         if problem is not None:
             raise ValueError(problem)
         return value

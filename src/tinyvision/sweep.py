@@ -1,5 +1,5 @@
 """The summary of a multirun: every job ranked by best validation accuracy, failures with their error,
-the jobs that differ only in their seed aggregated (n, mean ± standard deviation), and for an Optuna
+the jobs that differ only in their seed or cross-validation fold aggregated (n, mean ± standard deviation), and for an Optuna
 sweep the study's result."""
 
 from __future__ import annotations
@@ -56,20 +56,33 @@ def _varying_overrides(all_overrides: list[list[str]]) -> set[str]:
 AGGREGATED = ("val/acc_best", "test/acc", "wall_seconds")
 
 
-def over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """When a sweep varies ``seed``: one row per configuration of the other varied overrides, with n and the
-    mean and sample standard deviation (None for one seed) of each figure over its finished jobs, best first."""
-    if not any(o.startswith("seed=") for row in rows for o in row.get("varied", [])):
+# Overrides whose jobs repeat one configuration: other seeds, other folds of a k-fold cross-validation.
+REPEATS = {"seed": "seeds", "data.fold": "folds"}
+
+
+def _repeat_key(override: str) -> str | None:
+    key = override.split("=", 1)[0]
+    return key if key in REPEATS else None
+
+
+def over_repeats(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """When a sweep varies ``seed`` or ``data.fold`` (k-fold cross-validation): one row per configuration of the
+    other varied overrides, with n, what it is over (``over``: seeds, folds, or both), the repeats' values and the
+    mean and sample standard deviation (None for one job) of each figure over its finished jobs, best first."""
+    varied = {_repeat_key(o) for row in rows for o in row.get("varied", [])} - {None}
+    if not varied:
         return []
+    over = " and ".join(REPEATS[key] for key in REPEATS if key in varied)
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row["status"] == "done":
-            configuration = " ".join(o for o in row["varied"] if not o.startswith("seed="))
+            configuration = " ".join(o for o in row["varied"] if _repeat_key(o) is None)
             groups.setdefault(configuration, []).append(row)
     aggregated = []
     for configuration, members in groups.items():
-        result: dict[str, Any] = {"overrides": configuration or "(every job)", "n": len(members),
-                                  "seeds": " ".join(o.split("=", 1)[1] for m in members for o in m["varied"] if o.startswith("seed="))}
+        repeats = [",".join(o.split("=", 1)[1] for o in m["varied"] if _repeat_key(o)) for m in members]
+        result: dict[str, Any] = {"overrides": configuration or "(every job)", "n": len(members), "over": over,
+                                  "repeats": " ".join(repeats)}
         for key in AGGREGATED:
             values = [m[key] for m in members if m.get(key) is not None]
             result[f"{key}_mean"] = statistics.fmean(values) if values else None
@@ -88,17 +101,17 @@ def _mean_std(row: dict[str, Any], key: str, digits: int = 4) -> str:
 def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
     """summary.md, summary.csv and, when a job finished, summary.png in the sweep folder; returns the files written."""
     study = _study_section(sweep_dir)
-    seeds = [] if study else over_seeds(rows)  # an Optuna study's trials are not seed repeats
+    repeated = [] if study else over_repeats(rows)  # an Optuna study's trials are not repeats
     columns = ["rank", "job", "status", "overrides", "val/acc_best", "test/acc", "epochs", "wall_seconds", "run_dir", "error"]
-    if seeds:
-        columns += ["n", "seeds", *(f"{key}_{stat}" for key in AGGREGATED for stat in ("mean", "std"))]
+    if repeated:
+        columns += ["n", "repeats", *(f"{key}_{stat}" for key in AGGREGATED for stat in ("mean", "std"))]
     with open(sweep_dir / "summary.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for rank, row in enumerate(rows, 1):
             writer.writerow({"rank": rank, **row})
-        for row in seeds:  # after the jobs: one row per configuration, over its seeds
-            writer.writerow({"job": f"mean of {row['n']}", "status": "over seeds", **row})
+        for row in repeated:  # after the jobs: one row per configuration, over its seeds or folds
+            writer.writerow({"job": f"mean of {row['n']}", "status": f"over {row['over']}", **row})
     lines = ["| rank | job | overrides | best val acc | test acc | epochs | seconds | run dir |", "|---:|---|---|---:|---:|---:|---:|---|"]
     failed = [row for row in rows if row["status"] != "done"]
     for rank, row in enumerate((r for r in rows if r["status"] == "done"), 1):
@@ -107,17 +120,18 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
     if failed:
         lines += ["", "Jobs that did not finish:", ""]
         lines += [f"- job {r['job']} ({r['status']}, `{r['overrides']}`): {r.get('error', r['status'])}" for r in failed]
-    if seeds:
-        lines = ["Over seeds (mean ± sample standard deviation of the finished jobs of each configuration):", "",
-                 "| overrides | n | seeds | best val acc | test acc | seconds |", "|---|---:|---|---:|---:|---:|",
-                 *(f"| `{r['overrides']}` | {r['n']} | {r['seeds']} | {_mean_std(r, 'val/acc_best')} | {_mean_std(r, 'test/acc')} | "
-                   f"{_mean_std(r, 'wall_seconds', 1)} |" for r in seeds), "", "Every job:", "", *lines]
+    if repeated:
+        over = repeated[0]["over"]
+        lines = [f"Over {over} (mean ± sample standard deviation of the finished jobs of each configuration):", "",
+                 f"| overrides | n | {over} | best val acc | test acc | seconds |", "|---|---:|---|---:|---:|---:|",
+                 *(f"| `{r['overrides']}` | {r['n']} | {r['repeats']} | {_mean_std(r, 'val/acc_best')} | {_mean_std(r, 'test/acc')} | "
+                   f"{_mean_std(r, 'wall_seconds', 1)} |" for r in repeated), "", "Every job:", "", *lines]
     (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir.name}\n\n" + study + "\n".join(lines) + "\n")
     written = [sweep_dir / "summary.md", sweep_dir / "summary.csv"]
     picture = sweep_dir / "summary.png"
     picture.unlink(missing_ok=True)  # a summary.png of an earlier session is not this one's
-    if seeds:
-        _plot_over_seeds(picture, seeds)
+    if repeated:
+        _plot_over_repeats(picture, repeated)
     else:
         _plot(picture, [r for r in rows if r["status"] == "done"])  # nothing to draw when no job finished
     return written + ([picture] if picture.is_file() else [])
@@ -150,13 +164,13 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
                {key: ([r[key] for r in rows], None) for key in ("val/acc_best", "test/acc")}, "accuracy", row_height=0.4)
 
 
-def _plot_over_seeds(path: Path, seeds: list[dict[str, Any]]) -> None:
-    """Bars of the mean over seeds, error bars of one standard deviation."""
-    rows = seeds[::-1]
+def _plot_over_repeats(path: Path, repeated: list[dict[str, Any]]) -> None:
+    """Bars of the mean over seeds or folds, error bars of one standard deviation."""
+    rows = repeated[::-1]
     _bar_pairs(path, [f"{r['overrides']} (n={r['n']})"[:60] for r in rows],
                {key: ([r[f"{key}_mean"] or 0.0 for r in rows], [r[f"{key}_std"] or 0.0 for r in rows])
                 for key in ("val/acc_best", "test/acc")},
-               "accuracy: mean over seeds ± 1 standard deviation", row_height=0.5)
+               f"accuracy: mean over {repeated[0]['over']} ± 1 standard deviation", row_height=0.5)
 
 
 def _bar_pairs(path: Path, labels: list[str], series: dict[str, tuple[list[float], list[float] | None]], xlabel: str,
@@ -198,10 +212,11 @@ def print_summary(rows: list[dict[str, Any]], sweep_dir: Path, written: list[Pat
             table.add_row("", "", f"[red]{row.get('error', '')}[/]", "", "", "")
     console = Console()
     console.print(table)
-    seeds = [] if (sweep_dir / STUDY_RESULT).is_file() else over_seeds(rows)
-    if seeds:
-        over = Table("overrides", "n", "best val acc", "test acc", "seconds", title="over seeds (mean ± std)", title_justify="left")
-        for row in seeds:
+    repeated = [] if (sweep_dir / STUDY_RESULT).is_file() else over_repeats(rows)
+    if repeated:
+        over = Table("overrides", "n", "best val acc", "test acc", "seconds", title=f"over {repeated[0]['over']} (mean ± std)",
+                     title_justify="left")
+        for row in repeated:
             over.add_row(row["overrides"], str(row["n"]), _mean_std(row, "val/acc_best"), _mean_std(row, "test/acc"),
                          _mean_std(row, "wall_seconds", 1))
         console.print(over)

@@ -36,7 +36,7 @@ from tinyvision.config import validate_train
 from tinyvision.data.datamodule import data_module_settings
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import METRICS_FILE, PRUNED_FILE, write_json
-from tinyvision.host_memory import keep_freed_memory
+from tinyvision.host_memory import keep_freed_memory, set_up_objects_frozen
 from tinyvision.hparams import compared_hparams, group_choices
 from tinyvision.loggers import MLFLOW_RUN_KEY, log_final_figures, log_run_files
 from tinyvision.module import ImageClassifier
@@ -101,13 +101,13 @@ def _train(values: dict[str, Any], run_dir: Path, resume_from: Path | None, swee
 
     started, started_at = time.perf_counter(), time.time()
     try:
-        with _signals_stop(trainer):
+        with _signals_stop(trainer), set_up_objects_frozen():  # no full garbage collection walks set-up's objects
             _fit(trainer, classifier, datamodule, resume_from, pruning)
     except trial_pruned:
         return _record_pruned(trainer, run_dir, time.perf_counter() - started)
     record = find_callback(trainer, RunRecord)
     log_final_figures(trainer, round(record.train_seconds, 2) if record else None, trainer.current_epoch)
-    with _signals_stop(trainer):
+    with _signals_stop(trainer), set_up_objects_frozen():
         best, test = _test_best_checkpoint(trainer, classifier, datamodule)
     metrics = _run_metrics(trainer, test, best, run_dir, time.perf_counter() - started, started_at)
     if trainer.is_global_zero:

@@ -18,6 +18,7 @@ from torchvision.transforms.v2 import functional as TF
 from tinyvision.data import sources
 from tinyvision.data.augment import AugmentSettings, mix_batch, padding_ltrb
 from tinyvision.data.batches import IndexSampler, TensorBatches
+from tinyvision.data.folds import stratified_folds
 from tinyvision.errors import ConfigError
 from tinyvision.preprocessing import as_hw
 from tinyvision.schema import ConfigValueError, PositiveInt, Section, one_of, show, spec
@@ -46,6 +47,8 @@ class ImageDataModule(L.LightningDataModule):
         seed: int = 42,
         augment: dict[str, Any] | None = None,
         test_every_epoch: bool = False,
+        folds: int | None = None,
+        fold: int = 0,
     ):
         super().__init__()
         self.test_every_epoch = test_every_epoch
@@ -54,25 +57,37 @@ class ImageDataModule(L.LightningDataModule):
         self.hw = as_hw(image_size)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.train_size, self.seed = val_size, train_size, seed
+        self.folds, self.fold = folds, fold  # k-fold cross-validation: fold ``fold`` of ``folds`` validates
         # Not strict: a config's values are checked before (tinyvision.config), a Python caller may give a tuple
         self.augment = AugmentSettings.model_validate(augment or {}, strict=False)
         self._augment_steps = self.augment.image_steps()  # built once, run on every training batch
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
 
-    def carve(self, count: int, what: str, generator: torch.Generator, test_size: float | int | None = None) -> dict[str, Tensor]:
+    def carve(self, count: int, what: str, generator: torch.Generator, test_size: float | int | None = None,
+              labels: Tensor | None = None) -> dict[str, Tensor]:
         """The indices of each split among ``count`` images, drawn with ``generator``: with ``test_size`` (a folder
-        without a test/ subfolder) that many for the test first; then ``val_size`` of the rest for validation, and
-        ``train_size`` of what remains (all of it when null) for training."""
+        without a test/ subfolder) that many for the test first; then for validation ``val_size`` of the rest, or with
+        ``folds`` the rest's fold number ``fold`` (stratified by ``labels``, tinyvision.data.folds); and ``train_size``
+        of what remains (all of it when null) for training."""
         splits, rest = {}, torch.arange(count)
         if test_size is not None:
             test_count = round(test_size * count) if isinstance(test_size, float) else test_size
             order = torch.randperm(count, generator=generator)
             splits["test"], rest = order[:test_count], order[test_count:]
-        val_count = self._count("val_size", self.val_size, len(rest), what)
-        order = torch.randperm(len(rest), generator=generator)
-        splits["val"], train = rest[order[:val_count]], rest[order[val_count:]]
+        if self.folds is not None:
+            if len(rest) < self.folds:
+                raise ConfigError(f"data.folds={self.folds} does not fit the training split of {what} ({len(rest)} images): "
+                                  f"use from 2 to {len(rest)} folds")
+            fold_of = stratified_folds(labels[rest] if labels is not None else torch.zeros(len(rest)), self.folds, generator)
+            splits["val"], train = rest[fold_of == self.fold], rest[fold_of != self.fold]
+            rest_name = f"{what} less fold {self.fold} of data.folds={self.folds}"
+        else:
+            val_count = self._count("val_size", self.val_size, len(rest), what)
+            order = torch.randperm(len(rest), generator=generator)
+            splits["val"], train = rest[order[:val_count]], rest[order[val_count:]]
+            rest_name = f"{what} less data.val_size"
         if self.train_size is not None:
-            train_count = self._count("train_size", self.train_size, len(train), f"{what} less data.val_size", upto=True)
+            train_count = self._count("train_size", self.train_size, len(train), rest_name, upto=True)
             train = train[torch.randperm(len(train), generator=generator)[:train_count]]
         splits["train"] = train
         return splits
@@ -169,7 +184,7 @@ class TensorDataModule(ImageDataModule):
             )
         self.class_names = data.classes
         train_images, train_labels = self._adapt(data.train[0]), data.train[1]
-        index = self.carve(len(train_images), self.dataset, torch.Generator().manual_seed(self.seed))
+        index = self.carve(len(train_images), self.dataset, torch.Generator().manual_seed(self.seed), labels=train_labels)
         device = self._device()
         self.splits = {split: (train_images[index[split]].to(device), train_labels[index[split]].to(device))
                        for split in ("train", "val")}
@@ -301,7 +316,8 @@ class FolderDataModule(TensorDataModule):
             self.streamed = StreamedFolder(roots, self.channels, self.hw)
             self._report_bad(self.streamed.bad)
             index = self.carve(len(self.streamed.train), str(self.root), torch.Generator().manual_seed(self.seed),
-                               None if self.streamed.test is not None else self.test_size)
+                               None if self.streamed.test is not None else self.test_size,
+                               labels=torch.tensor(self.streamed.train.targets))
             self.streamed.split(index)
             return
         decoded = {split: folder_cache.load_or_decode(root, samples[split], self.channels, self.hw, self.cache_dir,
@@ -309,7 +325,7 @@ class FolderDataModule(TensorDataModule):
         self._report_bad([(str(roots[split] / file), reason) for split, d in decoded.items() for file, reason in d.bad])
         images, labels = decoded["train"].images, decoded["train"].labels
         index = self.carve(len(images), str(self.root), torch.Generator().manual_seed(self.seed),
-                           None if "test" in decoded else self.test_size)
+                           None if "test" in decoded else self.test_size, labels=labels)
         device = self._device()
         self.splits = {split: (images[rows].to(device), labels[rows].to(device)) for split, rows in index.items()}
         if "test" in decoded:
@@ -418,6 +434,9 @@ class DataSettings(Section):
     skip_bad_images: bool = spec("true or false", True, True)
     seed: int = spec("a whole number, 0 or more", 42, ge=0)
     test_every_epoch: bool = spec("true or false", True, False)
+    folds: Annotated[int, Field(ge=2)] | None = spec("null (no cross-validation) or a whole number of folds, 2 or more",
+                                                    5, None)
+    fold: int = spec("a whole number, 0 or more (the fold that validates)", 0, 0, ge=0)
     augment: AugmentSettings = Field(default_factory=AugmentSettings)
 
     @field_validator("mean", "std", mode="before")
@@ -442,6 +461,15 @@ class DataSettings(Section):
                                    f"{MAX_IMAGE_SIDE}×{MAX_IMAGE_SIDE} images is already {largest:.1f} GB as the model's "
                                    "input; a larger side is a typo, or needs tiling rather than resizing", 224)
         return value
+
+    @model_validator(mode="after")
+    def _fold_of_the_folds(self):
+        if self.folds is None and self.fold != 0:
+            raise ConfigValueError("fold", self.fold, "a fold of data.folds, which is null: set data.folds too "
+                                   f"(data.folds=5 data.fold={self.fold})", 0)
+        if self.folds is not None and self.fold >= self.folds:
+            raise ConfigValueError("fold", self.fold, f"a fold from 0 to {self.folds - 1} (data.folds={self.folds})", 0)
+        return self
 
     @model_validator(mode="after")
     def _per_channel(self):

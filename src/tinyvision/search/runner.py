@@ -7,11 +7,14 @@ because the released hydra-optuna-sweeper pins optuna<3 and can neither prune no
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import socket
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,8 @@ from tinyvision.search import study as study_tools
 log = logging.getLogger(__name__)
 
 # Overrides that may change between a sweep and its resumption without changing what is searched.
-RESUMABLE_CHANGES = ("hparams_search.resume", "hparams_search.n_trials", "hparams_search.n_jobs")
+RESUMABLE_CHANGES = ("hparams_search.resume", "hparams_search.n_trials", "hparams_search.n_jobs", "hparams_search.shared",
+                     "hparams_search.heartbeat_seconds", "hydra.")  # hydra.*: where and how this worker runs its jobs
 
 
 class Study:
@@ -62,7 +66,8 @@ class Study:
         sweep_dir = Path(self.config.hydra.sweep.dir).resolve()
         url = search.get("storage") or study_tools.default_storage(sweep_dir)
         study = self._open_study(search, sweep_dir, url, fixed, space)
-        self._retry_interrupted(study, sweep_dir)
+        if not search.get("shared"):  # in a shared study a running trial may be another worker's, alive
+            self._retry_interrupted(study, sweep_dir)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # as Hydra's own sweeper does
 
         n_trials = search["n_trials"]
@@ -79,14 +84,25 @@ class Study:
             f"hparams_search.prune_on={study_space.quote(search['prune_on'])}",  # as resolved here: the jobs report it
         ]
         started = time.perf_counter()
+        shared, beat = bool(search.get("shared")), float(search.get("heartbeat_seconds") or 10)
         while (done := len(study_tools.counted_trials(study))) < n_trials:
+            if shared:
+                for number in study_tools.fail_stale_trials(study, 4 * beat):
+                    log.warning("trial %d: its worker stopped beating: marked failed, its parameters asked again", number)
+                done = len(study_tools.live_trials(study))  # other workers' running trials will count too
+                if done >= n_trials:  # wait for theirs: one may stop beating, and its trial is then ours to retry
+                    time.sleep(beat)
+                    continue
             batch = [study.ask(space) for _ in range(min(n_jobs, n_trials - done))]
+            if shared:
+                batch = self._within_n_trials(study, batch, n_trials)
             for trial in batch:
                 trial.set_user_attr("run_dir", str(sweep_dir / str(trial.number)))
             for run in _consecutive(batch):
                 overrides = [common + study_space.trial_overrides(t.params) + [f"hparams_search.trial={t.number}"] for t in run]
                 log.info("trials %s: %s", ", ".join(str(t.number) for t in run), [study_space.trial_overrides(t.params) for t in run])
-                returns = self.launcher.launch(overrides, initial_job_idx=run[0].number)
+                with study_tools.heartbeat(study, run, beat) if shared else contextlib.nullcontext():
+                    returns = self.launcher.launch(overrides, initial_job_idx=run[0].number)
                 for trial, result in zip(run, returns):
                     self._tell(study, trial, result, search["metric"])
         result = study_tools.write_results(study, sweep_dir, search["metric"], self._rerun_command(fixed))
@@ -103,7 +119,8 @@ class Study:
             # The sweep's folder holds multirun.yaml and the jobs' folders whatever the storage: a folder given with
             # hydra.sweep.dir is not created by the command line's check (tinyvision.cli), and Hydra creates it later.
             sweep_dir.mkdir(parents=True, exist_ok=True)
-        if url == study_tools.default_storage(sweep_dir):
+        shared = bool(search.get("shared"))
+        if url == study_tools.default_storage(sweep_dir) and not shared:
             if resume and not (sweep_dir / STUDY_FILE).is_file():
                 raise ConfigError(
                     f"hparams_search.resume={resume} holds no {STUDY_FILE}: it is not the folder of an Optuna sweep"
@@ -117,19 +134,23 @@ class Study:
         options = dict(study_name=name, storage=storage, pruner=hydra.utils.instantiate(search.get("pruner")))
         searched = {key: optuna.distributions.distribution_to_json(d) for key, d in sorted(space.items())}
         kept = sorted(o for o in fixed if not _key(o).startswith(RESUMABLE_CHANGES))
+        if shared and not resume and name in optuna.get_all_study_names(storage):
+            return self._join(options, searched, kept, search, url)
         if resume:
             try:
                 study = optuna.load_study(**options)
             except KeyError:
                 raise ConfigError(f"hparams_search.resume={resume}: {url} holds no study named {name!r}") from None
-            _refuse_other_search(study, resume, searched, kept, search)
-            study.sampler = _sampler(search.get("sampler"), len(study.get_trials(deepcopy=False)))
+            _refuse_other_search(study, f"hparams_search.resume={resume}", searched, kept, search)
+            study.sampler = _sampler(search.get("sampler"), len(study.get_trials(deepcopy=False)), shared)
             _keep_previous(sweep_dir / "multirun.yaml")
             log.info("resuming study %r in %s: %d trials ended", name, sweep_dir, len(study_tools.counted_trials(study)))
             return study
         try:
-            study = optuna.create_study(**options, direction=search["direction"], sampler=_sampler(search.get("sampler"), 0))
+            study = optuna.create_study(**options, direction=search["direction"], sampler=_sampler(search.get("sampler"), 0, shared))
         except optuna.exceptions.DuplicatedStudyError:
+            if shared:  # another worker created it a moment ago
+                return self._join(options, searched, kept, search, url)
             raise ConfigError(
                 f"study {name!r} exists already in {url}: continue it with hparams_search.resume=<its sweep dir>, "
                 "or give another hparams_search.study_name"
@@ -140,6 +161,30 @@ class Study:
         for params in search.get("enqueue") or []:
             study.enqueue_trial(dict(params))
         return study
+
+    @staticmethod
+    def _join(options: dict, searched: dict, kept: list[str], search: dict, url: str) -> optuna.Study:
+        """A worker of a shared study joins it as it is: the same search, its own sampler seed."""
+        study = optuna.load_study(**options)
+        _refuse_other_search(study, f"hparams_search.shared=true (study {options['study_name']!r} in {url})", searched, kept,
+                             search)
+        study.sampler = _sampler(search.get("sampler"), len(study.get_trials(deepcopy=False)), shared=True)
+        log.info("joined study %r in %s: %d trials ended", options["study_name"], url, len(study_tools.counted_trials(study)))
+        return study
+
+    @staticmethod
+    def _within_n_trials(study: optuna.Study, batch: list[optuna.Trial], n_trials: int) -> list[optuna.Trial]:
+        """Of the trials this worker just asked, those within n_trials: two workers asking at the same moment can
+        together ask more, and the later-numbered ones are told failed as surplus (not counted, not run)."""
+        live = [t.number for t in study_tools.live_trials(study)]
+        kept = []
+        for trial in batch:
+            if trial.number in live[:n_trials]:
+                kept.append(trial)
+                continue
+            trial.set_user_attr("surplus", True)
+            study.tell(trial, state=TrialState.FAIL)
+        return kept
 
     def _retry_interrupted(self, study: optuna.Study, sweep_dir: Path) -> None:
         """Trials still running in the storage were cut off with the sweep: mark them failed and ask their
@@ -203,7 +248,7 @@ def _consecutive(trials: list[optuna.Trial]) -> list[list[optuna.Trial]]:
     return runs
 
 
-def _refuse_other_search(study: optuna.Study, resume: str, searched: dict, kept: list[str], search: dict) -> None:
+def _refuse_other_search(study: optuna.Study, joining: str, searched: dict, kept: list[str], search: dict) -> None:
     before = study.user_attrs
     differences = []
     if before.get("search_space") != searched:
@@ -217,16 +262,17 @@ def _refuse_other_search(study: optuna.Study, resume: str, searched: dict, kept:
         differences.append(f"hparams_search.metric {before.get('metric')} -> {search['metric']}")
     if differences:
         raise ConfigError(
-            f"hparams_search.resume={resume} was searched with other settings than this command: {'; '.join(differences)}. "
-            "Resume with the command that started the sweep plus hparams_search.resume=... "
-            "(hparams_search.n_trials may change), or start a new sweep"
+            f"{joining}: the study was searched with other settings than this command: {'; '.join(differences)}. "
+            "Resume or join it with the command that started it (hparams_search.n_trials may change), or start a new study"
         )
 
 
-def _sampler(config: dict | None, trials_so_far: int) -> optuna.samplers.BaseSampler | None:
-    """The sampler; a resumed study's seed is offset by its trials, or it would draw the first session's points again."""
+def _sampler(config: dict | None, trials_so_far: int, shared: bool = False) -> optuna.samplers.BaseSampler | None:
+    """The sampler; a resumed study's seed is offset by its trials, or it would draw the first session's points again,
+    and a shared study's worker's by its process too, or workers starting together would all draw the same points."""
     if config and config.get("seed") is not None:
-        config = {**config, "seed": int(config["seed"]) + trials_so_far}
+        worker = zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) if shared else 0
+        config = {**config, "seed": (int(config["seed"]) + trials_so_far + worker) % 2**32}
     return hydra.utils.instantiate(config)
 
 

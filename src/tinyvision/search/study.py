@@ -4,8 +4,11 @@ another machine and reaches the study through the storage."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,10 @@ from tinyvision.files import BEST_FILE, STUDY_FILE, STUDY_RESULT, write_atomic
 from tinyvision.search.space import trial_overrides
 
 ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# hparams_search.storage=journal:<file>: Optuna's journal file, for several workers on a shared file system without a
+# database server (a database URL otherwise: sqlite:///..., postgresql://...).
+JOURNAL = "journal:"
+HEARTBEAT_ATTR = "tinyvision:heartbeat"  # a running trial's last sign of life from its worker (Unix time)
 
 
 def open_storage(url: str, key: str = "hparams_search.storage") -> optuna.storages.BaseStorage:
@@ -30,6 +37,8 @@ def open_storage(url: str, key: str = "hparams_search.storage") -> optuna.storag
     from sqlalchemy.exc import SQLAlchemyError
 
     example = f"{key}=sqlite:///outputs/study.db"
+    if url.startswith(JOURNAL):
+        return _journal(url, key)
     problem = boundaries.database_url_problem(url)
     if problem is not None:
         raise ConfigError(f"{key}={url}: {problem}, e.g. {example}")
@@ -48,6 +57,85 @@ def open_storage(url: str, key: str = "hparams_search.storage") -> optuna.storag
     except SQLAlchemyError as error:
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
         raise ConfigError(f"{key}={url}: the database cannot be opened ({reason}), e.g. {example}") from None
+
+
+def _journal(url: str, key: str) -> optuna.storages.BaseStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(url[len(JOURNAL):]).expanduser()
+    example = f"{key}={JOURNAL}outputs/study.journal"
+    if not url[len(JOURNAL):] or path.is_dir():
+        raise ConfigError(f"{key}={url}: name the journal file, e.g. {example}")
+    boundaries.output_folder(key, path.parent, shown=url, example=example)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    except OSError as error:
+        raise ConfigError(f"{key}={url}: the journal cannot be opened ({error.strerror or error}), e.g. {example}") from None
+    except Exception as error:  # a file that is not a journal (Optuna replays it when it opens it)
+        raise ConfigError(f"{key}={url}: {path} is not an Optuna journal ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0][:160] if str(error) else ''}); name a new file, e.g. {example}") from None
+
+
+# ---------------------------------------------------------------------------------------------- shared studies
+# Several sweep processes (on several machines) asking trials of one study: each trial's worker writes a heartbeat
+# into it while the trial runs, and a trial whose heartbeat stopped (its worker was killed) is failed and its
+# parameters asked again, by whichever worker sees it first. Optuna has this (RDBStorage's heartbeat_interval) only
+# inside study.optimize and not for its journal storage; the sweep asks and tells itself (tinyvision.search.runner),
+# so it beats itself, through a trial system attribute, which every storage keeps.
+
+
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trials: list[optuna.Trial], seconds: float) -> Iterator[None]:
+    """While the block runs, every ``seconds`` record that this worker is alive for each of ``trials``."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            for trial in trials:
+                with contextlib.suppress(Exception):  # a trial told meanwhile (finished) takes no more beats
+                    study._storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time())
+            if stop.wait(seconds):
+                return
+
+    beat_once = threading.Thread(target=beat, name="tinyvision-heartbeat", daemon=True)
+    beat_once.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beat_once.join()
+
+
+def fail_stale_trials(study: optuna.Study, grace_seconds: float) -> list[int]:
+    """Running trials whose worker has not beaten for ``grace_seconds``: failed, marked interrupted (not counted
+    against n_trials) and their parameters enqueued again (Optuna's RetryHeartbeatStaleTrialCallback), at most
+    twice for one original trial. Returns the numbers of the trials failed."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    failed, now = [], time.time()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        last = trial.system_attrs.get(HEARTBEAT_ATTR, trial.datetime_start.timestamp() if trial.datetime_start else now)
+        if now - last < grace_seconds:
+            continue
+        try:  # a finished trial takes no more attributes: they are written while it still runs
+            for key, value in (("interrupted", True),
+                               ("error", f"interrupted: its worker stopped beating for {grace_seconds:.0f} s")):
+                study._storage.set_trial_user_attr(trial._trial_id, key, value)
+            if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first, or it ended meanwhile
+            continue
+        # The retry (its system attribute failed_trial names this one) from the snapshot taken before the attributes.
+        RetryHeartbeatStaleTrialCallback(max_retry=2)(study, trial)
+        failed.append(trial.number)
+    return failed
+
+
+def live_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count or will: ended of their own (``counted_trials``) or running; in the order they were asked."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return sorted(counted_trials(study) + [t for t in running if not t.user_attrs.get("surplus")], key=lambda t: t.number)
 
 
 def default_storage(sweep_dir: Path) -> str:
@@ -80,8 +168,10 @@ def pruning_callback(search: Mapping[str, Any]):
 
 def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Trials that ran to an end of their own: complete, pruned, or failed by their own error. Trials
-    interrupted by a crash of the sweep are not counted: they are asked again when the sweep resumes."""
-    return [t for t in study.get_trials(deepcopy=False, states=ENDED) if not t.user_attrs.get("interrupted")]
+    interrupted by a crash of the sweep are not counted: they are asked again when the sweep resumes (or, in a shared
+    study, by another worker); nor are trials a worker asked beyond n_trials while another worker asked too."""
+    return [t for t in study.get_trials(deepcopy=False, states=ENDED)
+            if not t.user_attrs.get("interrupted") and not t.user_attrs.get("surplus")]
 
 
 def write_results(study: optuna.Study, sweep_dir: Path, metric: str, command: list[str]) -> dict[str, Any]:
