@@ -1,8 +1,7 @@
 """What the training process does with its host memory: freed blocks kept for the next step, and the objects of
 set-up left out of Python's garbage collections.
 
-**Freed blocks.** 
-A training step on the CPU allocates and frees the same few megabyte-sized tensors (activations, their
+**Freed blocks.** A training step on the CPU allocates and frees the same few megabyte-sized tensors (activations, their
 gradients) every step. glibc's malloc serves blocks that large with mmap and returns them with munmap when they
 are freed, or trims them off the heap's top, so every step touches fresh pages: about 4,600 page faults a LeNet
 step at batch 256, and the kernel zeroing 18 MB of pages per step (BENCHMARKS.md, bench/cpu_steps.py). Raising
