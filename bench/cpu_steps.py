@@ -18,6 +18,7 @@ on every variant alike; the figure is the median over rounds of a block's millis
 from __future__ import annotations
 
 import argparse
+import gc
 import resource
 import statistics
 import sys
@@ -75,6 +76,7 @@ def main() -> None:
                         "tinyvision variant's last block: what each hook and callback costs a step")
     parser.add_argument("--glibc-default", action="store_true",
                         help="leave glibc's malloc thresholds as they are (tinyvision.host_memory not applied)")
+    parser.add_argument("--no-freeze", action="store_true", help="leave set-up's objects to the garbage collector")
     parser.add_argument("--only", default=None, help="comma-separated variants to run (default: all)")
     parser.add_argument("--data-dir", default=str(bench.ROOT / "data"))
     args = parser.parse_args()
@@ -159,6 +161,8 @@ def main() -> None:
     }
     if args.only:
         variants = {name: variants[name] for name in args.only.split(",")}
+    if not args.no_freeze:
+        gc.freeze()  # as train() does for its fit (tinyvision.host_memory): no full collection walks set-up's objects
     import logging
     import warnings
 

@@ -323,6 +323,34 @@ def test_ddp_on_two_cpu_processes(data_root, tmp_path):
     assert metrics["test/loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
 
 
+def test_two_nodes_started_with_torchrun_train_the_run_two_processes_on_one_node_train(data_root, tmp_path):
+    """The README's multi-node recipe on localhost: torchrun --nnodes=2, one gloo process a "node", both writing to one
+    folder (a shared disk); rank zero alone writes, and the run equals `trainer=ddp trainer.devices=2` on one node with
+    the same seed: the same global ranks draw the same shares, so the same weights and figures."""
+    import socket
+
+    common = ["model=lenet", "data=mnist", "data.batch_size=32", "data.val_size=50", "trainer=ddp", "trainer.accelerator=cpu",
+              "trainer.max_epochs=1", "callbacks=minimal", f"paths.data_dir={data_root}"]
+    one_node = train(*common, "trainer.devices=2", f"hydra.run.dir={tmp_path / 'one'}")
+    assert one_node.returncode == 0, one_node.stderr[-3000:]
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={rank}",
+                               "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={port}", "train.py", *common,
+                               "trainer.devices=1", "+trainer.num_nodes=2", f"hydra.run.dir={tmp_path / 'two'}"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    for node, (_, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err[-3000:]
+    one, two = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("one", "two"))
+    for key in ("val/acc_best", "test/acc", "test/loss"):
+        assert two[key] == pytest.approx(one[key], abs=1e-6), key
+    for name, tensor in weights(tmp_path / "one").items():
+        assert torch.allclose(weights(tmp_path / "two")[name], tensor, atol=1e-6), name
+    assert sum(out.count("test accuracy") for out, _ in outputs) == 1  # one summary: rank zero's
+
+
 def test_ddp_tests_a_split_that_does_not_divide_by_the_ranks(tmp_path):
     """101 test images over two ranks (51 and 50): the final test finishes, and counts each image once."""
     from conftest import write_idx_dataset
