@@ -4,13 +4,15 @@
 
 Every variant trains the same architecture on Fashion-MNIST at the workload's batch size, in one process, in blocks of
 ``--steps`` steps (after warm-up steps of its own), the blocks interleaved round by round, so the machine's swings fall
-on every variant alike; the figure is the median over rounds of a block's milliseconds per step.
+on every variant alike; the figures are the median over rounds of a block's milliseconds per step, and the median over
+rounds of each round's ratio to the raw loop (the machine drifts between rounds more than within one).
 
   raw            the floor (bench/bench.py's raw loop): images normalized once, float32 channels_last, indexed per batch
   + uint8 input  the classifier's forward on uint8 batches drawn by tinyvision's TensorBatches (normalize, NHWC copy)
   + metrics      ImageClassifier._step: the same plus the loss/accuracy metric updates and its cross-entropy settings
   Lightning      the same classifier and data module under a bare L.Trainer (no logger, checkpoint, bar or summary)
   tinyvision     the Trainer train.py builds: its callbacks, TensorBoard logger and checkpoint plugin
+  - progress bar, - TensorBoard   the same without the progress bar's callback, or without the logger
 
 ``--profile`` prints torch.profiler's table of each variant's block (self CPU time by op) instead of timing.
 """
@@ -135,12 +137,15 @@ def main() -> None:
             manual_opt.step()
         return time.perf_counter() - started
 
-    def lightning(steps: int, full: bool) -> float:
+    def lightning(steps: int, full: bool, without: tuple[str, ...] = ()) -> float:
         clock = StepClock(args.warmup)
         common = dict(max_steps=steps + args.warmup, limit_val_batches=0, num_sanity_val_steps=0)
         if full:
             trainer_values = {**values, "trainer": {**values["trainer"], **common,
                                                     **({"profiler": "simple"} if args.hooks else {})}}
+            trainer_values["callbacks"] = {k: v for k, v in values["callbacks"].items() if k not in without}
+            if "logger" in without:
+                trainer_values["logger"] = {}
             trainer = make_trainer(trainer_values, _callbacks(trainer_values, None) + [clock.callback],
                                    _loggers(trainer_values, None))
         else:
@@ -158,6 +163,8 @@ def main() -> None:
         "+ metrics": lambda steps: manual(steps, True),
         "Lightning": lambda steps: lightning(steps, False),
         "tinyvision": lambda steps: lightning(steps, True),
+        "tinyvision - progress bar": lambda steps: lightning(steps, True, ("progress_bar",)),
+        "tinyvision - TensorBoard": lambda steps: lightning(steps, True, ("logger",)),
     }
     if args.only:
         variants = {name: variants[name] for name in args.only.split(",")}
@@ -190,11 +197,14 @@ def main() -> None:
     floor = statistics.median(per_step["raw"])
     print(f"\n{args.workload}, batch {batch}, {torch.get_num_threads()} threads, {args.steps} steps a block, "
           f"median of {args.rounds} rounds\n")
-    print("| variant | ms per step | over raw, ms | images/s | of raw | page faults a step | blocks (ms per step) |")
+    print("| variant | ms per step | over raw, ms | images/s | of raw (median of rounds' ratios) | page faults a step | "
+          "blocks (ms per step) |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for name, runs in per_step.items():
         median = statistics.median(runs)
-        print(f"| {name} | {median:.2f} | {median - floor:+.2f} | {batch / median * 1000:,.0f} | {floor / median:.2f} | "
+        # of raw: the median over rounds of each round's own ratio, which the machine's drift between rounds leaves alone
+        ratio = statistics.median(raw / mine for raw, mine in zip(per_step["raw"], runs))
+        print(f"| {name} | {median:.2f} | {median - floor:+.2f} | {batch / median * 1000:,.0f} | {ratio:.2f} | "
               f"{statistics.median(faults[name]):,.0f} | "
               f"{', '.join(f'{r:.2f}' for r in runs)} |")
 
