@@ -27,16 +27,19 @@ data:
 		echo "For offline Fashion-MNIST run: sudo apt-get install dataset-fashion-mnist (else train.py downloads it)"; \
 	fi
 
-# SLURM (slurmctld, slurmd, munge) for the cluster tests, which start a one-node cluster with tools/slurm_cluster.sh.
+# SLURM (slurmctld, slurmd, munge) and a PostgreSQL server for the cluster tests, which start a one-node cluster
+# (tools/slurm_cluster.sh) and a database server of their own (tests/conftest.py) on this machine.
+CLUSTER_PACKAGES := slurm-wlm munge postgresql
 cluster:
-	@if command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1; then :; \
+	@if command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1 && \
+		ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "Installing SLURM and munge (Debian packages slurm-wlm, munge) for the cluster tests"; \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null 2>&1 || \
-		{ apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; } || \
-		echo "Could not install slurm-wlm and munge: the cluster tests are skipped (outside CI)"; \
+		echo "Installing SLURM, munge and PostgreSQL (Debian packages $(CLUSTER_PACKAGES)) for the cluster tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CLUSTER_PACKAGES) >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CLUSTER_PACKAGES) >/dev/null; } || \
+		echo "Could not install $(CLUSTER_PACKAGES): the cluster tests are skipped (outside CI)"; \
 	else \
-		echo "For the cluster tests run: sudo apt-get install slurm-wlm munge (else they are skipped)"; \
+		echo "For the cluster tests run: sudo apt-get install $(CLUSTER_PACKAGES) (else they are skipped)"; \
 	fi
 
 train: setup

@@ -200,3 +200,48 @@ def slurm_cluster():
         os.environ.pop("SLURM_CONF", None)
     else:
         os.environ["SLURM_CONF"] = previous
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL server of this machine's packages, started for the test session in a folder of its own (trust
+    authentication, localhost only), with an empty database: its SQLAlchemy URL. Skipped where the server or psycopg is
+    missing, except in CI, where it must run (make cluster installs the server, make setup psycopg)."""
+    import glob
+    import importlib.util
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    initdb = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
+    if initdb is None or importlib.util.find_spec("psycopg") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs the PostgreSQL tests: install postgresql (make cluster) and psycopg (make setup)")
+        pytest.skip("no PostgreSQL server or psycopg here: apt-get install postgresql (make cluster), make setup")
+    bindir = Path(initdb).resolve().parent
+    folder = Path(tempfile.mkdtemp(prefix="tinyvision-postgres-"))  # under /tmp: the server's user must reach it
+    as_server_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root: as the postgres user Debian's package creates
+        as_server_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(folder, "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def run(*command) -> None:
+        done = subprocess.run([*as_server_user, *map(str, command)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{command[0]}: {done.stdout[-1500:]}{done.stderr[-1500:]}"
+
+    data = folder / "data"
+    run(bindir / "initdb", "-D", data, "--auth=trust", "-U", "postgres", "--no-sync")
+    run(bindir / "pg_ctl", "-D", data, "-w", "-l", folder / "server.log", "-o",
+        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    try:
+        run(bindir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "studies")
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/studies"
+    finally:
+        subprocess.run([*as_server_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)

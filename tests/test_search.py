@@ -341,26 +341,32 @@ def test_a_sweep_whose_jobs_all_failed_names_only_the_files_it_wrote(tmp_path, c
 
 # ---------------------------------------------------------------------------------------------- shared studies
 # Several sweep processes on one study, as on several machines (hparams_search.shared=true): through Optuna's journal
-# file (a shared file system) and an SQLite file standing for a database every machine reaches.
+# file (a shared file system) and a PostgreSQL server started for the tests (tests/conftest.py, postgres_url).
+STORAGES = ["journal", "postgresql"]
 
 
-def journal_trials(journal: Path, name: str = "optuna") -> list[optuna.trial.FrozenTrial]:
-    from optuna.storages.journal import JournalFileBackend
-
-    storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
-    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+def shared_storage(kind: str, request, tmp_path: Path) -> str:
+    return f"journal:{tmp_path / 'shared' / 'study.journal'}" if kind == "journal" else request.getfixturevalue("postgres_url")
 
 
-def test_two_workers_of_a_shared_journal_study_run_n_trials_between_them_each_once(shapes_root, tmp_path):
-    journal, sweep_dir = tmp_path / "shared" / "study.journal", tmp_path / "sweep"
+def shared_trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    from tinyvision.search.study import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
+
+
+@pytest.mark.parametrize("kind", STORAGES)
+def test_two_workers_of_a_shared_study_run_n_trials_between_them_each_once(kind, request, shapes_root, tmp_path):
+    url, name, sweep_dir = shared_storage(kind, request, tmp_path), f"two_workers_{kind}", tmp_path / "sweep"
     args = [sys.executable, "train.py", "-m", "hparams_search=optuna", LR, *TRIAL, "trainer.max_epochs=1",
             "hparams_search.n_trials=4", "hparams_search.shared=true", "hparams_search.heartbeat_seconds=1",
-            f"hparams_search.storage=journal:{journal}", f"paths.data_dir={shapes_root}", f"hydra.sweep.dir={sweep_dir}"]
+            f"hparams_search.storage={url}", f"hparams_search.study_name={name}", f"paths.data_dir={shapes_root}",
+            f"hydra.sweep.dir={sweep_dir}"]
     workers = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [worker.communicate(timeout=600) for worker in workers]
     for worker, (out, err) in zip(workers, outputs):
         assert worker.returncode == 0, out[-2000:] + err[-3000:]
-    every = journal_trials(journal)
+    every = shared_trials(url, name)
     counted = [t for t in every if t.state == TrialState.COMPLETE]
     assert len(counted) == 4, [(t.number, t.state, t.user_attrs) for t in every]
     assert all(t.user_attrs.get("surplus") for t in every if t.state != TrialState.COMPLETE)  # asked at once, not run
@@ -370,24 +376,24 @@ def test_two_workers_of_a_shared_journal_study_run_n_trials_between_them_each_on
     assert len({t.params["optimizer.lr"] for t in counted}) == 4
 
 
-def test_a_killed_worker_leaves_its_trial_failed_and_another_worker_retries_it(shapes_root, tmp_path):
-    storage, sweep_dir = f"sqlite:///{tmp_path / 'study.db'}", tmp_path / "sweep"
+@pytest.mark.parametrize("kind", STORAGES)
+def test_a_killed_worker_leaves_its_trial_failed_and_another_worker_retries_it(kind, request, shapes_root, tmp_path):
+    url, name, sweep_dir = shared_storage(kind, request, tmp_path), f"killed_worker_{kind}", tmp_path / "sweep"
     args = ["hparams_search=optuna", LR, *TRIAL, "trainer.max_epochs=1", "hparams_search.n_trials=3",
-            "hparams_search.shared=true", "hparams_search.heartbeat_seconds=1", f"hparams_search.storage={storage}",
-            f"paths.data_dir={shapes_root}", f"hydra.sweep.dir={sweep_dir}"]
+            "hparams_search.shared=true", "hparams_search.heartbeat_seconds=1", f"hparams_search.storage={url}",
+            f"hparams_search.study_name={name}", f"paths.data_dir={shapes_root}", f"hydra.sweep.dir={sweep_dir}"]
     killed = sweep(*args, fault=("kill-in-trial", 1))  # SIGKILL mid-trial 1: no tell, no more heartbeats
     assert killed.returncode == -9
-    study = optuna.load_study(study_name="optuna", storage=storage)
-    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.RUNNING]
-    lost = study.get_trials()[1]
+    before = shared_trials(url, name)
+    assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.RUNNING]
 
     other = sweep(*args)  # another worker, later: it fails the silent trial, asks its parameters again, and finishes
     assert other.returncode == 0, other.stdout[-2000:] + other.stderr[-3000:]
-    after = {t.number: t for t in optuna.load_study(study_name="optuna", storage=storage).get_trials()}
+    after = {t.number: t for t in shared_trials(url, name)}
     assert after[1].state == TrialState.FAIL and after[1].user_attrs["interrupted"]
     retries = [t for t in after.values() if t.system_attrs.get("failed_trial") == 1]
-    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == lost.params
-    assert after[0].state == TrialState.COMPLETE and after[0].value == study.get_trials()[0].value  # kept as it was
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == before[1].params
+    assert after[0].state == TrialState.COMPLETE and after[0].value == before[0].value  # kept as it was
     assert sum(t.state == TrialState.COMPLETE for t in after.values()) == 3  # n_trials across both workers
     assert "its worker stopped beating" in other.stderr + other.stdout
 
