@@ -119,6 +119,12 @@ def check_settings(search: Mapping[str, Any]) -> None:
                 f"hparams_search.{key}={value} goes the other way than hparams_search.direction={direction}: "
                 f"use val/acc or val/acc_best when maximizing accuracy, val/loss when minimizing a loss"
             )
+    beat = search.get("heartbeat_seconds", 10)
+    if isinstance(beat, bool) or not isinstance(beat, (int, float)) or not beat > 0:
+        raise ConfigError(f"hparams_search.heartbeat_seconds={beat}: a number of seconds above 0, "
+                          "e.g. hparams_search.heartbeat_seconds=10")
+    if not isinstance(search.get("shared", False), bool):
+        raise ConfigError(f"hparams_search.shared={search.get('shared')}: true or false, e.g. hparams_search.shared=true")
     for key, least in (("n_trials", 1), ("n_jobs", -1)):
         value = search.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < least or value == 0:

@@ -66,7 +66,10 @@ def _journal(url: str, key: str) -> optuna.storages.BaseStorage:
     example = f"{key}={JOURNAL}outputs/study.journal"
     if not url[len(JOURNAL):] or path.is_dir():
         raise ConfigError(f"{key}={url}: name the journal file, e.g. {example}")
-    boundaries.output_folder(key, path.parent, shown=url, example=example)
+    boundaries.output_folder(key, path.parent, shown=url, example=f"{JOURNAL}outputs/study.journal")
+    if path.is_file() and path.stat().st_size and not _looks_like_a_journal(path):
+        raise ConfigError(f"{key}={url}: {path} is not an Optuna journal (its lines are not Optuna's JSON records); "
+                          f"name a new file, e.g. {example}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
@@ -75,6 +78,21 @@ def _journal(url: str, key: str) -> optuna.storages.BaseStorage:
     except Exception as error:  # a file that is not a journal (Optuna replays it when it opens it)
         raise ConfigError(f"{key}={url}: {path} is not an Optuna journal ({type(error).__name__}: "
                           f"{str(error).splitlines()[0][:160] if str(error) else ''}); name a new file, e.g. {example}") from None
+
+
+def _looks_like_a_journal(path: Path) -> bool:
+    """Optuna's journal is JSON records a line, each ending in a newline; Optuna replays anything else as a record
+    still being written, and its next write then fails with an assertion."""
+    import json
+
+    with path.open("rb") as handle:
+        first = handle.readline()
+        handle.seek(-1, 2)
+        ends_whole = handle.read(1) == b"\n"
+    try:
+        return ends_whole and "op_code" in json.loads(first)
+    except (ValueError, TypeError):
+        return False
 
 
 # ---------------------------------------------------------------------------------------------- shared studies
