@@ -90,6 +90,9 @@ def make_optimizer(name: str, lr: float, params):
     return torch.optim.SGD(params, lr=lr) if name == "SGD" else torch.optim.Adam(params, lr=lr)
 
 
+FIRST_STEP_AT: list[float] = []  # Unix time of the hand-written loops' first training step (start-up ends there)
+
+
 def loop(model, optimizer, batches, device: str) -> int:
     """One training epoch as the tutorials write it; returns the number of images seen."""
     import torch.nn.functional as F
@@ -97,6 +100,8 @@ def loop(model, optimizer, batches, device: str) -> int:
     model.train()
     seen = 0
     for images, labels in batches:
+        if not FIRST_STEP_AT:
+            FIRST_STEP_AT.append(time.time())
         images, labels = images.to(device), labels.to(device)
         optimizer.zero_grad()
         loss = F.cross_entropy(model(images), labels)
@@ -150,16 +155,19 @@ def run_raw(workload: str, epochs: int, data_dir: str, device: str, target: floa
     For the CIFAR-shaped workloads the images stay uint8 and each batch is cropped, flipped and
     normalized on the device, as a hand-written GPU loop with augmentation would do it."""
     import torch
+    import torchvision
     from torchvision.transforms.v2 import functional as TF
 
-    from tinyvision.data.augment import random_crop, random_horizontal_flip
-    from tinyvision.data.sources import load
     from tinyvision.host_memory import keep_freed_memory
 
     keep_freed_memory()  # the floor reuses freed memory as tinyvision does (TINYVISION_KEEP_FREED_MEMORY=0: not)
     _, architecture, batch, optimizer_name, lr, mean, std = WORKLOADS[workload]
-    splits = load("fashion", data_dir, [], download=False)
+    # torchvision's reader, as a hand-written loop would read the files (and without importing Lightning)
+    train_set, test_set = (torchvision.datasets.FashionMNIST(data_dir, train=train) for train in (True, False))
+    train_data, test_data = ((d.data.unsqueeze(1), d.targets) for d in (train_set, test_set))
     augmented = cifar_shaped(workload)
+    if augmented:
+        from tinyvision.data.augment import random_crop, random_horizontal_flip
 
     def prepare(images):
         if augmented:  # 3×32×32 uint8, as data.channels=3 data.image_size=32 makes it
@@ -173,8 +181,8 @@ def run_raw(workload: str, epochs: int, data_dir: str, device: str, target: floa
             images = random_horizontal_flip(random_crop(images, CIFAR_CROP), 0.5)
         return ((images.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
 
-    train_x, train_y = prepare(splits.train[0]), splits.train[1].to(device)
-    test_x, test_y = prepare(splits.test[0]), splits.test[1].to(device)
+    train_x, train_y = prepare(train_data[0]), train_data[1].to(device)
+    test_x, test_y = prepare(test_data[0]), test_data[1].to(device)
     shape = (3, 32) if augmented else (1, 28)
     model = make_model(architecture, device, *shape).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(optimizer_name, lr, model.parameters())
@@ -248,6 +256,7 @@ def child(args) -> None:
         result = run_raw(**kwargs)
     else:
         result = run_tinyvision(**kwargs, overrides=args.override)
+    result["first_step_at"] = FIRST_STEP_AT[0] if FIRST_STEP_AT else None
     print("BENCH " + json.dumps(result), flush=True)
 
 
@@ -275,8 +284,8 @@ def measure(variant: str, workload: str, args, epochs: int, overrides=(), target
 def measure_process(variant: str, args) -> dict:
     """Seconds from starting the command to its exit, and (tinyvision) to its first training step."""
     with tempfile.TemporaryDirectory() as run_dir:
-        if variant == "tutorial":  # seed 002's loop with its per-epoch test, in a process of its own
-            command = [sys.executable, __file__, "--child", "tutorial", "--workload", "lenet", "--epochs",
+        if variant in ("tutorial", "raw"):  # seed 002's loop, or the raw one, with a test every epoch, in a process
+            command = [sys.executable, __file__, "--child", variant, "--workload", "lenet", "--epochs",
                        str(PROCESS_EPOCHS), "--data-dir", args.data_dir, "--device", args.device]
         else:
             command = [sys.executable, "train.py", f"paths.data_dir={args.data_dir}", f"hydra.run.dir={run_dir}",
@@ -290,6 +299,9 @@ def measure_process(variant: str, args) -> dict:
             raise RuntimeError(f"{variant} failed:\n{result.stderr[-4000:]}")
         metrics_file = Path(run_dir) / "metrics.json"
         first_step = json.loads(metrics_file.read_text()).get("first_step_at") if metrics_file.exists() else None
+        child_lines = [line for line in result.stdout.splitlines() if line.startswith("BENCH ")]
+        if child_lines:
+            first_step = json.loads(child_lines[-1][len("BENCH "):]).get("first_step_at")
     print(f"  whole process: {variant:<28} {seconds:6.1f} s", flush=True)
     return {"seconds": seconds, "to_first_step": first_step - started if first_step else None}
 
@@ -345,7 +357,7 @@ def main() -> None:
     processes: dict[str, list] = {}
     for repeat in range(1, args.repeats + 1):
         print(f"repeat {repeat}/{args.repeats}", flush=True)
-        for variant in ("tutorial", "tinyvision", "tinyvision trainer=debug") if args.process else ():
+        for variant in ("tutorial", "raw", "tinyvision", "tinyvision trainer=debug") if args.process else ():
             processes.setdefault(variant, []).append(measure_process(variant, args))
         for workload in workloads:
             for variant in variants(workload):
@@ -412,23 +424,26 @@ def write_report(args, workloads, options, options_workloads, runs, target_runs,
             f"## Whole process ({PROCESS_EPOCHS} epochs of seed 002's recipe, from the command to its exit)", "",
             "| variant | seconds | to the first training step |", "|---|---:|---:|",
             *(f"| {v} | {whole[v]:.1f} | {'-' if first[v] is None else f'{first[v]:.1f}'} |" for v in whole),
-            "", f"tutorial/tinyvision, whole process: {whole['tutorial'] / whole['tinyvision']:.2f} (target ≥ 2.5). "
-            "The tutorial loop tests after every epoch, as seed 002 does; tinyvision validates every epoch, "
-            "tests the best checkpoint once, writes checkpoints, TensorBoard events and pictures.", "",
+            "", f"raw/tinyvision, whole process: {whole['raw'] / whole['tinyvision']:.2f} (target ≥ 0.9); tinyvision's "
+            f"time to its first training step: {first['tinyvision']:.1f} s (target ≤ 2 s; the raw loop's "
+            f"{first['raw']:.1f} s). The tutorial and raw loops test after every epoch, as seed 002 does; tinyvision "
+            "validates every epoch, tests the best checkpoint once, writes checkpoints, TensorBoard events and pictures.", "",
         ]
     for workload in workloads:
         for variant in variants(workload):
             s = summary[(variant, workload)]
             lines.append(f"| {workload} | {variant} | {s['train_s']:.2f} | {s['eval_s']:.2f} | {s['samples_per_s']:,.0f} | "
                          f"{s['peak_mib']:,.0f} | {s['first_epoch_s']:.2f} | {s['test_acc']:.3f} |")
-    lines += ["", "| workload | training throughput tinyvision/tutorial (target ≥ 3) | tinyvision/raw (target ≥ 0.9) | "
-              "evaluation speed tinyvision/tutorial (target ≥ 5) |", "|---|---:|---:|---:|"]
+    lines += ["", "| workload | training throughput tinyvision/raw (target ≥ 0.95) | evaluation speed tinyvision/raw "
+              "(target ≥ 0.95) | training throughput tinyvision/tutorial | evaluation speed tinyvision/tutorial |",
+              "|---|---:|---:|---:|---:|"]
     for workload in workloads:
         b, c = summary[("raw", workload)], summary[("tinyvision", workload)]
         a = summary.get(("tutorial", workload))
         versus_tutorial = f"{c['samples_per_s'] / a['samples_per_s']:.2f}" if a else "-"
         eval_versus_tutorial = f"{a['eval_s'] / c['eval_s']:.2f}" if a else "-"
-        lines.append(f"| {workload} | {versus_tutorial} | {c['samples_per_s'] / b['samples_per_s']:.2f} | {eval_versus_tutorial} |")
+        lines.append(f"| {workload} | {c['samples_per_s'] / b['samples_per_s']:.2f} | {b['eval_s'] / c['eval_s']:.2f} | "
+                     f"{versus_tutorial} | {eval_versus_tutorial} |")
     if options:
         lines += ["", "## Speed options (tinyvision, each on and off in the same run)", "",
                   "| workload | option | train s/epoch on | off | speed-up | eval s on | off | test acc on | off |",
@@ -449,7 +464,7 @@ def write_report(args, workloads, options, options_workloads, runs, target_runs,
             curve = " ".join(f"{row['test_acc']:.3f}" for row in result["epochs"])
             lines.append(f"| {variant} | {'not reached' if seconds_to is None else f'{seconds_to:.1f}'} | {epoch or '-'} | {curve} |")
         if all(times.values()):
-            lines += ["", f"tinyvision/tutorial time to accuracy: {times['tinyvision'] / times['tutorial']:.2f} (target ≤ 0.33)."]
+            lines += ["", f"tinyvision/tutorial time to accuracy: {times['tinyvision'] / times['tutorial']:.2f}."]
     report = "\n".join(lines) + "\n"
     if args.out:
         existing = Path(args.out).read_text() if Path(args.out).exists() else ""

@@ -409,3 +409,54 @@ def test_a_worker_with_another_search_is_refused_joining(shapes_root, tmp_path):
     assert other.returncode == 2
     assert "hparams_search.shared=true (study 'optuna' in " in other.stderr
     assert "the study was searched with other settings than this command" in other.stderr
+
+
+# ---------------------------------------------------------------------------------------------- through sbatch
+# hydra/launcher=slurm on the one-node cluster of tools/slurm_cluster.sh (the slurm_cluster fixture): each job a
+# SLURM job, asked for what this 2-core machine has (the launcher's own defaults ask for 8 CPUs, 32 GB and a GPU).
+ON_SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.mem_gb=1", "hydra.launcher.gpus_per_node=null", "hydra.launcher.timeout_min=10"]
+
+
+def figures(sweep_dir: Path) -> dict[str, tuple]:
+    """Each finished job's overrides and its figures, from its own metrics.json."""
+    found = {}
+    for metrics_file in sorted(sweep_dir.glob("*/metrics.json")):
+        metrics = json.loads(metrics_file.read_text())
+        overrides = yaml.safe_load((metrics_file.parent / ".hydra" / "overrides.yaml").read_text())
+        kept = " ".join(o for o in overrides if o.startswith(("optimizer.", "hparams_search.trial")))
+        found[kept] = (metrics["val/acc_best"], metrics["test/acc"], metrics["epochs"])
+    return found
+
+
+def slurm_job_ids(sweep_dir: Path) -> set[str]:
+    return {folder.name for folder in (sweep_dir / ".submitit").iterdir() if folder.name.split("_")[0].isdigit()}
+
+
+@pytest.mark.parametrize("search", ["grid", "optuna"])
+def test_a_sweep_through_sbatch_gives_the_local_launchers_results(search, slurm_cluster, shapes_root, tmp_path):
+    """A 2-job grid sweep and a 3-trial Optuna study, each once with Hydra's local launcher and once as SLURM jobs."""
+    swept = ["optimizer.lr=0.003,0.01"] if search == "grid" else ["hparams_search=optuna", LR, "hparams_search.n_trials=3"]
+    common = [*swept, *TRIAL, "trainer.max_epochs=1", "trainer.accelerator=cpu", f"paths.data_dir={shapes_root}"]
+    local = sweep(*common, f"hydra.sweep.dir={tmp_path / 'local'}")
+    assert local.returncode == 0, local.stderr[-3000:]
+    on_slurm = sweep(*common, *ON_SLURM, f"hydra.sweep.dir={tmp_path / 'slurm'}")
+    assert on_slurm.returncode == 0, on_slurm.stdout[-2000:] + on_slurm.stderr[-3000:]
+    expected = figures(tmp_path / "local")
+    assert len(expected) == (2 if search == "grid" else 3)
+    assert figures(tmp_path / "slurm") == pytest.approx(expected)
+    assert len(slurm_job_ids(tmp_path / "slurm")) == len(expected)  # each job went through sbatch
+
+
+def test_ddp_inside_a_slurm_job_of_the_launcher_runs_two_tasks(slurm_cluster, shapes_root, tmp_path):
+    sweep_dir = tmp_path / "ddp"
+    result = sweep("model=lenet", "data=mnist", "data.batch_size=32", "data.val_size=100", "callbacks=minimal",
+                   "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_epochs=1",
+                   "seed=0", f"paths.data_dir={shapes_root}", *ON_SLURM, f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    (job,) = slurm_job_ids(sweep_dir)
+    logs = {path.name: path.read_text() for path in (sweep_dir / ".submitit" / job).glob("*_log.*")}
+    assert sum(name.endswith(".out") for name in logs) == 2, sorted(logs)  # two tasks, one log each
+    metrics = json.loads((sweep_dir / "0" / "metrics.json").read_text())
+    # 1200 shapes less 100 for validation over 2 ranks: rank zero trains its 550 (one process would train all 1100)
+    assert metrics["history"][0]["train_samples"] == 550

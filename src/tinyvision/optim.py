@@ -99,7 +99,7 @@ class OneCycleLR(Closed):
                                                                        0, 0)
     max_lr: Literal["auto"] | Annotated[float, Field(gt=0)] = spec("auto (the optimizer's lr) or a positive number", "auto", "auto")
     # OneCycleLR divides by (total_steps - 1): one step is a ZeroDivisionError; fewer than the run's optimizer steps
-    # end the run when the schedule runs out (checked against the data at fit start: tinyvision.boundaries.FitChecks).
+    # end the run when the schedule runs out (checked against the data at fit start: tinyvision.callbacks.FitChecks).
     total_steps: Literal["auto"] | Annotated[int, Field(ge=2)] = spec(
         "auto (every batch of the run) or a number of steps, 2 or more (at least the run's)", "auto", "auto")
     pct_start: Annotated[float, Field(gt=0, lt=1)] = spec("a fraction between 0 and 1", 0.3)

@@ -20,8 +20,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from tinyvision import slurm
-from tinyvision.boundaries import FitChecks
 from tinyvision.callbacks import (
+    FitChecks,
     LastCheckpoint,
     LogHyperparameters,
     RememberMlflowRun,

@@ -10,10 +10,12 @@
 - pictures.py: ``TensorBoardPictures``
 - hyperparameters.py: ``LogHyperparameters`` and ``RememberMlflowRun``, what the loggers get beside metrics
 - lightning_settings.py: the settings checked of Lightning's ModelCheckpoint and EarlyStopping
+- fit_checks.py: ``FitChecks``, settings only the data's size can refuse, checked before the first step
 """
 
 from tinyvision.callbacks.checkpoints import LastCheckpoint, ResumableRandomState
 from tinyvision.callbacks.ema import EMA, WarmedUpDecay, exponential_moving_average
+from tinyvision.callbacks.fit_checks import FitChecks
 from tinyvision.callbacks.hyperparameters import LogHyperparameters, RememberMlflowRun
 from tinyvision.callbacks.lightning_settings import LIGHTNING_CALLBACK_SETTINGS, MonitorSettings
 from tinyvision.callbacks.lookup import find_callback
@@ -24,6 +26,6 @@ from tinyvision.callbacks.record import RunRecord, chance_warning
 from tinyvision.callbacks.stop_on_signal import RunInterrupted, StopOnSignal
 from tinyvision.callbacks.test_report import TestReport
 
-__all__ = ["EMA", "LIGHTNING_CALLBACK_SETTINGS", "LastCheckpoint", "LogHyperparameters", "MonitorSettings", "ProgressBar",
+__all__ = ["EMA", "LIGHTNING_CALLBACK_SETTINGS", "FitChecks", "LastCheckpoint", "LogHyperparameters", "MonitorSettings", "ProgressBar",
            "RememberMlflowRun", "ResumableRandomState", "RunInterrupted", "RunRecord", "StopOnNonFiniteLoss", "StopOnSignal",
            "TensorBoardPictures", "TestReport", "WarmedUpDecay", "chance_warning", "exponential_moving_average", "find_callback"]

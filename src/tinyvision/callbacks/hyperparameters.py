@@ -23,7 +23,7 @@ class RememberMlflowRun(L.Callback):
     """Keeps the MLflow run's id in each checkpoint, so that resume=<run dir> logs on into the same MLflow run
     (training._loggers reads it back) instead of starting a second one.
 
-    Every run carries this callback (tinyvision.training adds it), so it carries tinyvision.boundaries.FitChecks too:
+    Every run carries this callback (tinyvision.training adds it), so it carries tinyvision.callbacks.FitChecks too:
     the settings only the data's size can refuse are refused when fit sets up, before the first step."""
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
