@@ -466,3 +466,34 @@ def test_ddp_inside_a_slurm_job_of_the_launcher_runs_two_tasks(slurm_cluster, sh
     metrics = json.loads((sweep_dir / "0" / "metrics.json").read_text())
     # 1200 shapes less 100 for validation over 2 ranks: rank zero trains its 550 (one process would train all 1100)
     assert metrics["history"][0]["train_samples"] == 550
+
+
+def test_a_worker_paused_past_its_heartbeat_finishes_its_run_and_exits_cleanly(shapes_root, tmp_path):
+    """A worker suspended (SIGSTOP) mid-trial: another worker fails the silent trial and retries it; when the first
+    one goes on, its run trains to its end and keeps its figures, and it exits 0 instead of a traceback."""
+    import signal
+    import time
+
+    url, name = f"journal:{tmp_path / 'study.journal'}", "paused"
+    common = ["hparams_search=optuna", LR, *TRIAL, "hparams_search.n_trials=2", "hparams_search.shared=true",
+              "hparams_search.heartbeat_seconds=1", f"hparams_search.storage={url}", f"hparams_search.study_name={name}",
+              f"paths.data_dir={shapes_root}"]
+    paused = subprocess.Popen([sys.executable, "train.py", "-m", *common, "trainer.max_epochs=2",
+                               f"hydra.sweep.dir={tmp_path / 'a'}"], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not list((tmp_path / "a").glob("0/checkpoints/*.ckpt")) and time.time() < deadline:
+            time.sleep(0.2)  # its trial 0 is training
+        paused.send_signal(signal.SIGSTOP)
+        other = sweep(*common, "trainer.max_epochs=2", f"hydra.sweep.dir={tmp_path / 'b'}")
+        assert other.returncode == 0, other.stderr[-3000:]
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    out, err = paused.communicate(timeout=600)
+    assert paused.returncode == 0, err[-3000:]
+    assert "Traceback" not in err and "was ended by another worker of the shared study" in out + err
+    assert (tmp_path / "a" / "0" / "metrics.json").is_file()  # its run's figures, kept
+    trials = shared_trials(url, name)
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["interrupted"]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2

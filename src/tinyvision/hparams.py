@@ -100,7 +100,7 @@ class SearchSettings(Open):
     study_name: str | None = spec("null or a name", "lenet", None)
     resume: str | None = spec("null or a sweep folder", "outputs/multirun/<sweep>", None)
     shared: bool = spec("true or false", True, False)
-    heartbeat_seconds: Annotated[float, Field(gt=0)] | PositiveInt = spec("a number of seconds above 0", 10, 10.0)
+    heartbeat_seconds: Annotated[float, Field(ge=1)] | PositiveInt = spec("a number of seconds, 1 or more", 10, 10.0)
     trial: int | None = spec("set by the sweeper", 0, None)
 
     @field_validator("n_jobs")

@@ -80,7 +80,8 @@ def over_repeats(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             groups.setdefault(configuration, []).append(row)
     aggregated = []
     for configuration, members in groups.items():
-        repeats = [",".join(o.split("=", 1)[1] for o in m["varied"] if _repeat_key(o)) for m in members]
+        repeats = sorted((",".join(o.split("=", 1)[1] for o in m["varied"] if _repeat_key(o)) for m in members),
+                         key=lambda value: [int(v) if v.lstrip("-").isdigit() else v for v in value.split(",")])
         result: dict[str, Any] = {"overrides": configuration or "(every job)", "n": len(members), "over": over,
                                   "repeats": " ".join(repeats)}
         for key in AGGREGATED:

@@ -203,6 +203,17 @@ class Study:
             log.warning("trial %d was running when the sweep stopped: marked failed, its parameters asked again", trial.number)
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn, metric: str) -> None:
+        try:
+            # Optuna's storage call: a Trial has no public state; a shared study's other worker may have ended it.
+            if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                return self._tell_open_trial(study, trial, result, metric)
+        except optuna.exceptions.UpdateFinishedTrialError:  # ended between that look and the tell
+            pass
+        log.warning("trial %d was ended by another worker of the shared study while it ran (this worker was silent too "
+                    "long: suspended or overloaded) and its parameters asked again there; this run's figures are in %s",
+                    trial.number, trial.user_attrs.get("run_dir", "its folder"))
+
+    def _tell_open_trial(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn, metric: str) -> None:
         if result.status == JobStatus.COMPLETED:
             outcome = result.return_value
             if not isinstance(outcome, dict):  # a task function that returns the metric alone

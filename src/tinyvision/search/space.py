@@ -120,8 +120,9 @@ def check_settings(search: Mapping[str, Any]) -> None:
                 f"use val/acc or val/acc_best when maximizing accuracy, val/loss when minimizing a loss"
             )
     beat = search.get("heartbeat_seconds", 10)
-    if isinstance(beat, bool) or not isinstance(beat, (int, float)) or not beat > 0:
-        raise ConfigError(f"hparams_search.heartbeat_seconds={beat}: a number of seconds above 0, "
+    # Below a second a worker's own writes to the storage can outlast four beats, and live trials would be failed.
+    if isinstance(beat, bool) or not isinstance(beat, (int, float)) or not beat >= 1:
+        raise ConfigError(f"hparams_search.heartbeat_seconds={beat}: a number of seconds, 1 or more, "
                           "e.g. hparams_search.heartbeat_seconds=10")
     if not isinstance(search.get("shared", False), bool):
         raise ConfigError(f"hparams_search.shared={search.get('shared')}: true or false, e.g. hparams_search.shared=true")

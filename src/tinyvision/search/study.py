@@ -5,6 +5,7 @@ another machine and reaches the study through the storage."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import threading
 import time
@@ -22,6 +23,7 @@ from tinyvision.errors import ConfigError
 from tinyvision.files import BEST_FILE, STUDY_FILE, STUDY_RESULT, write_atomic
 from tinyvision.search.space import trial_overrides
 
+log = logging.getLogger(__name__)
 ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # hparams_search.storage=journal:<file>: Optuna's journal file, for several workers on a shared file system without a
 # database server (a database URL otherwise: sqlite:///..., postgresql://...).
@@ -178,7 +180,25 @@ def pruning_callback(search: Mapping[str, Any]):
             f"hparams_search['trial']={search['trial']}: study {search['study_name']!r} in {search['storage']} has no such trial; "
             "trials are created by the sweeper (python train.py -m hparams_search=...), not by hand"
         ) from None
-    return PyTorchLightningPruningCallback(optuna.trial.Trial(study, trial_id), monitor=search['prune_on'])
+
+    class ReportWhileOpen(PyTorchLightningPruningCallback):
+        """In a shared study a worker that was only slow (suspended, overloaded) may find its trial failed as silent by
+        another worker, which asked its parameters again: the run then trains to its end without reporting, and its
+        figures stay in its own folder."""
+
+        closed = False
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if self.closed:
+                return
+            try:
+                super().on_validation_end(trainer, pl_module)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                self.closed = True
+                log.warning("trial %s was ended by another worker of the shared study (it found it silent): this run "
+                            "trains on without reporting to it", search["trial"])
+
+    return ReportWhileOpen(optuna.trial.Trial(study, trial_id), monitor=search['prune_on'])
 
 
 # ---------------------------------------------------------------------------------------------- results
