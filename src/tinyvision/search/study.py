@@ -52,10 +52,18 @@ def open_storage(url: str, key: str = "hparams_search.storage") -> optuna.storag
             raise ConfigError(f"{key}={url}: the database server does not answer ({answer}): start it, or use a "
                               f"file every job can reach, e.g. {example}")
     boundaries.sqlite_parent(key, url, create=True)
+    options = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite:") else {}
     try:
-        if url.startswith("sqlite:"):
-            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-        return optuna.storages.RDBStorage(url)
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(url, **options)
+            except SQLAlchemyError as error:
+                # Workers starting at once on a new database all create Optuna's tables; all but one lose that race
+                # (PostgreSQL: a duplicate key in pg_type). The tables are there once the winner is done: open again.
+                reason = str(getattr(error, "orig", None) or error)
+                if attempt == 4 or not ("duplicate key" in reason or "already exists" in reason):
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except SQLAlchemyError as error:
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
         raise ConfigError(f"{key}={url}: the database cannot be opened ({reason}), e.g. {example}") from None
