@@ -215,6 +215,13 @@ def job_state(job: str) -> dict[str, str]:
     return dict(field.split("=", 1) for field in shown.split() if "=" in field)
 
 
+def slurm_logs(conf: str, lines: int = 30) -> str:
+    """The ends of the test cluster's daemon logs, for a failure's message: SLURM says there why a job failed."""
+    folder = Path(conf).parent
+    return "".join(f"\n--- {name}:\n" + "\n".join((folder / name).read_text(errors="replace").splitlines()[-lines:])
+                   for name in ("slurmctld.log", "slurmd.log") if (folder / name).is_file())
+
+
 def wait_for(condition, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -238,13 +245,13 @@ def test_on_a_real_slurm_cluster_a_job_signalled_to_end_requeues_and_resumes_bit
         wait_for(lambda: any(runs.glob("*/checkpoints/last.ckpt")), 300, "the job's first checkpoint")
         subprocess.run(["scancel", "--signal=USR1", job], check=True)
         wait_for(lambda: job_state(job).get("Restarts", "0") != "0", 120, "the job to requeue itself")
-        # SLURM holds a requeued job back for a while (its BeginTime); a test has no reason to wait for it
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        # SLURM holds the requeued job back until the old start's credential expires (30 s on the test cluster): a
+        # job started before that (scontrol update StartTime=now) can fail to launch, without a line of output
         wait_for(lambda: job_state(job).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", None), 600, "the job to end")
     finally:
         subprocess.run(["scancel", job], capture_output=True)
     output = log.read_text()
-    assert job_state(job).get("JobState") == "COMPLETED", output[-3000:]
+    assert job_state(job).get("JobState") == "COMPLETED", output[-3000:] + slurm_logs(slurm_cluster)
     assert f"SLURM job {job} is requeued" in output
     (run_dir,) = runs.iterdir()  # the second start went on in the first one's folder
     assert_same_run(run_dir, uninterrupted)

@@ -25,7 +25,7 @@ start() {
         command -v "$program" >/dev/null || { echo "error: $program is missing: apt-get install slurm-wlm munge" >&2; exit 2; }
     done
     stop
-    rm -rf "$DIR/state" "$DIR/spool"
+    rm -rf "$DIR/state" "$DIR/spool" "$DIR/slurmctld.log" "$DIR/slurmd.log"
     mkdir -p "$DIR/state" "$DIR/spool" "$DIR/munge"
     chmod 700 "$DIR/munge"
     # munge: its own key and socket, so nothing of the system's is touched
@@ -44,7 +44,9 @@ SlurmctldHost=$HOST
 SlurmUser=$(id -un)
 SlurmdUser=$(id -un)
 AuthType=auth/munge
-AuthInfo=socket=$DIR/munge/munge.socket
+# cred_expire: also how long SLURM holds a requeued job back before it starts again (120 s by default); a test
+# cluster on one machine launches its steps in well under 30 s
+AuthInfo=socket=$DIR/munge/munge.socket,cred_expire=30
 CredType=cred/munge
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool
@@ -58,6 +60,8 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 SchedulerType=sched/backfill
+# a pass every 5 s (60 s by default), so that a requeued job starts soon after its hold ends
+SchedulerParameters=sched_interval=5,bf_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
