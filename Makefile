@@ -45,12 +45,15 @@ cluster:
 train: setup
 	$(BIN)/python train.py $(ARGS)
 
+# The tests in one process per core (pytest-xdist, at most 4): most of a test is a command's start-up, which uses one
+# core; the tests that share the SLURM cluster run in one of them (--dist loadgroup).
+TEST_WORKERS ?= auto
 test: setup cluster
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist loadgroup $(ARGS)
 
 # The quick local lane: everything but the tests marked slow (multi-run, subprocess and fault tests).
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --maxprocesses 4 --dist loadgroup $(ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

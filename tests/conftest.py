@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -21,6 +23,21 @@ def pytest_configure(config) -> None:
     # pytest resets warning filters for each test: the library warnings tinyvision silences, silenced here too.
     for message in KNOWN_WARNINGS:
         config.addinivalue_line("filterwarnings", f"ignore:{message}")
+    # make test runs the tests in several processes (pytest-xdist): each takes its share of the cores, for its own
+    # runs and the commands it starts, instead of every process's torch spreading over all of them.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    # One SLURM cluster per machine (tools/slurm_cluster.sh has fixed ports and a fixed folder): under pytest-xdist
+    # (make test, --dist loadgroup) every test that uses it runs in the same worker.
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm_cluster"))
 
 
 CONF = ROOT / "conf"
@@ -181,7 +198,6 @@ def write_shape_digits(raw: Path, sizes=(1200, 300), seed: int = 3) -> None:
 def slurm_cluster():
     """A one-node SLURM cluster on this machine (tools/slurm_cluster.sh), its SLURM_CONF set for the tests' commands.
     Skipped where SLURM's packages are missing, except in CI (CI=true), where it must run."""
-    import os
     import shutil
     import subprocess
 
@@ -209,7 +225,6 @@ def postgres_url():
     missing, except in CI, where it must run (make cluster installs the server, make setup psycopg)."""
     import glob
     import importlib.util
-    import os
     import shutil
     import socket
     import subprocess
