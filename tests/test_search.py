@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -193,6 +194,55 @@ def test_the_pruner_stops_a_bad_trial_and_its_run_dir_says_so(shapes_root, tmp_p
     assert pruned["val/acc"] == pytest.approx(bad.intermediate_values[pruned["epochs"] - 1])
     assert not (sweep_dir / "2" / "metrics.json").exists()
     assert "pruned after epoch" in (sweep_dir / "summary.md").read_text()
+
+
+def test_a_study_of_folds_scores_each_trial_by_its_folds_mean_and_prunes_on_the_running_mean(shapes_root, tmp_path):
+    """hparams_search.folds=3: every trial trains data.fold=0, 1, 2 of data.folds=3 (folders <trial>_fold<i>); its value
+    is the mean of its folds' own metrics.json; after each fold but the last it reports the running mean, and the
+    pruner stops the bad trial after its first fold."""
+    sweep_dir = tmp_path / "folds"
+    result = sweep(
+        "hparams_search=optuna", "optimizer.lr=choice(0.003, 1e-7)", *TRIAL, "trainer.max_epochs=1", "hparams_search.n_trials=3",
+        "hparams_search.folds=3", "hparams_search.enqueue=[{optimizer.lr: 0.003}, {optimizer.lr: 0.003}, {optimizer.lr: 1e-7}]",
+        "hparams_search.pruner.n_startup_trials=2", "hparams_search.pruner.n_warmup_steps=0",
+        f"paths.data_dir={shapes_root}", f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    *good, bad = trials(sweep_dir)
+    assert [t.state for t in good] == [TrialState.COMPLETE] * 2 and bad.state == TrialState.PRUNED
+    for trial in good:
+        values = []
+        for fold in range(3):
+            job = sweep_dir / f"{trial.number}_fold{fold}"
+            data = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["data"]
+            assert (data["folds"], data["fold"]) == (3, fold)
+            values.append(json.loads((job / "metrics.json").read_text())["val/acc_best"])
+        assert trial.value == pytest.approx(statistics.fmean(values), abs=1e-12)
+        assert trial.user_attrs["fold_values"] == values
+        assert trial.user_attrs["fold_std"] == pytest.approx(statistics.stdev(values), abs=1e-12)
+        assert trial.intermediate_values == pytest.approx({0: values[0], 1: statistics.fmean(values[:2])})
+    assert list(bad.intermediate_values) == [0]  # pruned on its first fold: the other two never trained
+    assert (sweep_dir / f"{bad.number}_fold0" / "metrics.json").is_file()
+    assert not (sweep_dir / f"{bad.number}_fold1").exists()
+    record = yaml.safe_load((sweep_dir / "study.yaml").read_text())
+    assert record["trial_list"][0]["fold_values"] == good[0].user_attrs["fold_values"]
+    summary = (sweep_dir / "summary.md").read_text()
+    scores = " ".join(f"{v:.4f}" for v in good[0].user_attrs["fold_values"])
+    assert f"| 0 | complete | `optimizer.lr=0.003` | {scores} | {good[0].value:.4f} ± " in summary
+    assert f"| {bad.number} | pruned | `optimizer.lr=1e-07` | {bad.user_attrs['fold_values'][0]:.4f} | {bad.value:.4f} |" in summary
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["hparams_search.folds=3", "data.fold=1"], "hparams_search.folds=3 trains every fold of each trial (data.folds=3, "
+                                                 "data.fold=0 to 2): leave data.fold out of the command"),
+    (["hparams_search.folds=3", "data.folds=5", "data.fold=range(5)"], "leave data.folds and data.fold out of the command"),
+    (["hparams_search.folds=1"], "hparams_search.folds=1: null or a whole number of folds, 2 or more"),
+])
+def test_a_study_of_folds_that_cannot_work_is_one_line_before_any_trial(overrides, message, shapes_root, tmp_path):
+    result = sweep("hparams_search=optuna", LR, *TRIAL, *overrides, f"paths.data_dir={shapes_root}",
+                   f"hydra.sweep.dir={tmp_path / 'refused'}")
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-3000:]
+    assert not list((tmp_path / "refused").glob("*/.hydra"))
 
 
 def test_a_study_killed_after_2_trials_resumes_to_the_requested_total(shapes_root, tmp_path):

@@ -150,6 +150,16 @@ def _study_section(sweep_dir: Path) -> str:
         lines += [f"Best: trial {best['trial']}, {best['metric']} = {best['value']:.4f}, with `{' '.join(best['overrides'])}` "
                   f"(best.yaml). Train it again: `{best['command']}`", ""]
     lines += [f"![{name}]({path})" for name, path in study["plots"].items() if path.endswith(".png")]
+    with_folds = [t for t in study.get("trial_list", []) if "fold_values" in t]
+    if with_folds:  # hparams_search.folds: each trial's value is the mean over its folds
+        lines += ["", f"Each trial over its folds ({study['metric']}; a pruned trial stopped after the folds shown):", "",
+                  "| trial | state | params | folds | mean ± std |", "|---:|---|---|---|---:|"]
+        for trial in with_folds:
+            params = " ".join(f"{key}={value}" for key, value in trial["params"].items())
+            score = "-" if "value" not in trial else f"{trial['value']:.4f}"  # a pruned trial's: its folds' mean so far
+            score += f" ± {trial['fold_std']:.4f}" if "fold_std" in trial else ""
+            lines.append(f"| {trial['number']} | {trial['state']} | `{params}` | "
+                         f"{' '.join(f'{v:.4f}' for v in trial['fold_values'])} | {score} |")
     return "\n".join(lines) + "\n\n"
 
 

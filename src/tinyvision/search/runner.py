@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import socket
+import statistics
 import sys
 import time
 import zlib
@@ -63,6 +64,9 @@ class Study:
                 "nothing to search: hparams_search.params is empty and the command gives no range. "
                 f"Give one, e.g. 'optimizer.lr=tag(log, interval(1e-4, 1e-1))' (ranges: {study_space.SYNTAX})"
             )
+        folds = search.get("folds")
+        if folds:
+            _check_folds(folds, fixed, space, self.config)
         sweep_dir = Path(self.config.hydra.sweep.dir).resolve()
         url = search.get("storage") or study_tools.default_storage(sweep_dir)
         study = self._open_study(search, sweep_dir, url, fixed, space)
@@ -81,7 +85,8 @@ class Study:
             f"hydra.sweep.dir={sweep_dir}",
             f"hparams_search.storage={study_space.quote(url)}",
             f"hparams_search.study_name={study_space.quote(study.study_name)}",
-            f"hparams_search.prune_on={study_space.quote(search['prune_on'])}",  # as resolved here: the jobs report it
+            # as resolved here: the jobs report it each epoch; a trial of folds is pruned here, between its folds
+            f"hparams_search.prune_on={'null' if folds else study_space.quote(search['prune_on'])}",
         ]
         started = time.perf_counter()
         shared, beat = bool(search.get("shared")), float(search.get("heartbeat_seconds") or 10)
@@ -96,6 +101,10 @@ class Study:
             batch = [study.ask(space) for _ in range(min(n_jobs, n_trials - done))]
             if shared:
                 batch = self._within_n_trials(study, batch, n_trials)
+            if folds:
+                with study_tools.heartbeat(study, batch, beat) if shared else contextlib.nullcontext():
+                    self._run_folds(study, batch, common, search, sweep_dir)
+                continue
             for trial in batch:
                 trial.set_user_attr("run_dir", str(sweep_dir / str(trial.number)))
             for run in _consecutive(batch):
@@ -202,37 +211,95 @@ class Study:
                                                              "its parameters were asked again when the sweep resumed"})
             log.warning("trial %d was running when the sweep stopped: marked failed, its parameters asked again", trial.number)
 
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn, metric: str) -> None:
-        try:
-            # Optuna's storage call: a Trial has no public state; a shared study's other worker may have ended it.
-            if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-                return self._tell_open_trial(study, trial, result, metric)
-        except optuna.exceptions.UpdateFinishedTrialError:  # ended between that look and the tell
-            pass
+    def _run_folds(self, study: optuna.Study, batch: list[optuna.Trial], common: list[str], search: dict,
+                   sweep_dir: Path) -> None:
+        """Each trial of ``batch`` trains every fold of ``hparams_search.folds`` (data.folds=K, data.fold=0..K-1, in the
+        job folders <trial>_fold<i>) and scores the mean of its folds' metric. Fold by fold, the batch's trials train
+        together, and after each fold a trial reports the running mean (step: the fold) and stops if the pruner says."""
+        folds = int(search["folds"])
+        values: dict[int, list[float]] = {trial.number: [] for trial in batch}
+        for trial in batch:
+            trial.set_user_attr("run_dir", str(sweep_dir / f"{trial.number}_fold0"))
+        training = list(batch)
+        for fold in range(folds):
+            if not training:  # every trial of the batch failed or was pruned
+                break
+            overrides = [common + study_space.trial_overrides(t.params)
+                         + [f"hparams_search.trial={t.number}", f"data.folds={folds}", f"data.fold={fold}",
+                            f"hydra.sweep.subdir={t.number}_fold{fold}"] for t in training]
+            log.info("fold %d of %d, trials %s", fold, folds, ", ".join(str(t.number) for t in training))
+            returns = self.launcher.launch(overrides, initial_job_idx=training[0].number * folds + fold)
+            still = []
+            for trial, result in zip(training, returns):
+                try:
+                    if self._fold_done(study, trial, fold, result, values[trial.number], search):
+                        still.append(trial)
+                except optuna.exceptions.UpdateFinishedTrialError:  # a shared study's other worker ended it meanwhile
+                    self._still_open(study, trial)
+            training = still
+        for trial in training:
+            fold_values = values[trial.number]
+            trial.set_user_attr("fold_std", statistics.stdev(fold_values))
+            try:
+                study.tell(trial, statistics.fmean(fold_values))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                self._still_open(study, trial)
+
+    def _fold_done(self, study: optuna.Study, trial: optuna.Trial, fold: int, result: JobReturn, values: list[float],
+                   search: dict) -> bool:
+        """One fold's job of a trial: its value added to ``values``; whether the trial trains its next fold (not when
+        the job failed, the pruner stopped it on its running mean, or another worker ended it)."""
+        metric, folds = search["metric"], int(search["folds"])
+        if not self._still_open(study, trial):
+            return False
+        value, error = _job_value(result, metric)
+        if error is not None:
+            trial.set_user_attr("error", f"fold {fold}: {error}")
+            study.tell(trial, state=TrialState.FAIL)
+            log.warning("trial %d failed in fold %d: %s", trial.number, fold, error)
+            return False
+        values.append(value)
+        trial.set_user_attr("fold_values", values)
+        running_mean = statistics.fmean(values)
+        if search.get("prune_on") and fold < folds - 1:
+            trial.report(running_mean, fold)
+            if trial.should_prune():
+                study.tell(trial, state=TrialState.PRUNED)
+                log.info("trial %d pruned after fold %d: mean %s %.4f", trial.number, fold, metric, running_mean)
+                return False
+        return True
+
+    def _still_open(self, study: optuna.Study, trial: optuna.Trial) -> bool:
+        """Whether the trial is still running in the storage; a shared study's other worker may have ended it (this
+        worker was silent too long), and this worker's figures then stay in its folders."""
+        # Optuna's storage call: a Trial has no public state.
+        if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+            return True
         log.warning("trial %d was ended by another worker of the shared study while it ran (this worker was silent too "
                     "long: suspended or overloaded) and its parameters asked again there; this run's figures are in %s",
                     trial.number, trial.user_attrs.get("run_dir", "its folder"))
+        return False
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn, metric: str) -> None:
+        try:
+            if self._still_open(study, trial):
+                self._tell_open_trial(study, trial, result, metric)
+        except optuna.exceptions.UpdateFinishedTrialError:  # ended between that look and the tell
+            self._still_open(study, trial)
 
     def _tell_open_trial(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn, metric: str) -> None:
-        if result.status == JobStatus.COMPLETED:
-            outcome = result.return_value
-            if not isinstance(outcome, dict):  # a task function that returns the metric alone
-                outcome = {"status": "done", metric: outcome}
-        else:  # an exception the task function did not catch; JobReturn keeps it as the return value
-            error = result._return_value  # JobReturn.return_value re-raises a failed job's exception; this reads it
-            outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        outcome = _outcome(result, metric)
         if outcome.get("status") == "pruned":
             study.tell(trial, state=TrialState.PRUNED)
             log.info("trial %d pruned after %s epochs", trial.number, outcome.get("epochs"))
             return
-        value = outcome.get(metric)
-        if outcome.get("status") == "failed" or not isinstance(value, (int, float)) or not math.isfinite(value):
-            error = outcome.get("error") or f"the job returned no finite {metric} (got {value!r})"
+        value, error = _job_value(result, metric)
+        if error is not None:
             trial.set_user_attr("error", error)
             study.tell(trial, state=TrialState.FAIL)
             log.warning("trial %d failed: %s", trial.number, error)
             return
-        study.tell(trial, float(value))
+        study.tell(trial, value)
 
     def _rerun_command(self, fixed: list[str]) -> list[str]:
         """The overrides that train the best trial again as a single run (the search's own keys left out)."""
@@ -241,6 +308,36 @@ class Study:
         if experiment and not any(_key(o) == "experiment" for o in command):
             command.insert(0, f"experiment={experiment}")
         return command
+
+
+def _outcome(result: JobReturn, metric: str) -> dict[str, Any]:
+    """What a job returned, as the dict train() returns: its status, its metrics or its error."""
+    if result.status == JobStatus.COMPLETED:
+        outcome = result.return_value
+        return outcome if isinstance(outcome, dict) else {"status": "done", metric: outcome}  # a bare metric
+    error = result._return_value  # JobReturn.return_value re-raises a failed job's exception; this reads it
+    return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+
+
+def _job_value(result: JobReturn, metric: str) -> tuple[float | None, str | None]:
+    """The job's finite ``metric``, or None and why there is none."""
+    outcome = _outcome(result, metric)
+    value = outcome.get(metric)
+    if outcome.get("status") in ("failed", "pruned") or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None, outcome.get("error") or f"the job returned no finite {metric} (got {value!r})"
+    return float(value), None
+
+
+def _check_folds(folds: int, fixed: list[str], space: dict, config: DictConfig) -> None:
+    """hparams_search.folds trains every fold itself: the data must have folds, and the command must not pick them."""
+    picked = [key for key in ("data.folds", "data.fold") if key in space or any(_key(o) == key for o in fixed)]
+    if picked:
+        raise ConfigError(f"hparams_search.folds={folds} trains every fold of each trial (data.folds={folds}, data.fold=0 "
+                          f"to {folds - 1}): leave {' and '.join(picked)} out of the command")
+    if "folds" not in (config.get("data") or {}):
+        raise ConfigError(f"hparams_search.folds={folds}: data={config.hydra.runtime.choices.get('data')} has no folds "
+                          "(data.folds is a key of the mnist-style and folder datasets): use one of those, or "
+                          "hparams_search.folds=null")
 
 
 def _key(override: str) -> str:

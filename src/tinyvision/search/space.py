@@ -126,6 +126,10 @@ def check_settings(search: Mapping[str, Any]) -> None:
                           "e.g. hparams_search.heartbeat_seconds=10")
     if not isinstance(search.get("shared", False), bool):
         raise ConfigError(f"hparams_search.shared={search.get('shared')}: true or false, e.g. hparams_search.shared=true")
+    folds = search.get("folds")
+    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
+        raise ConfigError(f"hparams_search.folds={folds}: null or a whole number of folds, 2 or more, "
+                          "e.g. hparams_search.folds=5")
     for key, least in (("n_trials", 1), ("n_jobs", -1)):
         value = search.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < least or value == 0:

@@ -257,9 +257,10 @@ def _trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     record = {"number": trial.number, "state": trial.state.name.lower(), "params": dict(trial.params)}
     if trial.value is not None:
         record["value"] = trial.value
-    if trial.intermediate_values:
+    if trial.intermediate_values and "fold_values" not in trial.user_attrs:  # a trial of folds reports once a fold
         record["epochs"] = len(trial.intermediate_values)
-    record.update({key: trial.user_attrs[key] for key in ("error", "run_dir", "retried_as", "retry_of") if key in trial.user_attrs})
+    record.update({key: trial.user_attrs[key] for key in ("error", "run_dir", "retried_as", "retry_of", "fold_values", "fold_std")
+                   if key in trial.user_attrs})
     return record
 
 
