@@ -164,3 +164,15 @@ def test_help_shows_tinyvisions_groups_and_examples():
         for option in (ROOT / "conf" / folder).glob("*.yaml"):
             assert option.stem in result.stdout, option
     assert "Powered by Hydra" not in result.stdout and "outputs/runs/" in result.stdout
+
+
+@pytest.mark.parametrize(("folder", "name"), [("run", "run"), ("sweep/3", "sweep/3"), ("sweep/3_fold0", "sweep/3_fold0")])
+def test_an_mlflow_run_is_named_after_its_run_or_its_sweep_and_job(folder, name, make_config, tmp_path):
+    from omegaconf import OmegaConf
+
+    from tinyvision.training import _loggers
+
+    values = OmegaConf.to_container(make_config("logger=mlflow", f"logger.mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}",
+                                                run_dir=tmp_path / folder), resolve=True)
+    [logger] = _loggers(values, None)
+    assert logger._run_name == name  # Lightning's MLFlowLogger keeps it until the run starts

@@ -7,6 +7,7 @@ import copy
 import functools
 import json
 import logging
+import re
 import shutil
 import time
 from collections.abc import Mapping
@@ -46,6 +47,7 @@ from tinyvision.trainer import make_trainer
 log = logging.getLogger(__name__)
 
 DATA_INFO_KEYS = ("channels", "image_size", "num_classes", "mean", "std")
+SWEEP_JOB_FOLDER = re.compile(r"\d+(_fold\d+)?")
 
 
 def build(values: Mapping[str, Any]) -> tuple[L.LightningDataModule, ImageClassifier]:
@@ -203,7 +205,8 @@ def _loggers(values: Mapping[str, Any], resume_from: Path | None) -> list:
     checkpoint = load_checkpoint_file(resume_from) if resume_from is not None else {}
     purge_step = checkpoint.get("global_step")
     run_dir = Path(values["paths"]["output_dir"])
-    run_name = f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.isdigit() else run_dir.name
+    # a sweep's job folder (<job>, or <trial>_fold<i> in a study of folds) is named after its sweep too
+    run_name = f"{run_dir.parent.name}/{run_dir.name}" if SWEEP_JOB_FOLDER.fullmatch(run_dir.name) else run_dir.name
     loggers = []
     for settings in (values.get("logger") or {}).values():
         if settings is None:
