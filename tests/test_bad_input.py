@@ -84,10 +84,13 @@ CASES = [
     ("train", ["callbacks.last_checkpoint.every_n_train_steps=0"], "callbacks.last_checkpoint.every_n_train_steps=0: a whole number"),
     ("train", ["hparams_search=lenet_fashion"], "hparams_search=lenet_fashion runs an Optuna study of many runs: add -m"),
     ("train", ["-m", "model=lenet,nope"], "model=nope: no option 'nope' in model/"),
+    # a sweep's bad value is refused before its good values train, as a single run's would be
+    ("train", ["-m", "optimizer.lr=0.01,-1"], "optimizer.lr=-1: a positive number, e.g. optimizer.lr=0.01"),
+    ("train", ["-m", "data.folds=3", "data.fold=range(5)"], "data.fold=3: a fold from 0 to 2 (data.folds=3)"),
     ("train", ["-m", "hparams_search=lenet_fashion", "hparams_search.n_trials=0"],
      "hparams_search.n_trials=0: a whole number, 1 or more"),
     ("train", ["-m", "hparams_search=lenet_fashion", "hparams_search.metric=val/accuracy"],
-     "hparams_search.metric=val/accuracy: one of val/acc_best"),
+     "hparams_search.metric=val/accuracy: val/acc_best, val/acc, val/loss"),
     ("train", ["paths.data_dir=null"], "paths.data_dir=null: a directory path"),
     ("train", ["callbacks.test_report.top_k=0"], "callbacks.test_report.top_k=0: a whole number, 1 or more"),
     ("train", ["callbacks.progress_bar.refresh_seconds=-1"],
@@ -189,7 +192,7 @@ CASES = [
      "hparams_search.heartbeat_seconds=0.001: a number of seconds, 1 or more"),
     ("train", ["data=mnist", "data.folds=4", "data.fold=4"], "data.fold=4: a fold from 0 to 3 (data.folds=4)"),
     ("train", ["-m", "hparams_search=lenet_fashion", "hparams_search.storage=bogus://x"],
-     "hparams_search.storage=bogus://x: SQLAlchemy knows no database 'bogus'"),
+     "hparams_search.storage=bogus://x: null or a database URL (SQLAlchemy knows no database 'bogus'"),
     ("train", ["-m", "hparams_search=lenet_fashion", f"hparams_search.storage=postgresql://{CLOSED}/study"],
      f"hparams_search.storage=postgresql://{CLOSED}/study: the database server does not answer"),
     # Kind 4: settings a library refuses only later, declared

@@ -69,8 +69,8 @@ def test_a_search_space_that_cannot_work_is_refused_naming_it(params, message):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"metric": "val/accuracy"}, "hparams_search.metric=val/accuracy: one of val/acc_best, val/acc"),
-    ({"prune_on": "val/acc_best"}, "hparams_search.prune_on=val/acc_best: one of"),
+    ({"metric": "val/accuracy"}, "hparams_search.metric=val/accuracy: val/acc_best, val/acc, val/loss, test/acc or test/loss"),
+    ({"prune_on": "val/acc_best"}, "hparams_search.prune_on=val/acc_best: val/acc, val/loss"),
     ({"direction": "minimize"}, "hparams_search.metric=val/acc_best goes the other way than hparams_search.direction=minimize"),
     ({"metric": "val/loss", "direction": "minimize"}, "hparams_search.prune_on=val/acc goes the other way"),
     ({"direction": "up"}, "hparams_search.direction=up: maximize or minimize, e.g. hparams_search.direction=maximize"),

@@ -87,6 +87,19 @@ def precheck(config_name: str, argv: list[str]) -> list[str]:
         error = _composition_error(config_name, command_line)
         if error is not None:
             exit_bad_input(error)
+    if multirun and config_name == "train":  # a sweep's bad value is refused before its good values train
+        folds = next((o.split("=", 1)[1] for o in overrides if o.startswith("hparams_search.folds=")), None)
+        if folds is not None and folds.isdigit():  # a study of folds sets data.fold itself: the command's is the mistake
+            from tinyvision.search.space import refuse_picked_folds
+
+            try:
+                refuse_picked_folds(int(folds), overrides)
+            except ConfigError as error:
+                exit_bad_input(error)
+        for command_line in command_lines:
+            error = _settings_error(command_line)
+            if error is not None:
+                exit_bad_input(error)
     try:
         return claim_output_dir(config_name, argv, command_lines[0], multirun)
     except ConfigError as error:
@@ -210,11 +223,12 @@ def _each_sweep_value(overrides: list[str]) -> list[list[str]]:
     """A multirun's command line as single command lines that together hold every value of every choice
     sweep (ranges and intervals of a search are left out): if they compose, every job's keys and options exist."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep
+    from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
     from hydra.errors import OverrideParseException
 
     parser = OverridesParser.create()
     single, choices = [], []
+    searching = any(line.lstrip("+").startswith("hparams_search=") for line in overrides)  # ranges are its search space
     for line in overrides:
         try:
             override = parser.parse_override(line)
@@ -225,6 +239,8 @@ def _each_sweep_value(overrides: list[str]) -> list[list[str]]:
             single.append(line)
         elif isinstance(override.value(), ChoiceSweep) and override.value().list:
             choices.append([f"{override.get_key_element()}={_choice_text(v)}" for v in override.value().list])
+        elif isinstance(override.value(), RangeSweep) and not searching:  # a grid's range(...): each of its values
+            choices.append([f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()])
     # Each value of each sweep once, the other sweeps at their first value: every option gets composed.
     firsts = [values[0] for values in choices]
     return [single + firsts] + [single + firsts[:i] + [value] + firsts[i + 1:]
@@ -255,6 +271,35 @@ def _composition_error(config_name: str, overrides: list[str]) -> ConfigError | 
                 return _word_hydra_error(config_name, overrides, error)
     finally:
         GlobalHydra.instance().clear()
+    return None
+
+
+def _settings_error(overrides: list[str]) -> ConfigError | None:
+    """The settings' refusal (``validate_train``, without the file system and the network) of one job of a sweep, or
+    None. Only tinyvision's own refusals count: anything else is left to the job, which reports it in its place."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from tinyvision.config import validate_train
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(Path.cwd() / "outputs" / "job")  # no job folder exists yet
+            HydraConfig.instance().set_config(cfg)  # for ${hydra:...} in the job's keys
+            del cfg["hydra"]
+        validate_train(cfg, look_outside=False)
+    except TinyVisionError as error:
+        return error
+    except Exception:  # noqa: BLE001  (the job itself meets it, and says it where its sweep reports failures)
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
     return None
 
 

@@ -100,8 +100,9 @@ def _check_targets(values: Mapping[str, Any]) -> None:
                               "module on the Python path (PYTHONPATH=/folder/of/the/module)") from None
 
 
-def validate_train(cfg: DictConfig) -> dict[str, Any]:
-    """Check every tinyvision key of a composed train config; returns the resolved values the run is built from."""
+def validate_train(cfg: DictConfig, look_outside: bool = True) -> dict[str, Any]:
+    """Check every tinyvision key of a composed train config; returns the resolved values the run is built from.
+    ``look_outside=False`` leaves out what the file system and the network say (a sweep's jobs checked beforehand)."""
     values = to_container(cfg)
     _check_targets(values)
     check(TopLevelSettings, {k: values[k] for k in ("seed", "resume", "paths", "tta", "slurm") if k in values}, "")
@@ -133,8 +134,9 @@ def validate_train(cfg: DictConfig) -> dict[str, Any]:
     if values.get("hparams_search") is not None:
         check(SearchSettings, values["hparams_search"], "hparams_search")
     # Last, once every value is of its kind: what the file system and the network say (nothing is written).
-    boundaries.check_data(values["data"])
-    boundaries.check_loggers(values.get("logger") or {})
+    if look_outside:
+        boundaries.check_data(values["data"])
+        boundaries.check_loggers(values.get("logger") or {})
     return values
 
 

@@ -101,7 +101,7 @@ class SearchSettings(Open):
     resume: str | None = spec("null or a sweep folder", "outputs/multirun/<sweep>", None)
     shared: bool = spec("true or false", True, False)
     heartbeat_seconds: Annotated[float, Field(ge=1)] | PositiveInt = spec("a number of seconds, 1 or more", 10, 10.0)
-    folds: Annotated[int, Field(ge=2)] | None = spec("null or a whole number, 2 or more", 5, None)
+    folds: Annotated[int, Field(ge=2)] | None = spec("null or a whole number of folds, 2 or more", 5, None)
     trial: int | None = spec("set by the sweeper", 0, None)
 
     @field_validator("n_jobs")

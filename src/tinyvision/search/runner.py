@@ -330,10 +330,7 @@ def _job_value(result: JobReturn, metric: str) -> tuple[float | None, str | None
 
 def _check_folds(folds: int, fixed: list[str], space: dict, config: DictConfig) -> None:
     """hparams_search.folds trains every fold itself: the data must have folds, and the command must not pick them."""
-    picked = [key for key in ("data.folds", "data.fold") if key in space or any(_key(o) == key for o in fixed)]
-    if picked:
-        raise ConfigError(f"hparams_search.folds={folds} trains every fold of each trial (data.folds={folds}, data.fold=0 "
-                          f"to {folds - 1}): leave {' and '.join(picked)} out of the command")
+    study_space.refuse_picked_folds(folds, [*fixed, *(f"{key}=" for key in space)])
     if "folds" not in (config.get("data") or {}):
         raise ConfigError(f"hparams_search.folds={folds}: data={config.hydra.runtime.choices.get('data')} has no folds "
                           "(data.folds is a key of the mnist-style and folder datasets): use one of those, or "

@@ -14,6 +14,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from tinyvision.errors import ConfigError
 from tinyvision.hparams import PRUNE_ON, SUMMARY_METRICS
+from tinyvision.schema import one_of
 
 SYNTAX = "choice(a, b), interval(low, high), tag(log, interval(low, high)), int(interval(low, high)) or range(low, high, step)"
 
@@ -92,6 +93,14 @@ def quote(value: Any) -> str:
     return text if re.fullmatch(r"[\w./:@+-]+", text) else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def refuse_picked_folds(folds: Any, overrides: list[str]) -> None:
+    """hparams_search.folds=K sets data.folds and data.fold in each trial's jobs: a command that picks them is refused."""
+    picked = [key for key in ("data.folds", "data.fold") if any(o.split("=", 1)[0].lstrip("+~") == key for o in overrides)]
+    if folds and picked:
+        raise ConfigError(f"hparams_search.folds={folds} trains every fold of each trial (data.folds={folds}, data.fold=0 "
+                          f"to {folds - 1}): leave {' and '.join(picked)} out of the command")
+
+
 def pruning_metric(search: Mapping[str, Any], explicit: bool) -> str | None:
     """What a study's trials report to the pruner: ``prune_on`` as given on the command line (``explicit``), else the one
     that goes the study's way, val/loss when it minimizes and val/acc when it maximizes. The shipped searches set
@@ -112,8 +121,7 @@ def check_settings(search: Mapping[str, Any]) -> None:
     for key, allowed in (("metric", SUMMARY_METRICS), ("prune_on", PRUNE_ON)):
         value = search.get(key)
         if value not in allowed:
-            raise ConfigError(f"hparams_search.{key}={value}: one of {', '.join(map(str, allowed))}, "
-                              f"e.g. hparams_search.{key}={allowed[0]}")
+            raise ConfigError(f"hparams_search.{key}={value}: {one_of(allowed)}, e.g. hparams_search.{key}={allowed[0]}")
         if value and ("loss" in value) == (direction == "maximize"):
             raise ConfigError(
                 f"hparams_search.{key}={value} goes the other way than hparams_search.direction={direction}: "
