@@ -30,9 +30,10 @@ def classification_report(probabilities: Tensor, labels: Tensor, class_names: Se
     num_classes = len(class_names)
     k = min(top_k, num_classes)
     probabilities, labels = probabilities.float().cpu(), labels.long().cpu()
+    predicted = probabilities.argmax(1)  # once: given probabilities, each of the nine calls below would take it again
 
     def per(metric, average):
-        return metric(probabilities, labels, num_classes=num_classes, average=average, validate_args=False)
+        return metric(predicted, labels, num_classes=num_classes, average=average, validate_args=False)
 
     precision, recall, f1 = (per(m, None) for m in (multiclass_precision, multiclass_recall, multiclass_f1_score))
     support = torch.bincount(labels, minlength=num_classes)
