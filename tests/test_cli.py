@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,36 @@ def test_the_config_groups_ship_inside_the_package_and_conf_at_the_root_is_them(
     assert CONF_DIR == Path(tinyvision.__file__).resolve().parent / "conf"
     assert (CONF_DIR / "train.yaml").is_file() and (CONF_DIR / "model" / "lenet.yaml").is_file()
     assert (Path(__file__).resolve().parents[1] / "conf").resolve() == CONF_DIR
+
+
+def test_a_finished_command_runs_its_exit_handlers_then_skips_the_teardown(data_root, tmp_path):
+    """train.py ends with os._exit once done (tinyvision.cli.exit_without_teardown): the atexit handlers still run
+    (one registered by a sitecustomize at start-up, before any of the libraries'), the outputs are whole, the status
+    is 0, and an object freed only by the interpreter's teardown is never freed."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import atexit, pathlib\n"
+        f"folder = pathlib.Path({str(tmp_path)!r})\n"
+        "atexit.register(lambda: (folder / 'atexit_ran').write_text('yes'))\n"
+        "class FreedAtTeardown:\n"
+        "    def __del__(self):\n"
+        "        (folder / 'teardown_ran').write_text('yes')\n"
+        "kept = FreedAtTeardown()\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "trainer=debug", "data=mnist", "data.val_size=50",
+                             f"paths.data_dir={data_root}",
+                             f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "atexit_ran").read_text() == "yes"
+    assert not (tmp_path / "teardown_ran").exists()
+    assert "run dir" in result.stdout  # the summary table, flushed before the exit
+    assert json.loads((run_dir / "metrics.json").read_text())["test/acc"] is not None
+    assert (run_dir / "train.log").read_text().rstrip().endswith(f"run_dir={run_dir}")
+
+
+def test_a_script_run_inside_another_program_returns_instead_of_exiting():
+    from tinyvision.cli import exit_without_teardown
+
+    assert exit_without_teardown() is None  # pytest's process goes on
