@@ -138,8 +138,8 @@ def test_a_finished_command_runs_its_exit_handlers_then_skips_the_teardown(data_
         "kept = FreedAtTeardown()\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     run_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "trainer=debug", "data=mnist", "data.val_size=50",
-                             f"paths.data_dir={data_root}",
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "data=mnist", "data.val_size=50", "trainer.max_epochs=1",
+                             "trainer.limit_train_batches=2", f"paths.data_dir={data_root}",
                              f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "atexit_ran").read_text() == "yes"
@@ -147,6 +147,8 @@ def test_a_finished_command_runs_its_exit_handlers_then_skips_the_teardown(data_
     assert "run dir" in result.stdout  # the summary table, flushed before the exit
     assert json.loads((run_dir / "metrics.json").read_text())["test/acc"] is not None
     assert (run_dir / "train.log").read_text().rstrip().endswith(f"run_dir={run_dir}")
+    events = EventAccumulator(str(next((run_dir / "tensorboard").rglob("events.out.tfevents.*")).parent)).Reload()
+    assert "test/acc" in events.Tags()["scalars"]  # TensorBoard's writer flushed and closed before the exit
 
 
 def test_a_script_run_inside_another_program_returns_instead_of_exiting():

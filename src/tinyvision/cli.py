@@ -76,10 +76,11 @@ def run_script(config_name: str, job: Callable[[Any], Any]) -> None:
 def exit_without_teardown() -> None:
     """End a script that has finished without the interpreter's teardown: with torch, torchvision and Lightning
     imported, freeing every module's objects one by one takes about a second here (BENCHMARKS.md), a tenth of a
-    4-epoch LeNet run and most of a short command. Everything a normal exit does first is done first: the other
-    threads are joined and the atexit handlers run (logging's flush, multiprocessing's children, the libraries'
-    own); then the standard streams are flushed and the process ends with status 0. Only for a process started to
-    run this script (``python train.py ...``): a script run inside another program (a test's runpy) returns."""
+    4-epoch LeNet run and most of a short command. The atexit handlers run first, as at a normal exit (logging's
+    flush, multiprocessing's children, the libraries' own); then the standard streams are flushed and the process
+    ends with status 0. Only for a process started to run this script (``python train.py ...``) whose other threads
+    are all daemons: a script run inside another program (a test's runpy) returns, and so does one with a pool's
+    threads still alive (the joblib launcher's), which the normal exit stops before it joins them."""
     import atexit
     import threading
 
@@ -87,9 +88,8 @@ def exit_without_teardown() -> None:
     scripts = [arg for arg in sys.orig_argv[1:] if arg.endswith(".py")]
     if main_file is None or not scripts or Path(scripts[0]).resolve() != Path(main_file).resolve():
         return
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    if any(thread is not threading.main_thread() and not thread.daemon for thread in threading.enumerate()):
+        return  # a pool's threads (joblib's, concurrent.futures') stop through the normal exit's own hooks: leave it that
     atexit._run_exitfuncs()  # CPython's own call at exit (its only spelling); multiprocessing's children use it too
     for stream in (sys.stdout, sys.stderr):
         try:
