@@ -87,6 +87,11 @@ CASES = [
     # a sweep's bad value is refused before its good values train, as a single run's would be
     ("train", ["-m", "optimizer.lr=0.01,-1"], "optimizer.lr=-1: a positive number, e.g. optimizer.lr=0.01"),
     ("train", ["-m", "data.folds=3", "data.fold=range(5)"], "data.fold=3: a fold from 0 to 2 (data.folds=3)"),
+    ("train", ["-m", "optimizer.lr=choice()"], "optimizer.lr=choice(): cannot be read as KEY=VALUE (ValueError while "
+                                               "evaluating 'choice()': empty choice is not legal)"),
+    ("train", ["-m", "data.batch_size=range(0)"], "data.batch_size=range(0): the range holds no value"),
+    ("train", ["-m", "optimizer.lr=interval(0.001,0.01)"],
+     "optimizer.lr=interval(0.001,0.01): interval() is a range for an Optuna search (add hparams_search=optuna)"),
     ("train", ["-m", "hparams_search=lenet_fashion", "hparams_search.n_trials=0"],
      "hparams_search.n_trials=0: a whole number, 1 or more"),
     ("train", ["-m", "hparams_search=lenet_fashion", "hparams_search.metric=val/accuracy"],

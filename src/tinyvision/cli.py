@@ -250,8 +250,8 @@ def _each_sweep_value(overrides: list[str]) -> list[list[str]]:
     """A multirun's command line as single command lines that together hold every value of every choice
     sweep (ranges and intervals of a search are left out): if they compose, every job's keys and options exist."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
-    from hydra.errors import OverrideParseException
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+    from hydra.errors import HydraException
 
     parser = OverridesParser.create()
     single, choices = [], []
@@ -259,15 +259,23 @@ def _each_sweep_value(overrides: list[str]) -> list[list[str]]:
     for line in overrides:
         try:
             override = parser.parse_override(line)
-        except OverrideParseException as error:
+        except HydraException as error:  # OverrideParseException, and what an empty choice() raises while parsed
             reason = first_line(str(error))
             raise ConfigError(f"{line}: cannot be read as KEY=VALUE ({reason}), e.g. optimizer.lr=0.01") from None
+        key = override.get_key_element()
         if not override.is_sweep_override():
             single.append(line)
+        elif isinstance(override.value(), IntervalSweep) and not searching:
+            raise ConfigError(f"{line}: interval() is a range for an Optuna search (add hparams_search=optuna); a sweep "
+                              f"of runs takes values, e.g. {key}=0.001,0.01 or '{key}=choice(0.001, 0.01)'")
         elif isinstance(override.value(), ChoiceSweep) and override.value().list:
-            choices.append([f"{override.get_key_element()}={_choice_text(v)}" for v in override.value().list])
+            choices.append([f"{key}={_choice_text(v)}" for v in override.value().list])
         elif isinstance(override.value(), RangeSweep) and not searching:  # a grid's range(...): each of its values
-            choices.append([f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()])
+            values = [f"{key}={value}" for value in override.sweep_string_iterator()]
+            if not values:
+                raise ConfigError(f"{line}: the range holds no value, so the sweep would run nothing; "
+                                  f"e.g. '{key}=range(0, 3)'")
+            choices.append(values)
     # Each value of each sweep once, the other sweeps at their first value: every option gets composed.
     firsts = [values[0] for values in choices]
     return [single + firsts] + [single + firsts[:i] + [value] + firsts[i + 1:]
