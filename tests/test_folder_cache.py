@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import write_image_folder
+from tinyvision import image_folders
 from tinyvision.data import folder_cache
 from tinyvision.data.batches import TensorBatches
 from tinyvision.data.datamodule import FolderDataModule
@@ -112,11 +113,93 @@ def test_deep_images_are_scaled_to_8_bit_on_both_paths_in_decode_workers(tmp_pat
     cached.setup("fit")
     per_image = folder_module(root, tmp_path / "cache", cache_max_gb=0, **settings)
     per_image.setup("fit")
-    decoded = folder_cache.load_or_decode(root, folder_cache.image_files(root)[0], 1, (32, 32), tmp_path / "cache", 0)[0]
+    decoded = folder_cache.load_or_decode(root, image_folders.image_files(root, ["ants", "bees"]), 1, (32, 32), tmp_path / "cache", 0)[0]
     index = decoded.files.index(os.path.join("ants", name))
     assert decoded.images[index].unique().tolist() == [expected] and not decoded.bad
     folder = per_image.streamed.datasets["train"]
     while isinstance(folder, torch.utils.data.Subset):
-        folder = folder.dataset  # the ImageFolder under the splits
-    sample = next(i for i, (path, _) in enumerate(folder.samples) if path.endswith(name))
+        folder = folder.dataset  # the listed files under the splits
+    sample = next(i for i, (path, _) in enumerate(folder.samples) if str(path).endswith(name))
     assert folder[sample][0].unique().tolist() == [expected]
+
+
+# ------------------------------------------------------------------------------------ one class map for every split
+def test_every_split_is_labelled_by_the_training_splits_class_folders(tmp_path):
+    """train/{ants,bees,wasps} and test/{ants,wasps}: the test's wasps are class 2, as in training (mapped by the
+    test split's own folders they would be class 1, bees); a test split lacking a class is fine."""
+    root = tmp_path / "images"
+    write_image_folder(root / "train", classes=("ants", "bees", "wasps"), per_class=6)
+    write_image_folder(root / "test", classes=("ants", "wasps"), per_class=3)
+    module = folder_module(root, tmp_path / "cache", num_classes=3, val_size=2)
+    module.setup("fit")
+    assert module.class_names == ["ants", "bees", "wasps"]
+    assert module.splits["test"][1].tolist() == [0, 0, 0, 2, 2, 2]
+
+
+def test_a_test_class_that_training_lacks_is_refused_before_training(tmp_path):
+    root = tmp_path / "images"
+    write_image_folder(root / "train", classes=("cat", "dog"), per_class=4)
+    write_image_folder(root / "test", classes=("cat", "cow"), per_class=2)
+    with pytest.raises(ConfigError, match=r"test/ has class folders that train/ lacks \(cow; train/ has cat, dog\).*"
+                                          r"add train/cow or move test/cow out"):
+        folder_module(root, tmp_path / "cache").prepare_data()
+
+
+def test_linked_folders_and_files_that_are_not_regular_are_not_read(tmp_path):
+    """A link to its own class folder (a loop) is not walked and a FIFO named like an image is not opened: with
+    either, listing the folder would repeat images or block forever. A linked image file is an image."""
+    import signal
+
+    root = tmp_path / "images"
+    write_image_folder(root, per_class=5)
+    (root / "ants" / "loop").symlink_to(root / "ants", target_is_directory=True)
+    os.mkfifo(root / "bees" / "pipe.png")
+    (root / "bees" / "linked.png").symlink_to(root / "ants" / "000.png")
+    signal.alarm(60)  # a regression blocks on the FIFO: fail the test instead of hanging the suite
+    try:
+        for path in (tmp_path / "cache", tmp_path / "cache2"):
+            module = folder_module(root, path, val_size=1, test_size=1, **({} if path.name == "cache" else {"cache_max_gb": 0}))
+            module.setup("fit")
+            count = (sum(len(module.splits[s][0]) for s in ("train", "val", "test")) if module.cached
+                     else sum(len(module.streamed.datasets[s]) for s in ("train", "val", "test")))
+            assert count == 11, path.name  # 5 ants, 5 bees, 1 linked file
+    finally:
+        signal.alarm(0)
+    listed = image_folders.image_files(root, ["ants", "bees"])
+    assert all(image_folders.is_regular_file(path) and "loop" not in path.parts for path, _ in listed)
+
+
+def test_the_class_count_is_read_from_the_folder_unless_given(tmp_path, make_config):
+    from tinyvision.config import validate_train
+
+    root = tmp_path / "images"
+    write_image_folder(root, classes=("ants", "bees", "wasps"), per_class=2)
+    values = validate_train(make_config("data=folder", f"data.root={root}", run_dir=tmp_path / "run"))
+    assert values["data"]["num_classes"] == 3
+    with pytest.raises(ConfigError, match=r"data.num_classes=2 but .* has 3 class folders: set data.num_classes=3"):
+        folder_module(root, tmp_path / "cache", num_classes=2).prepare_data()
+    with pytest.raises(ConfigError, match=r"data.num_classes=null: .*only data=folder counts its classes"):
+        validate_train(make_config("data=mnist", "data.num_classes=null", run_dir=tmp_path / "run2"))
+
+
+def test_a_folder_evaluated_by_a_folder_trained_model_keeps_the_models_class_map(tmp_path, make_config):
+    """eval.py data=folder on another folder: its class folders are the model's classes by name, whatever subset it
+    holds; a class folder the model was not trained on is refused."""
+    from tinyvision.inference import datamodule_for, load_classifier
+    from tinyvision.training import train
+
+    trained_on = tmp_path / "trained_on"
+    write_image_folder(trained_on, classes=("ants", "bees", "wasps"), per_class=6)
+    train(make_config("data=folder", f"data.root={trained_on}", "data.image_size=32", f"data.cache_dir={tmp_path / 'c'}",
+                      "trainer.max_epochs=1", run_dir=tmp_path / "run"))
+    classifier = load_classifier(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    data = dict(classifier.run_config["data"], num_classes=None, test_size=2, cache_dir=str(tmp_path / "c"))
+    only_wasps = tmp_path / "only_wasps"
+    write_image_folder(only_wasps, classes=("bees", "wasps"), per_class=3)
+    module = datamodule_for(classifier, dict(data, root=str(only_wasps)), str(tmp_path))
+    module.setup("test")
+    assert module.class_names == ["ants", "bees", "wasps"] and set(module.splits["test"][1].tolist()) <= {1, 2}
+    with_moths = tmp_path / "with_moths"
+    write_image_folder(with_moths, classes=("ants", "moths"), per_class=3)
+    with pytest.raises(ConfigError, match=r"it has class folders that the checkpoint's model lacks \(moths; .*ants, bees, wasps"):
+        datamodule_for(classifier, dict(data, root=str(with_moths)), str(tmp_path)).setup("test")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tinyvision import image_folders
 from tinyvision.errors import ConfigError
 
 CONNECT_SECONDS = 2.0  # an answer from a server on the same network takes milliseconds; a dead address, forever
@@ -316,16 +317,24 @@ def database_url_problem(url: str) -> str | None:
 
 
 def check_data(data: dict[str, Any]) -> None:
-    """An image folder's cache folder can be made, and the folder holds at least two classes."""
+    """An image folder's cache folder can be made, and the folder holds at least two classes; ``data.num_classes``
+    left null is set to the number of its class folders (YOLO's way: the folder says how many classes it has)."""
     if not str(data.get("_target_", "")).endswith("FolderDataModule"):
         return
     if data.get("cache_dir"):
         output_folder("data.cache_dir", data["cache_dir"], example="data/cache")
     root = Path(str(data.get("root")))
     if not root.is_dir():
+        if data.get("num_classes") is None:
+            raise ConfigError(f"data.root={data.get('root')} does not exist: point data.root at a directory with one "
+                              "subfolder of images per class (optionally inside train/ and test/)")
         return  # the data module names a missing folder
-    base = root / "train" if (root / "train").is_dir() and (root / "test").is_dir() else root
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+    classes = image_folders.class_folders(image_folders.split_roots(root)["train"])
     if len(classes) == 1:
         raise ConfigError(f"data.root={data.get('root')} has one class folder ({classes[0]}): a classifier needs at least two "
                           "class folders, one per class, each holding that class's images: add a folder for each other class")
+    if data.get("num_classes") is None:
+        if not classes:
+            raise ConfigError(f"data.root={data.get('root')} has no class subfolders: put the images of each class in a "
+                              "subfolder")
+        data["num_classes"] = len(classes)

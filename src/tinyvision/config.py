@@ -107,11 +107,6 @@ def validate_train(cfg: DictConfig, look_outside: bool = True) -> dict[str, Any]
     _check_targets(values)
     check(TopLevelSettings, {k: values[k] for k in ("seed", "resume", "paths", "tta", "slurm") if k in values}, "")
     check(LossSettings, values.get("loss") or {}, "loss")
-    weights = (values.get("loss") or {}).get("class_weights")
-    if isinstance(weights, list) and len(weights) != values["data"].get("num_classes"):
-        count = values["data"].get("num_classes")
-        raise ConfigError(f"loss.class_weights={show(weights)}: one weight per class ({count} for data.num_classes={count}), "
-                          f"e.g. loss.class_weights=auto")
     check(by_target(values["model"], settings_by_target(), ModelSettings), values["model"], "model")
     check(DataSettings, values["data"], "data")
     check(by_target(values["optimizer"], OPTIMIZERS, Optimizer), values["optimizer"], "optimizer")
@@ -135,8 +130,13 @@ def validate_train(cfg: DictConfig, look_outside: bool = True) -> dict[str, Any]
         check(SearchSettings, values["hparams_search"], "hparams_search")
     # Last, once every value is of its kind: what the file system and the network say (nothing is written).
     if look_outside:
-        boundaries.check_data(values["data"])
+        boundaries.check_data(values["data"])  # also counts a folder's classes where data.num_classes is null
         boundaries.check_loggers(values.get("logger") or {})
+    weights = (values.get("loss") or {}).get("class_weights")
+    count = values["data"].get("num_classes")
+    if isinstance(weights, list) and count is not None and len(weights) != count:
+        raise ConfigError(f"loss.class_weights={show(weights)}: one weight per class ({count} for data.num_classes={count}), "
+                          f"e.g. loss.class_weights=auto")
     return values
 
 

@@ -81,7 +81,7 @@ def datamodule_for(classifier: ImageClassifier, data: dict[str, Any] | None, dat
         raise ConfigError("the checkpoint holds no data config: choose a dataset with data=mnist|fashion|cifar10|folder")
     if data is None and "root" in settings and settings.get("dataset"):
         settings["root"] = data_dir  # tensor datasets are looked up under this machine's data dir
-    if settings.get("num_classes", trained["num_classes"]) != trained["num_classes"]:
+    if settings.get("num_classes") not in (None, trained["num_classes"]):
         raise ConfigError(
             f"data.num_classes={settings['num_classes']} but the checkpoint's model has {trained['num_classes']} classes: "
             "evaluate on a dataset with the same classes"
@@ -89,6 +89,9 @@ def datamodule_for(classifier: ImageClassifier, data: dict[str, Any] | None, dat
     for key in ("channels", "image_size", "num_classes"):
         settings[key] = trained[key]
     settings["test_every_epoch"] = False
+    folder = "FolderDataModule"
+    if str(settings.get("_target_", "")).endswith(folder) and str((saved or {}).get("_target_", "")).endswith(folder):
+        settings["model_classes"] = [str(name) for name in classifier.class_names]  # the class map it was trained with
     return hydra.utils.instantiate(data_module_settings(settings), _convert_="all")
 
 

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
+from tinyvision import image_folders
 from tinyvision.data import sources
 from tinyvision.data.augment import AugmentSettings, mix_batch, padding_ltrb
 from tinyvision.data.batches import IndexSampler, TensorBatches
@@ -247,50 +248,62 @@ class FolderDataModule(TensorDataModule):
     """
 
     def __init__(self, root: str, test_size: float | int = 0.2, num_workers: int = 2, cache_max_gb: float | None = None,
-                 skip_bad_images: bool = True, cache_dir: str = "data/cache", **kwargs):
+                 skip_bad_images: bool = True, cache_dir: str = "data/cache", model_classes: list[str] | None = None,
+                 **kwargs):
         super().__init__(dataset="folder", root=str(root), **kwargs)
+        # a trained model's classes (eval.py on a folder): the class map, instead of the folder's train/
+        self.model_classes = list(model_classes) if model_classes else None
         self.root, self.test_size, self.num_workers = Path(root), test_size, num_workers
         self.cache_max_gb, self.skip_bad_images, self.cache_dir = cache_max_gb, skip_bad_images, Path(cache_dir)
         self.streamed: StreamedFolder | None = None  # the per-image path, when the decoded folder does not fit the cache
         self.skipped: list[tuple[str, str]] = []
 
-    def _class_root(self, split: str = "train") -> Path:
-        if (self.root / "train").is_dir() and (self.root / "test").is_dir():
-            return self.root / split
-        return self.root
-
     def prepare_data(self) -> None:
         self.check_folder()
 
     def check_folder(self) -> list[str]:
-        """Fail early, naming the folder, when the directory is missing or a class has no images."""
-        from torchvision.datasets.folder import IMG_EXTENSIONS
-
+        """The class names, from the training split's class folders (the one class map of every split); fails early,
+        naming the folder, when the directory is missing, a training class has no images, or the test split has a
+        class that training lacks (its images could only be scored as some other class)."""
         if not self.root.is_dir():
             raise ConfigError(
                 f"data.root={self.root} does not exist: point data.root at a directory with one subfolder "
                 "of images per class (optionally inside train/ and test/)"
             )
-        splits = ["train", "test"] if self._class_root() != self.root else [None]
-        classes: list[str] = []
-        for split in splits:
-            base = self.root / split if split else self.root
-            class_dirs = sorted(p for p in base.iterdir() if p.is_dir())
-            if not class_dirs:
-                raise ConfigError(f"data.root={base} has no class subfolders: put the images of each class in a subfolder")
-            for class_dir in class_dirs:
-                if not any(f.suffix.lower() in IMG_EXTENSIONS for f in class_dir.rglob("*") if f.is_file()):
-                    raise ConfigError(
-                        f"class folder {class_dir} holds no images (allowed: {', '.join(IMG_EXTENSIONS)}): "
-                        "add images or remove the folder"
-                    )
-            classes = classes or [p.name for p in class_dirs]
+        roots = image_folders.split_roots(self.root)
+        if self.model_classes is not None:
+            self._refuse_unknown_classes(roots, self.model_classes, "the checkpoint's model")
+            return self.model_classes
+        classes = image_folders.class_folders(roots["train"])
+        if not classes:
+            raise ConfigError(f"data.root={roots['train']} has no class subfolders: put the images of each class in a subfolder")
+        for name in classes:
+            if not image_folders.holds_an_image(roots["train"] / name):
+                raise ConfigError(
+                    f"class folder {roots['train'] / name} holds no images (allowed: {', '.join(image_folders.IMAGE_SUFFIXES)}): "
+                    "add images or remove the folder"
+                )
+        if "test" in roots:
+            self._refuse_unknown_classes({"test": roots["test"]}, classes, "train/")
         if len(classes) != self.num_classes:
             raise ConfigError(
                 f"data.num_classes={self.num_classes} but {self.root} has {len(classes)} class folders: "
-                f"set data.num_classes={len(classes)}"
+                f"set data.num_classes={len(classes)}, or leave it out (data.num_classes=null counts the class folders)"
             )
         return classes
+
+    def _refuse_unknown_classes(self, roots: dict[str, Path], classes: list[str], source: str) -> None:
+        """Images of a class that ``classes`` lacks could only be scored as some other class: refused."""
+        for split, root in roots.items():
+            unknown = [name for name in image_folders.class_folders(root) if name not in classes]
+            if unknown:
+                place = f"{split}/" if root != self.root else "it"
+                raise ConfigError(
+                    f"data.root={self.root}: {place} has class folders that {source} lacks ({', '.join(unknown)}; "
+                    f"{source} has {', '.join(classes)}): a class needs training images to be predicted; "
+                    + (f"add train/{unknown[0]} or move {split}/{unknown[0]} out" if source == "train/"
+                       else f"move {unknown[0]}/ out, or evaluate with a model trained on it")
+                )
 
     @property
     def cached(self) -> bool:
@@ -302,10 +315,8 @@ class FolderDataModule(TensorDataModule):
         from tinyvision.data import folder_cache
 
         self.class_names = self.check_folder()
-        roots = {"train": self._class_root("train")}
-        if roots["train"] != self.root:
-            roots["test"] = self._class_root("test")
-        samples = {split: folder_cache.image_files(root)[0] for split, root in roots.items()}
+        roots = image_folders.split_roots(self.root)
+        samples = {split: image_folders.image_files(root, self.class_names) for split, root in roots.items()}
         count = sum(len(s) for s in samples.values())
         need = folder_cache.decoded_bytes(count, self.channels, self.hw)
         budget = int(self.cache_max_gb * 1e9) if self.cache_max_gb is not None else folder_cache.default_budget_bytes(self._device())
@@ -313,7 +324,7 @@ class FolderDataModule(TensorDataModule):
             log.info("data=folder: %d images decoded would take %.2f GB, over data.cache_max_gb=%s (%.2f GB): decoding them "
                      "per image in DataLoader workers every epoch; raise data.cache_max_gb to decode them once",
                      count, need / 1e9, self.cache_max_gb if self.cache_max_gb is not None else "null", budget / 1e9)
-            self.streamed = StreamedFolder(roots, self.channels, self.hw)
+            self.streamed = StreamedFolder(samples, self.channels, self.hw)
             self._report_bad(self.streamed.bad)
             index = self.carve(len(self.streamed.train), str(self.root), torch.Generator().manual_seed(self.seed),
                                None if self.streamed.test is not None else self.test_size,
@@ -349,35 +360,31 @@ class FolderDataModule(TensorDataModule):
 
 
 class StreamedFolder:
-    """A folder too large to hold decoded: torchvision ImageFolder datasets decoded per image in DataLoader workers,
-    with the cache's transforms (the same images as decoding once would give). Unreadable files are left out and
-    listed in ``bad``; ``split`` cuts the splits the data module carved."""
+    """A folder too large to hold decoded: its images decoded per image in DataLoader workers, with the cache's
+    transforms (the same images as decoding once would give). Unreadable files are left out and listed in ``bad``;
+    ``split`` cuts the splits the data module carved."""
 
-    def __init__(self, roots: dict[str, Path], channels: int, hw: tuple[int, int]):
-        from torchvision import datasets
-
-        from tinyvision.data.folder_cache import open_image, transform_for
+    def __init__(self, samples: dict[str, list[tuple[Path, int]]], channels: int, hw: tuple[int, int]):
+        from tinyvision.data.folder_cache import transform_for
 
         self.bad: list[tuple[str, str]] = []
         transform = transform_for(channels, hw)
-        self.train = datasets.ImageFolder(str(roots["train"]), transform=transform, loader=open_image, is_valid_file=self._readable)
-        self.test = (datasets.ImageFolder(str(roots["test"]), transform=transform, loader=open_image, is_valid_file=self._readable)
-                     if "test" in roots else None)
+        self.train = ImageFiles(self._readable(samples["train"]), transform)
+        self.test = ImageFiles(self._readable(samples["test"]), transform) if "test" in samples else None
         self.datasets: dict[str, torch.utils.data.Dataset] = {}
 
-    def _readable(self, path: str) -> bool:
+    def _readable(self, samples: list[tuple[Path, int]]) -> list[tuple[Path, int]]:
         from PIL import Image
-        from torchvision.datasets.folder import IMG_EXTENSIONS
 
-        if not path.lower().endswith(IMG_EXTENSIONS):
-            return False
-        try:
-            with Image.open(path) as image:
-                image.verify()  # the header and structure, without decoding every pixel
-            return True
-        except Exception as error:
-            self.bad.append((path, f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"))
-            return False
+        kept = []
+        for path, label in samples:
+            try:
+                with Image.open(path) as image:
+                    image.verify()  # the header and structure, without decoding every pixel
+                kept.append((path, label))
+            except Exception as error:
+                self.bad.append((str(path), f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"))
+        return kept
 
     def split(self, index: dict[str, Tensor]) -> None:
         self.datasets = {split: torch.utils.data.Subset(self.train, rows.tolist()) for split, rows in index.items()}
@@ -388,6 +395,24 @@ class StreamedFolder:
         return torch.utils.data.DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                                            persistent_workers=num_workers > 0,
                                            generator=torch.Generator().manual_seed(seed) if shuffle else None)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """(image, label) of listed files, decoded with ``transform`` when asked (ImageFolder's job, over the folder's one
+    class map: tinyvision.image_folders)."""
+
+    def __init__(self, samples: list[tuple[Path, int]], transform):
+        self.samples, self.transform = samples, transform
+        self.targets = [label for _, label in samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        from tinyvision.data.folder_cache import open_image
+
+        path, label = self.samples[index]
+        return self.transform(open_image(str(path))), label
 
 
 def data_module_settings(data: Any) -> dict[str, Any]:
@@ -411,7 +436,7 @@ class DataSettings(Section):
     image_size: ImageSide | Annotated[list[ImageSide], Field(min_length=2, max_length=2)] = spec(
         f"a size in pixels from 1 to {MAX_IMAGE_SIDE}, or [height, width]", 32
     )
-    num_classes: int = spec("a whole number, 2 or more", 10, ge=2)
+    num_classes: int | None = spec("a whole number, 2 or more (data=folder: or null, the number of class folders)", 10, ge=2)
     mean: Annotated[list[float], Field(min_length=1)] = spec("one number, or one per channel", "[0.5]")
     std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = spec(
         "one positive number, or one per channel (0 would divide by zero)", "[0.25]"
@@ -461,6 +486,13 @@ class DataSettings(Section):
                                    f"{MAX_IMAGE_SIDE}×{MAX_IMAGE_SIDE} images is already {largest:.1f} GB as the model's "
                                    "input; a larger side is a typo, or needs tiling rather than resizing", 224)
         return value
+
+    @model_validator(mode="after")
+    def _counted_only_in_a_folder(self):
+        if self.num_classes is None and not self.target.endswith("FolderDataModule"):
+            raise ConfigValueError("num_classes", None, "a whole number, 2 or more: only data=folder counts its classes "
+                                   "(its class folders)", 10)
+        return self
 
     @model_validator(mode="after")
     def _fold_of_the_folds(self):

@@ -31,16 +31,6 @@ class Decoded:
     bad: list[tuple[str, str]]  # (file, reason) of those that could not be decoded
 
 
-def image_files(root: Path) -> list[tuple[Path, int, list[str]]]:
-    """Every image under ``root``'s class subfolders as (path, class index), and the class names; the
-    order and the class indices are torchvision ImageFolder's."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-
-    classes, class_to_index = find_classes(str(root))
-    samples = make_dataset(str(root), class_to_index, extensions=IMG_EXTENSIONS)
-    return [(Path(path), label) for path, label in samples], classes
-
-
 class EightBit:
     """A transform step: any PIL image as 8-bit grey or RGB (photos.eight_bit); a class, so workers can pickle it."""
 
