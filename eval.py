@@ -48,7 +48,7 @@ def evaluate(cfg: DictConfig) -> dict:
     }
     write_json(f"{run_dir}/metrics.json", metrics)
     write_per_class_csv(Path(run_dir) / PER_CLASS_FILE, report.report)
-    figure = confusion_figure(report.confusion_matrix, names, f"test accuracy {metrics['test/acc']:.2%}")
+    figure = confusion_figure(report.confusion_matrix, names, f"test accuracy {metrics['test/acc']:.2%}", normalized=True)
     figure.savefig(f"{run_dir}/confusion_matrix.png", dpi=120)
     show(metrics, report.confusion_matrix, run_dir)
     return metrics

@@ -96,3 +96,12 @@ def test_a_users_model_given_a_key_it_does_not_take_is_one_line_naming_the_key()
     with pytest.raises(ConfigError, match=rf"^model.widths=\[24, 48, 96, 96\]: {target} takes no argument widths: remove it"):
         build_model({"_target_": target, "widths": [24, 48, 96, 96]}, 1, 10, 28)
 
+
+
+def test_each_run_picture_can_be_left_out(make_config, tmp_path):
+    from tinyvision.training import train
+
+    run_dir = tmp_path / "run"
+    train(make_config("callbacks=default", "callbacks.run_pictures.results=false", "callbacks.pictures=null",
+                      "callbacks.progress_bar=null", "logger=none", "trainer.max_epochs=1", "data.val_size=100", run_dir=run_dir))
+    assert (run_dir / "confusion_matrix.png").stat().st_size > 10_000 and not (run_dir / "results.png").exists()

@@ -176,3 +176,20 @@ def test_a_sweep_writes_a_summary_with_one_row_per_job(shapes_root, tmp_path):
     assert params["model"] == "mlp" and params["model/hidden"] == "[128, 64]"
     assert (sweep / "summary.png").stat().st_size > 1000 and "| rank |" in (sweep / "summary.md").read_text()
     assert "sweep" in result.stdout and "summary.md" in result.stdout
+
+
+def test_the_run_folder_holds_its_curves_and_the_tests_confusion_matrix_as_pictures(shapes_run):
+    """results.png and confusion_matrix.png, readable without a server; the curves drawn are metrics.json's history."""
+    from PIL import Image
+
+    from tinyvision.pictures import results_figure
+
+    with Image.open(shapes_run / "results.png") as results, Image.open(shapes_run / "confusion_matrix.png") as matrix:
+        assert results.size == (1100, 440) and matrix.size[0] == 2 * matrix.size[1]  # two panels each
+    metrics = json.loads((shapes_run / "metrics.json").read_text())
+    loss_axes, acc_axes = results_figure(metrics["history"], metrics).axes
+    drawn = {line.get_label(): list(line.get_ydata()) for line in acc_axes.get_lines()}
+    assert drawn["val"] == [row["val/acc"] for row in metrics["history"]] and len(drawn["val"]) == 4
+    assert drawn["train"] == [row["train/acc"] for row in metrics["history"]]
+    assert drawn[f"test (best checkpoint) {metrics['test/acc']:.4f}"] == [metrics["test/acc"]]
+    assert [list(line.get_ydata()) for line in loss_axes.get_lines()][1] == [row["val/loss"] for row in metrics["history"]]

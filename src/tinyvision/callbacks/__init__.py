@@ -7,7 +7,7 @@
 - record.py: ``RunRecord``, the per-epoch history and timings of metrics.json, and the at-chance warning
 - test_report.py: ``TestReport``, the final test's per-class report and PR curves
 - ema.py: ``EMA`` with its warm-up (``exponential_moving_average`` builds it, or none at decay 0)
-- pictures.py: ``TensorBoardPictures``
+- pictures.py: ``TensorBoardPictures`` and ``RunPictures`` (results.png, confusion_matrix.png in the run folder)
 - hyperparameters.py: ``LogHyperparameters`` and ``RememberMlflowRun``, what the loggers get beside metrics
 - lightning_settings.py: the settings checked of Lightning's ModelCheckpoint and EarlyStopping
 - fit_checks.py: ``FitChecks``, settings only the data's size can refuse, checked before the first step
@@ -20,12 +20,12 @@ from tinyvision.callbacks.hyperparameters import LogHyperparameters, RememberMlf
 from tinyvision.callbacks.lightning_settings import LIGHTNING_CALLBACK_SETTINGS, MonitorSettings
 from tinyvision.callbacks.lookup import find_callback
 from tinyvision.callbacks.loss_check import StopOnNonFiniteLoss
-from tinyvision.callbacks.pictures import TensorBoardPictures
+from tinyvision.callbacks.pictures import RunPictures, TensorBoardPictures
 from tinyvision.callbacks.progress import ProgressBar
 from tinyvision.callbacks.record import RunRecord, chance_warning
 from tinyvision.callbacks.stop_on_signal import RunInterrupted, StopOnSignal
 from tinyvision.callbacks.test_report import TestReport
 
 __all__ = ["EMA", "LIGHTNING_CALLBACK_SETTINGS", "FitChecks", "LastCheckpoint", "LogHyperparameters", "MonitorSettings", "ProgressBar",
-           "RememberMlflowRun", "ResumableRandomState", "RunInterrupted", "RunRecord", "StopOnNonFiniteLoss", "StopOnSignal",
+           "RememberMlflowRun", "ResumableRandomState", "RunInterrupted", "RunPictures", "RunRecord", "StopOnNonFiniteLoss", "StopOnSignal",
            "TensorBoardPictures", "TestReport", "WarmedUpDecay", "chance_warning", "exponential_moving_average", "find_callback"]

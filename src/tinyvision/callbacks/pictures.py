@@ -1,7 +1,9 @@
-"""Pictures of a run in TensorBoard: training inputs, the confusion matrix, misclassified images, per-class accuracy."""
+"""Pictures of a run: in TensorBoard training inputs, the confusion matrix, misclassified images and per-class accuracy
+every epoch; in the run folder the results curves and the test's confusion matrix."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import lightning as L
@@ -11,8 +13,9 @@ from torch import Tensor
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 from torchvision.utils import make_grid
 
+from tinyvision.files import replacing
 from tinyvision.loggers import tensorboard_writer
-from tinyvision.pictures import as_picture, confusion_figure, labelled_grid_figure
+from tinyvision.pictures import as_picture, confusion_figure, labelled_grid_figure, results_figure
 from tinyvision.schema import Target, spec
 
 
@@ -91,3 +94,42 @@ class TensorBoardPictures(L.Callback):
         images, predicted, true = (torch.cat(parts).cpu() for parts in zip(*self._candidates))
         wrong = (predicted != true).nonzero().flatten()[: self.misclassified]
         return (images[wrong], predicted[wrong], true[wrong]) if len(wrong) else None
+
+
+class RunPictures(L.Callback):
+    """After the final test, pictures in the run folder that need no server: ``results.png`` (loss and accuracy per
+    epoch, training and validation, and the test) and ``confusion_matrix.png`` (the test's counts and their shares of
+    each true class). Written once, by rank 0, each whole or not at all."""
+
+    class Settings(Target):  # callbacks.run_pictures; defaults: __init__'s
+        dirpath: str = spec("a directory path", "outputs/runs/<run>")
+        results: bool = spec("true or false", True)
+        confusion_matrix: bool = spec("true or false", True)
+
+    def __init__(self, dirpath: str, results: bool = True, confusion_matrix: bool = True):
+        self.dirpath, self.results, self.confusion_matrix = Path(dirpath), results, confusion_matrix
+        self.written: list[Path] = []
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        from tinyvision.callbacks.lookup import find_callback
+        from tinyvision.callbacks.record import RunRecord
+        from tinyvision.callbacks.test_report import TestReport
+
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        figures = {}
+        if self.results:
+            record = find_callback(trainer, RunRecord)
+            test = {key: float(trainer.callback_metrics[key]) for key in ("test/loss", "test/acc") if key in trainer.callback_metrics}
+            figures["results.png"] = results_figure(record.history if record is not None else [], test)
+        report = find_callback(trainer, TestReport)
+        if self.confusion_matrix and report is not None and report.confusion_matrix is not None:
+            accuracy = trainer.callback_metrics.get("test/acc")
+            title = f"test accuracy {float(accuracy):.2%}" if accuracy is not None else "test"
+            figures["confusion_matrix.png"] = confusion_figure(report.confusion_matrix, [str(n) for n in pl_module.class_names],
+                                                               title, normalized=True)
+        for name, figure in figures.items():
+            with replacing(self.dirpath / name) as partial:
+                figure.savefig(partial, dpi=110, format="png")
+            figure.clf()
+            self.written.append(self.dirpath / name)
