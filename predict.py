@@ -64,10 +64,10 @@ def predict(cfg: DictConfig) -> list[dict]:
         })
     if len(problems) == len(files):  # nothing to show: the input, not some files of it, is wrong
         raise ConfigError(unreadable_inputs(cfg.inputs, problems))
+    if output is not None:  # the result first: the console may be gone (| true), the file must not be lost with it
+        write_json(output, {"ckpt_path": str(cfg.ckpt_path), "predictions": rows})
     base = Path(cfg.inputs) if Path(cfg.inputs).is_dir() else Path(cfg.inputs).parent
     show(rows, base)
-    if output is not None:
-        write_json(output, {"ckpt_path": str(cfg.ckpt_path), "predictions": rows})
     return rows
 
 

@@ -12,7 +12,7 @@ from tinyvision.callbacks import RunInterrupted
 from tinyvision.checkpoints import config_for_resume
 from tinyvision.cli import report, run_script
 from tinyvision.errors import ConfigError, TinyVisionError
-from tinyvision.files import FAILURE_FILE, write_json
+from tinyvision.files import FAILURE_FILE, METRICS_FILE, PRUNED_FILE, write_json
 from tinyvision.summary import print_summary
 from tinyvision.training import train
 
@@ -63,14 +63,17 @@ def exit_interrupted(cfg: DictConfig, stop: RunInterrupted) -> None:
         log.warning("stopped by %s; %s holds the step reached: resume with  python train.py resume=%s",
                     stop, stop.checkpoint, run_dir)
     else:
-        log.warning("stopped by %s before the first checkpoint: nothing to resume in %s", stop, run_dir)
+        log.warning("stopped by %s before the run's first checkpoint: no checkpoint was written in %s, start the run "
+                    "anew", stop, run_dir)
     sys.exit(stop.exit_status)
 
 
 def record_failure(cfg: DictConfig, error: Exception) -> dict[str, str]:
     """In a sweep a failed job is recorded in its folder and the others go on; the summary lists it."""
     message = str(error) if isinstance(error, TinyVisionError) else f"{type(error).__name__}: {error}"
-    write_json(Path(cfg.paths.output_dir) / FAILURE_FILE, {"error": message})
+    run_dir = Path(cfg.paths.output_dir)
+    if not (run_dir / METRICS_FILE).exists() and not (run_dir / PRUNED_FILE).exists():  # never over another run's record
+        write_json(run_dir / FAILURE_FILE, {"error": message})
     return {"status": "failed", "error": message}
 
 

@@ -6,6 +6,7 @@ own config, which must stay clean):
     python tests/faults.py int-at-step N train.py ARGS...       # SIGINT during training step N (Ctrl+C)
     python tests/faults.py usr1-at-step N train.py ARGS...      # SIGUSR1 during training step N (SLURM's warning)
     python tests/faults.py int-in-test N train.py ARGS...       # SIGINT during batch N of the final test (usr1-in-test too)
+    python tests/faults.py term-in-test N eval.py ARGS...       # SIGTERM during batch N of a test (eval.py's, train.py's)
     python tests/faults.py nan-at-step N train.py ARGS...       # a NaN weight before training step N+1
     python tests/faults.py kill-during-save N train.py ARGS...  # SIGKILL halfway through the N-th checkpoint write
     python tests/faults.py kill-in-trial N train.py -m ARGS...  # SIGKILL the sweep at trial N's 2nd training step
@@ -95,7 +96,8 @@ if __name__ == "__main__":
     faults = {"kill-at-step": kill_at_step, "term-at-step": signal_at_step(signal.SIGTERM),
               "int-at-step": signal_at_step(signal.SIGINT),
               "usr1-at-step": signal_at_step(signal.SIGUSR1), "usr2-at-step": signal_at_step(signal.SIGUSR2),
-              "int-in-test": signal_in_test(signal.SIGINT), "usr1-in-test": signal_in_test(signal.SIGUSR1),
+              "int-in-test": signal_in_test(signal.SIGINT), "term-in-test": signal_in_test(signal.SIGTERM),
+              "usr1-in-test": signal_in_test(signal.SIGUSR1),
               "nan-at-step": nan_at_step, "kill-during-save": kill_during_save,
               "kill-in-trial": kill_in_trial}
     faults[mode](int(number))

@@ -10,6 +10,7 @@ main; ``report`` prints those. Real bugs keep their traceback: only ``TinyVision
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ from typing import Any
 
 from tinyvision import slurm
 from tinyvision.errors import ConfigError, TinyVisionError
+from tinyvision.files import CLAIM_FILE
 
 # The package's own config groups (conf/ at the checkout's root links here), so an installed tinyvision has them too.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -55,22 +57,172 @@ def run_script(config_name: str, job: Callable[[Any], Any]) -> None:
     """What each of the five scripts runs: its command line prechecked (``precheck``: one line and exit 2 when Hydra
     cannot compose it; the output folder claimed), then ``job`` under Hydra's main with conf/``config_name``.yaml.
     A TinyVisionError from ``job`` ends in its one line and exit status 2; what ``job`` returns goes to Hydra (a
-    sweeper reads a multirun job's result)."""
+    sweeper reads a multirun job's result). The console may go away (``keep_console_optional``), and a stop signal
+    ends the command with 128 + its number (``note_stop_signals``), wherever it lands."""
     import functools
 
     import hydra
 
-    sys.argv[1:] = precheck(config_name, sys.argv[1:])
+    keep_console_optional()
+    note_stop_signals()
+    release_claims()  # a script run again in this process (a test's runpy) claims anew
+    try:
+        sys.argv[1:] = precheck(config_name, sys.argv[1:])
 
-    @functools.wraps(job)  # Hydra names the job (and its log file) after the script whose function this wraps
-    def main(cfg):
-        try:
-            return job(cfg)
-        except TinyVisionError as error:
-            exit_bad_input(error)
+        @functools.wraps(job)  # Hydra names the job (and its log file) after the script whose function this wraps
+        def main(cfg):
+            try:
+                return job(cfg)
+            except TinyVisionError as error:
+                exit_bad_input(error)
 
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(main)()
+        hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(main)()
+    except BaseException as error:
+        signum = _stopped_by(error)
+        if signum is None:
+            raise
+        if isinstance(error, SystemExit) and error.code == 128 + signum:
+            raise  # the command said where it stopped (train.py: the checkpoint and the resume command)
+        _say_stopped(config_name, signum)
+        sys.exit(128 + signum)
     exit_without_teardown()  # reached only when the script finished: an error or a signal exits the usual way
+
+
+# ---------------------------------------------------------------------------------------------- signals, console
+_MAIN_PID: list[int] = []  # the process that noted the signals (forked data-loader workers keep the default action)
+_SIGNALLED: list[int] = []  # SIGTERM or SIGINT received by this command
+
+
+class CommandStopped(BaseException):
+    """SIGTERM outside a Lightning loop (which stops at the step's end by itself): the command stops where it is."""
+
+
+def note_stop_signals() -> None:
+    """SIGTERM and SIGINT are noted for the exit status (143, 130: as a shell reports a process the signal ended), and
+    the command stops: inside Lightning's loops at the end of the step under way (Lightning's SIGTERM handler runs
+    first and calls this one after it; train.py's StopOnSignal takes SIGINT during fit and test), elsewhere at once.
+    Lightning turns both into exits of its own (SIGTERM: SystemExit 0; Ctrl+C: 1), which would tell a scheduler that
+    the work was done or had failed; ``run_script`` ends such a command with the signal's status instead."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    _MAIN_PID[:] = [os.getpid()]
+    _SIGNALLED.clear()
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+    signal.signal(signal.SIGINT, _on_stop_signal)
+
+
+def _on_stop_signal(signum, frame) -> None:
+    import signal
+
+    if os.getpid() not in _MAIN_PID:  # a forked worker: the signal's default action, as before
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    _SIGNALLED.append(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt  # Python's own action; Lightning and StopOnSignal answer it
+    if type(signal.getsignal(signal.SIGTERM)).__name__ == "_HandlersCompose":
+        return  # Lightning's handler ran before this one: its loop stops after the step under way
+    raise CommandStopped(signal.Signals(signum).name)
+
+
+def _stopped_by(error: BaseException) -> int | None:
+    """The stop signal behind an exception that ends a command, or None."""
+    import signal
+
+    if _SIGNALLED:
+        return _SIGNALLED[-1]
+    lightning = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    if lightning is not None and isinstance(error, lightning.SIGTERMException):
+        return signal.SIGTERM
+    return None
+
+
+def _say_stopped(config_name: str, signum: int) -> None:
+    """The line a stopped command leaves (log file and console): what it did not finish, and that nothing was
+    promised: train.py names the checkpoint only when one was written."""
+    import signal
+
+    from tinyvision.files import LAST_CHECKPOINT
+
+    name = signal.Signals(signum).name
+    script = "find_lr" if config_name == "lr_find" else config_name
+    from hydra.core.hydra_config import HydraConfig
+
+    folder = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else \
+        next((folder for folder, _ in _CLAIMED), None)
+    if config_name == "train" and folder is not None and (folder / LAST_CHECKPOINT).is_file():
+        message = (f"stopped by {name}; {folder / LAST_CHECKPOINT} holds the last checkpoint written: resume with  "
+                   f"python train.py resume={folder}")
+    elif config_name == "train":
+        message = f"stopped by {name} before the run's first checkpoint: no checkpoint was written, start the run anew"
+    else:
+        message = f"stopped by {name} before {script}.py finished: its results were not all written; run it again"
+    log_to_file(message, logging.WARNING)
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+class _DroppableStream:
+    """sys.stdout or sys.stderr whose reader may go away (``| head``, a closed terminal): the first failed write points
+    the file descriptor at /dev/null, and the command goes on without its console; what it writes to files is its
+    result, and its exit status is its own. Rich's own answer to a broken pipe is SystemExit(1), and print's an
+    exception that ends the run."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            self._drop()
+            return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            self._drop()
+
+    def _drop(self) -> None:
+        import contextlib
+
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())  # what is still buffered, and any later write, goes nowhere
+            os.close(null)
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def keep_console_optional() -> None:
+    """Standard streams that are closed at the start (``2>&-``) or whose reader leaves later drop their output."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:  # closed: /dev/null in its place, so that no file opened later takes its number
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        stream = getattr(sys, name)
+        if stream is None:  # Python started without it
+            stream = open(os.devnull, "w")  # noqa: SIM115  (the process's stream, open until its end)
+        if not isinstance(stream, _DroppableStream):
+            setattr(sys, name, _DroppableStream(stream))
 
 
 def exit_without_teardown() -> None:
@@ -133,7 +285,8 @@ def precheck(config_name: str, argv: list[str]) -> list[str]:
         exit_bad_input(error)
 
 
-_CLAIMED: list[Path] = []  # the output folder this process created, for discard_claimed_output
+_CLAIMED: list[tuple[Path, bool]] = []  # the output folder this process claimed, and whether it created it
+_LOCKS: list[int] = []  # open claim files, each flock-ed while this process lives (the kernel lets go at its end)
 
 
 def holds_run(folder: Path) -> bool:
@@ -142,32 +295,53 @@ def holds_run(folder: Path) -> bool:
 
 
 def claim_output_dir(config_name: str, argv: list[str], overrides: list[str], multirun: bool) -> list[str]:
-    """The command line with the output folder (a sweep's with -m) pinned to one this process has just created with
-    an exclusive mkdir: two runs started in the same second get two folders (the second named ..._2). A folder given
-    with hydra.run.dir that already holds a run is refused before Hydra writes its .hydra/ and log into it; a resume
-    continues in its own folder."""
+    """The command line with the output folder (a sweep's with -m) pinned to one this process owns: created with an
+    exclusive mkdir, or found empty, then claimed with an O_EXCL claim file that it keeps locked while it runs; two
+    commands started in the same second get two folders (the second named ..._2). A folder given with hydra.run.dir or
+    hydra.sweep.dir that holds anything (another run's or sweep's record, another command's files) is refused before
+    Hydra writes its .hydra/ and log into it; a resume continues in its own folder, once its checks have passed."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = next((arg.split("=", 1)[1] for arg in argv if arg.startswith(f"{key}=")), None)
+    if given is not None and not given.strip("'\" "):
+        raise ConfigError(f"{key}={given} names no folder (it would write into the current one): name a new folder, "
+                          f"e.g. {key}=outputs/my_run")
     resumed = next((o.split("=", 1)[1] for o in overrides if o.split("=")[0] in ("resume", "hparams_search.resume")), None)
     if resumed is not None:
         if Path(resumed).is_dir() and not os.access(resumed, os.W_OK):
             raise ConfigError(f"resume={resumed}: the folder cannot be written here (read-only): copy it to a folder you "
                               "can write to and resume the copy (a copied run folder resumes in its new place)")
+        if config_name == "train" and not multirun:
+            _refuse_resume(overrides)  # before Hydra writes .hydra/resume_<time>/ and its log into the run's folder
+        if Path(resumed).is_dir():
+            _lock(Path(resumed), "resume" if not multirun else "hparams_search.resume", resumed)
+        return argv
+    if _rank_of_a_launched_run() or _joins_a_shared_study(multirun, overrides):
+        # the ranks of one DDP run (torchrun, srun, Lightning's own launcher) and the workers of one shared study write
+        # into one folder by design: only another run's record is refused
+        if given is not None and "${" not in given and not multirun and config_name == "train" and holds_run(Path(given)) \
+                and not os.environ.get("LOCAL_RANK", "0").strip("0"):
+            raise ConfigError(f"hydra.run.dir={given} already holds a run: it is kept as it is; choose a new folder")
         return argv
     others = [arg for arg in argv if not arg.startswith(f"{key}=")]
     command = slurm.command_of(argv)
     earlier = _earlier_start(config_name, overrides, key, command) if config_name == "train" else None
     continued = _continued(earlier, others, key, multirun, overrides) if earlier is not None else None
     if continued is not None:  # a SLURM job's next start after it requeued itself: each command continues its own
+        _lock(earlier, key, str(earlier))
         return continued
     if given is not None and "${" not in given:
-        if config_name == "train" and not multirun and holds_run(Path(given)):
-            go_on = "" if (Path(given) / "metrics.json").is_file() else f", or continue that run with python train.py resume={given}"
+        folder = Path(given)
+        if config_name == "train" and not multirun and holds_run(folder):
+            go_on = "" if (folder / "metrics.json").is_file() else f", or continue that run with python train.py resume={given}"
             raise ConfigError(f"hydra.run.dir={given} already holds a run: it is kept as it is; choose a new folder{go_on}")
-        if not Path(given).exists():  # made here, so that a refused command removes it again
-            _make_folder(key, Path(given), parents=True)
-            _CLAIMED.append(Path(given))
-        slurm.mark(Path(given), command)
+        try:
+            _make_folder(key, folder)  # missing parents stay, empty, if the command is refused
+            created = True
+        except FileExistsError:
+            created = False
+            _refuse_used_folder(key, given, folder, multirun)
+        _claim(key, given, folder, config_name, created)
+        slurm.mark(folder, command)
         return argv
     folder = Path(_resolved(config_name, overrides, key))
     _make_folder(key, folder.parent, parents=True)
@@ -177,16 +351,164 @@ def claim_output_dir(config_name: str, argv: list[str], overrides: list[str], mu
             _make_folder(key, candidate)
         except FileExistsError:
             continue
-        _CLAIMED.append(candidate)
+        if not _claim(key, str(candidate), candidate, config_name, created=True, refuse=False):
+            continue  # claimed by a command that named it with hydra.run.dir at the same moment
         slurm.mark(candidate, command)
         return [*others, f"{key}={candidate}"]
     raise ConfigError(f"{key}: {folder} and 998 more folders of that name exist already: name one with {key}=FOLDER")
 
 
-def _make_folder(key: str, folder: Path, parents: bool = False) -> None:
+def _refuse_used_folder(key: str, given: str, folder: Path, multirun: bool) -> None:
+    """An existing folder is taken only when it is empty: whatever it holds is another command's."""
+    if not folder.is_dir():
+        raise ConfigError(f"{key}={given} is a file, not a folder: it is kept as it is; name a new folder, e.g. "
+                          f"{key}={given}_out")
     try:
-        folder.mkdir(parents=parents, exist_ok=parents)
+        held = sorted(p.name for p in folder.iterdir())
+    except OSError as error:
+        raise ConfigError(f"{key}={given}: cannot read the folder ({os.strerror(error.errno or 0)}): name a folder you "
+                          f"can write to, e.g. {key}=outputs/my_run") from None
+    if not held:
+        return
+    if multirun and any((p / ".hydra").is_dir() for p in folder.iterdir() if p.is_dir()) or "summary.md" in held:
+        what = "an earlier sweep"
+        go_on = f" (an Optuna search goes on with hparams_search.resume={given})" if "optuna.db" in held else ""
+    elif CLAIM_FILE in held and _locked(folder / CLAIM_FILE):
+        raise ConfigError(f"{key}={given} is in use by another command that is running now: it is left to it; choose "
+                          "a new folder")
+    elif holds_run(folder):
+        what, go_on = "a run", ""
+    elif (folder / ".hydra").is_dir() or CLAIM_FILE in held:
+        what, go_on = "another command's output", ""
+    else:
+        what, go_on = f"files ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''})", ""
+    raise ConfigError(f"{key}={given} already holds {what}: it is kept as it is; choose a new folder{go_on}")
+
+
+def _claim(key: str, given: str, folder: Path, config_name: str, created: bool, refuse: bool = True) -> bool:
+    """Own ``folder``: its claim file made with O_EXCL (one of two commands that found it empty at once wins), naming
+    the command, and locked while this process runs. Another's claim is refused, or with ``refuse=False`` False."""
+    path = folder / CLAIM_FILE
+    try:
+        handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
+        if not refuse:
+            return False
+        raise ConfigError(f"{key}={given} was taken by another command started at the same moment: it is left to it; "
+                          "choose a new folder") from None
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise ConfigError(f"{key}: cannot write into {folder}: {reason}: choose a folder you can write to, "
+                          f"e.g. {key}=outputs/my_run") from None
+    os.write(handle, (json.dumps({"command": config_name, "pid": os.getpid()}) + "\n").encode())
+    _hold(handle)
+    _CLAIMED.append((folder, created))
+    return True
+
+
+def _lock(folder: Path, key: str, given: str) -> None:
+    """Refuse a folder that a running command holds (a run being resumed twice at once, a resume of a run that still
+    trains); hold it for this process otherwise."""
+    import fcntl
+
+    try:
+        handle = os.open(folder / CLAIM_FILE, os.O_CREAT | os.O_RDWR, 0o644)  # a folder older than claim files gets one
+    except OSError:
+        return  # a read-only folder is the resume check's to word
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(handle)
+        raise ConfigError(f"{key}={given} is in use by a command that is still running: it is left to it; wait for "
+                          "that command to end, or stop it first") from None
+    _LOCKS.append(handle)
+
+
+def _locked(path: Path) -> bool:
+    """Whether a running command holds this claim file."""
+    import fcntl
+
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(handle)
+
+
+def _hold(handle: int) -> None:
+    import fcntl
+
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without locks: the O_EXCL claim alone keeps the folder this command's
+        pass
+    _LOCKS.append(handle)
+
+
+def _rank_of_a_launched_run() -> bool:
+    """Whether this process is one of several ranks of one run started together (torchrun, srun of several tasks,
+    Lightning's DDP launcher re-running the command): they share the run's folder."""
+    env = os.environ
+    if env.get("LOCAL_RANK", "0").strip() not in ("", "0") or env.get("RANK", "0").strip() not in ("", "0"):
+        return True
+    if env.get("WORLD_SIZE", "1").strip().isdigit() and int(env.get("WORLD_SIZE", "1")) > 1:
+        return True
+    return bool(env.get("SLURM_STEP_ID")) and env.get("SLURM_NTASKS", "1").strip().isdigit() and int(env["SLURM_NTASKS"]) > 1
+
+
+def _joins_a_shared_study(multirun: bool, overrides: list[str]) -> bool:
+    return multirun and any(o.lower() in ("hparams_search.shared=true", "hparams_search.shared=True") for o in overrides)
+
+
+def _refuse_resume(overrides: list[str]) -> None:
+    """A resume's own checks (the folder, its checkpoint, the settings the command gives) before Hydra writes anything
+    into the run's folder: a refused resume leaves the folder as it was. Anything but tinyvision's own refusal is left
+    to the run, which meets it in its place."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from tinyvision.checkpoints import config_for_resume
+
+    resumed = next(o.split("=", 1)[1] for o in overrides if o.split("=")[0] == "resume")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(Path(resumed).absolute())
+            HydraConfig.instance().set_config(cfg)
+            del cfg["hydra"]
+        config_for_resume(cfg, overrides)
+    except TinyVisionError:
+        raise
+    except Exception:  # noqa: BLE001  (the run meets it again, and says it where it happens)
+        return
+    finally:
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+
+
+def _make_folder(key: str, folder: Path, parents: bool = False) -> None:
+    """Create ``folder`` (FileExistsError when it is there already), its missing parents too; with ``parents`` an
+    existing folder is fine."""
+    try:
+        try:
+            folder.mkdir(exist_ok=parents)
+        except FileNotFoundError:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(exist_ok=parents)
+    except FileExistsError:
+        if parents:  # a file where the folder should be
+            raise ConfigError(f"{key}: cannot create {folder}: a file is in the way: choose a folder you can write to, "
+                              f"e.g. {key}=outputs/my_run") from None
         raise
     except OSError as error:  # a read-only disk, no permission, a file in the way
         reason = os.strerror(error.errno) if error.errno else str(error)
@@ -218,15 +540,34 @@ def _continued(earlier: Path, others: list[str], key: str, multirun: bool, overr
     return [*others, f"resume={earlier}"] if slurm.resumable(earlier) else None
 
 
+def release_claims() -> None:
+    """Let go of the folders an earlier command of this process claimed (a script run twice in one process)."""
+    for handle in _LOCKS:
+        try:
+            os.close(handle)
+        except OSError:
+            pass
+    _LOCKS.clear()
+    _CLAIMED.clear()
+
+
 def discard_claimed_output() -> None:
-    """Remove the output folder this process created when the run was refused before writing anything of its own
-    (only Hydra's .hydra/ and log file): a refused command leaves nothing behind."""
+    """Empty the output folder this process claimed when the command was refused before writing anything of its own
+    (only Hydra's .hydra/, its log and the claim): a refused command leaves nothing behind. A folder it created goes;
+    one it found empty is left empty."""
     import shutil
 
-    for folder in _CLAIMED:
-        if folder.is_dir() and not holds_run(folder) and all(
-                p.name in (".hydra", slurm.JOB_MARKER) or p.suffix == ".log" for p in folder.iterdir()):
+    for folder, created in _CLAIMED:
+        if not folder.is_dir() or holds_run(folder):
+            continue
+        held = list(folder.iterdir())
+        if not all(p.name in (".hydra", slurm.JOB_MARKER, CLAIM_FILE) or p.suffix == ".log" for p in held):
+            continue
+        if created:
             shutil.rmtree(folder, ignore_errors=True)
+        else:
+            for path in held:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def _resolved(config_name: str, overrides: list[str], key: str) -> str:

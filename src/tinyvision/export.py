@@ -65,6 +65,26 @@ def export(classifier: ImageClassifier, fmt: str, path: Path, source: str | None
     return path, card
 
 
+def refuse_foreign_files(key: str, value: str, path: Path) -> None:
+    """An export replaces only an earlier export: the model file and its card, the card saying it is one. Any other
+    file under either name (a checkpoint, a photo, a model of another tool) is kept, and the command refused before
+    the model is loaded."""
+    card = card_path(path)
+    for existing in (path, card):
+        if existing.exists() and not _earlier_export_card(card):
+            raise ConfigError(f"{key}={value}: {existing} exists and is not a model written by export.py (it has no card "
+                              f"{card.name} of one); it is kept as it is: choose a new file, e.g. "
+                              f"{key}={path.with_name(path.stem + '_export' + path.suffix)}")
+
+
+def _earlier_export_card(card: Path) -> bool:
+    try:
+        written = json.loads(card.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(written, dict) and written.get("format") in FORMATS and isinstance(written.get("input"), dict)
+
+
 def _onnx(classifier: ImageClassifier, path: Path) -> None:
     try:
         import onnxscript  # noqa: F401  torch's ONNX exporter needs it

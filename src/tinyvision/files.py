@@ -17,6 +17,9 @@ METRICS_FILE = "metrics.json"  # a finished run's figures
 PRUNED_FILE = "pruned.json"  # written instead by a trial of an Optuna sweep that its pruner stopped
 FAILURE_FILE = "failure.json"  # a sweep job that failed, with its error
 LAST_CHECKPOINT = "checkpoints/last.ckpt"  # for resume
+# Any command's output folder (a run, a sweep, eval's, predict's, export's, find_lr's): created with O_EXCL before Hydra
+# writes into the folder, it names the command that owns the folder; held locked (flock) while that command runs.
+CLAIM_FILE = ".tinyvision_claim"
 # A sweep folder (outputs/multirun/<sweep>) of an Optuna search
 STUDY_FILE = "optuna.db"  # the study's SQLite storage
 BEST_FILE = "best.yaml"  # the best trial and the command that trains it again

@@ -71,8 +71,9 @@ class StopOnSignal(L.Callback):
             return
         last = find_callback(trainer, LastCheckpoint)
         if last is not None:
-            last.save_now(trainer)
-        raise RunInterrupted(signum, last.path if last is not None else None, self._requeue(trainer, last))
+            last.save_now(trainer)  # none under trainer=debug (fast_dev_run saves nothing)
+        # the checkpoint the stop's message promises only when it is there to resume from
+        raise RunInterrupted(signum, self._last_written(trainer), self._requeue(trainer, last))
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.signum is not None:  # Ctrl+C during the final test: resumed, the run tests again
