@@ -14,6 +14,7 @@ from tinyvision.files import write_json
 from tinyvision.inference import datamodule_for, load_classifier
 from tinyvision.pictures import confusion_figure
 from tinyvision.report import PER_CLASS_FILE, write_per_class_csv
+from tinyvision.trainer import eval_trainer
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -29,8 +30,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.batch_size is not None:
         datamodule.eval_batch_size = cfg.batch_size
     report = TestReport(top_k=cfg.top_k, pr_curves=False)
-    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, callbacks=[report], enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = eval_trainer(cfg.trainer, [report])
     test = trainer.test(classifier, datamodule=datamodule, verbose=False)[0]
     names = [str(n) for n in classifier.class_names]
     run_dir = cfg.paths.output_dir

@@ -193,3 +193,14 @@ def test_the_run_folder_holds_its_curves_and_the_tests_confusion_matrix_as_pictu
     assert drawn["train"] == [row["train/acc"] for row in metrics["history"]]
     assert drawn[f"test (best checkpoint) {metrics['test/acc']:.4f}"] == [metrics["test/acc"]]
     assert [list(line.get_ydata()) for line in loss_axes.get_lines()][1] == [row["val/loss"] for row in metrics["history"]]
+
+
+def test_eval_takes_the_trainer_settings_of_a_test(shapes_run, shapes_root, tmp_path):
+    """trainer.limit_test_batches tests a part (the template's ++trainer.limit_test_batches), in bf16 on the CPU."""
+    out = tmp_path / "eval"
+    result = run_script("eval.py", f"ckpt_path={shapes_run / 'checkpoints' / 'best.ckpt'}", f"paths.data_dir={shapes_root}",
+                        "batch_size=100", "trainer.limit_test_batches=2", "trainer.precision=bf16-mixed",
+                        "trainer.accelerator=cpu", f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["images"] == 200 and sum(map(sum, metrics["confusion_matrix"])) == 200

@@ -34,14 +34,25 @@ from tinyvision.models import MODELS, ModelSettings
 from tinyvision.models.registry import settings_by_target
 from tinyvision.module import LossSettings
 from tinyvision.optim import OPTIMIZERS, SCHEDULERS, Optimizer, Scheduler, WarmupOnly
-from tinyvision.schema import Open, by_target, check, defaults_of, one_of, show, spec, to_container, with_signature_defaults
+from tinyvision.schema import Section, by_target, check, defaults_of, one_of, show, spec, to_container, with_signature_defaults
 from tinyvision.slurm import SlurmSettings
 from tinyvision.trainer import TrainerSettings
 from tinyvision.tta import MODES as TTA_MODES
 
 
-class TopLevelSettings(Open):
-    """The run's own keys (conf/train.yaml); the groups are checked by their owners' settings."""
+class TopLevelSettings(Section):
+    """The run's own keys (conf/train.yaml), and the groups, each checked by its owner's settings: a key at the top
+    that is neither (``+bacth_size=5``) is refused, not carried along unused."""
+
+    model: dict[str, Any]
+    data: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None = None
+    trainer: dict[str, Any]
+    logger: dict[str, Any] | None = None
+    callbacks: dict[str, Any] | None = None
+    loss: dict[str, Any] | None = None
+    hparams_search: dict[str, Any] | None = None
 
     tta: Literal[TTA_MODES] = spec(one_of(TTA_MODES), "flip", "none")
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = spec("a whole number from 0 to 4294967295", 42)
@@ -104,8 +115,11 @@ def validate_train(cfg: DictConfig, look_outside: bool = True) -> dict[str, Any]
     """Check every tinyvision key of a composed train config; returns the resolved values the run is built from.
     ``look_outside=False`` leaves out what the file system and the network say (a sweep's jobs checked beforehand)."""
     values = to_container(cfg)
+    if "ckpt_path" in values:  # the template's way to continue a run: tinyvision's has its own key
+        raise ConfigError(f"ckpt_path={show(values['ckpt_path'])}: train.py continues a run from its folder: "
+                          "resume=outputs/runs/<run> (its checkpoints/last.ckpt); eval.py takes ckpt_path= to test a checkpoint")
     _check_targets(values)
-    check(TopLevelSettings, {k: values[k] for k in ("seed", "resume", "paths", "tta", "slurm") if k in values}, "")
+    check(TopLevelSettings, values, "")
     check(LossSettings, values.get("loss") or {}, "loss")
     check(by_target(values["model"], settings_by_target(), ModelSettings), values["model"], "model")
     check(DataSettings, values["data"], "data")

@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from pydantic import Field
 
 from tinyvision.boundaries import input_file, is_state_dict_mismatch, load_torch, looks_like_text, weights_do_not_fit
 from tinyvision.data.datamodule import data_module_settings
 from tinyvision.errors import ConfigError
 from tinyvision.files import CARD_SUFFIX, PathsSettings, card_path
 from tinyvision.module import ImageClassifier
-from tinyvision.schema import Open, PositiveInt, one_of, spec
+from tinyvision.schema import PositiveInt, Section, one_of, spec
+from tinyvision.trainer import EvalTrainerSettings
 from tinyvision.tta import MODES as TTA_MODES
 
 ONNX_FIX = "give an .onnx file written by export.py (with its .onnx.json card beside it), or a .ckpt checkpoint"
@@ -128,11 +130,12 @@ class OnnxClassifier:
         return torch.from_numpy(logits)
 
 
-class EvalSettings(Open):
+class EvalSettings(Section):
     """eval.py's keys (conf/eval.yaml); ``data`` is checked as training's (null: the checkpoint's own)."""
 
     paths: PathsSettings
     data: dict[str, Any] | None = None
+    trainer: EvalTrainerSettings = Field(default_factory=EvalTrainerSettings)
 
     ckpt_path: str = spec("the path of a .ckpt file", "outputs/runs/<run>/checkpoints/best.ckpt")
     batch_size: PositiveInt | None = spec("a whole number of images, 1 or more", 1024, None)
@@ -141,7 +144,7 @@ class EvalSettings(Open):
     seed: int = spec("a whole number, 0 or more", 42, 42, ge=0)
 
 
-class PredictSettings(Open):
+class PredictSettings(Section):
     """predict.py's keys (conf/predict.yaml)."""
 
     paths: PathsSettings | None = None

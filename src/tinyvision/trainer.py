@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from tinyvision import slurm
 from tinyvision.cli import first_line, trainer_error
 from tinyvision.errors import ConfigError
-from tinyvision.schema import ConfigValueError, Open, PositiveInt, spec
+from tinyvision.schema import ConfigValueError, Open, PositiveInt, Section, spec
 
 
 class TrainerSettings(Open):
@@ -51,6 +51,41 @@ class TrainerSettings(Open):
                                        "train on the CPU with trainer=cpu, or let Lightning choose with trainer.accelerator=auto",
                                        "cpu")
         return values
+
+
+class EvalTrainerSettings(Section):
+    """eval.py's ``trainer``: where and how the test runs. One device: a test takes seconds, and every rank of a
+    several-device test would write the same metrics.json."""
+
+    accelerator: str = spec("auto, cpu, gpu, cuda or mps", "cpu", "auto")
+    devices: Literal[1, "1", "auto"] | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=1)] = spec(
+        "1, auto, or a list of one device index ([0]): eval.py tests on one device", 1, 1)
+    precision: str | int | None = spec("null (32-true), 32, bf16-mixed, 16-mixed, bf16-true, ...", "bf16-mixed", None)
+    limit_test_batches: PositiveInt | Annotated[float, Field(gt=0, le=1)] = spec(
+        "a number of batches (1 or more) or a fraction from 0 to 1 of the test", 0.1, 1.0)
+
+    @field_validator("accelerator")
+    @classmethod
+    def _device_here(cls, accelerator):  # only ever eval's trainer section: the key is named from the top
+        if accelerator in ("gpu", "cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigValueError("trainer.accelerator", accelerator, "no GPU is available here (PyTorch finds no CUDA "
+                                       "device): test on the CPU with trainer.accelerator=cpu (or auto)", "cpu")
+        return accelerator
+
+
+def eval_trainer(settings: EvalTrainerSettings, callbacks: list) -> L.Trainer:
+    """The Trainer eval.py tests with; an argument Lightning refuses (a precision it does not know) is one line."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    chosen = settings.model_dump()
+    try:
+        return L.Trainer(**chosen, logger=False, callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    except (MisconfigurationException, ValueError, TypeError, ModuleNotFoundError) as error:
+        raise trainer_error(chosen, error) from None
 
 
 def make_trainer(values: Mapping[str, Any], callbacks: list, loggers: list) -> L.Trainer:
