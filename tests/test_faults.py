@@ -460,3 +460,172 @@ def test_a_refused_run_leaves_no_folder(data_root, tmp_path):
                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2 and "error: optimizer.lr=abc" in refused.stderr
     assert list((tmp_path / "outputs" / "runs").iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- output folders, signals, console
+# Each command owns its output folder; a signal or a closed console never makes unfinished work look finished, nor
+# finished work look failed (docs/faults-and-resume.md, "What each command leaves behind").
+QUICK = ["model=lenet", "data=mnist", "data.val_size=50", "trainer.max_epochs=1", "callbacks=minimal", "logger=none"]
+
+
+def command(script: str, *args: str, fault: tuple[str, int] | None = None, cwd: Path = ROOT,
+            **popen) -> subprocess.CompletedProcess:
+    prefix = [str(ROOT / "tests" / "faults.py"), fault[0], str(fault[1])] if fault else []
+    return subprocess.run([sys.executable, *prefix, str(ROOT / script), *args], cwd=cwd, text=True, timeout=600,
+                          **({"capture_output": True} | popen))
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>" for p in folder.rglob("*")}
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_root, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    done = command("train.py", *QUICK, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir
+
+
+@pytest.mark.parametrize("script", ["eval.py", "find_lr.py", "train.py"])
+def test_a_command_given_the_folder_of_a_finished_run_is_refused_and_changes_nothing(script, finished_run, data_root):
+    """eval.py used to replace the run's metrics.json, per_class.csv and .hydra/config.yaml and exit 0; find_lr.py its
+    config."""
+    before = snapshot(finished_run)
+    args = {"eval.py": [f"ckpt_path={finished_run / 'checkpoints' / 'best.ckpt'}"], "find_lr.py": QUICK, "train.py": QUICK}[script]
+    refused = command(script, *args, f"paths.data_dir={data_root}", f"hydra.run.dir={finished_run}")
+    assert refused.returncode == 2
+    assert error_line(refused) == (f"error: hydra.run.dir={finished_run} already holds a run: it is kept as it is; "
+                                   "choose a new folder")
+    assert snapshot(finished_run) == before
+
+
+def test_an_empty_run_folder_setting_is_refused_and_writes_nothing(data_root, tmp_path):
+    refused = command("train.py", *QUICK, f"paths.data_dir={data_root}", "hydra.run.dir=", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert error_line(refused).startswith("error: hydra.run.dir= names no folder (it would write into the current one)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_given_an_earlier_sweep_s_folder_is_refused_and_changes_nothing(data_root, tmp_path):
+    """It used to fail every job, write failure.json beside their metrics.json, replace summary.md and exit 0."""
+    earlier = tmp_path / "sweep"
+    for job in ("0", "1"):
+        (earlier / job / ".hydra").mkdir(parents=True)
+        (earlier / job / "metrics.json").write_text('{"test/acc": 0.5}')
+    (earlier / "summary.md").write_text("# the earlier sweep\n")
+    before = snapshot(earlier)
+    refused = command("train.py", "-m", *QUICK, "seed=1,2", f"paths.data_dir={data_root}", f"hydra.sweep.dir={earlier}")
+    assert refused.returncode == 2
+    assert error_line(refused) == (f"error: hydra.sweep.dir={earlier} already holds an earlier sweep: it is kept as it is; "
+                                   "choose a new folder")
+    assert snapshot(earlier) == before
+
+
+def test_two_runs_given_one_new_folder_at_once_one_trains_the_other_is_refused(data_root, tmp_path):
+    """Both used to train into it and exit 0."""
+    run_dir = tmp_path / "run"
+    args = [sys.executable, str(ROOT / "train.py"), *QUICK, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}"]
+    runs = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(run.returncode, *output) for run, output in ((run, run.communicate(timeout=600)) for run in runs)]
+    assert sorted(status for status, _, _ in results) == [0, 2], [err[-2000:] for _, _, err in results]
+    (refused,) = [err for status, _, err in results if status == 2]
+    assert refused.strip().startswith(f"error: hydra.run.dir={run_dir} ") and "choose a new folder" in refused
+    assert (run_dir / "metrics.json").is_file()
+
+
+def test_a_refused_resume_writes_nothing_into_the_run(data_root, tmp_path):
+    """The refused resume= used to leave .hydra/resume_<time>/ and its log lines in the folder it refused."""
+    run_dir = tmp_path / "run"
+    stopped = command("train.py", *QUICK, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}", fault=("term-at-step", 3))
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()  # the checkpoint the stop's line names
+    before = snapshot(run_dir)
+    refused = command("train.py", f"resume={run_dir}", "optimizer.lr=0.5")
+    assert refused.returncode == 2
+    assert error_line(refused).startswith(f"error: resume={run_dir} was started with other settings than this command")
+    assert snapshot(run_dir) == before
+
+
+def test_sigterm_in_the_first_step_of_a_run_without_checkpoints_promises_none(data_root, tmp_path):
+    """trainer=debug saves no checkpoint: the stop's line used to name a last.ckpt that did not exist."""
+    run_dir = tmp_path / "run"
+    stopped = command("train.py", "model=lenet", "data=mnist", "data.val_size=50", "trainer=debug", "callbacks=minimal",
+                      "logger=none", f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}", fault=("term-at-step", 1))
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists()
+    output = stopped.stdout + stopped.stderr
+    assert "no checkpoint was written" in output and "holds the step reached" not in output
+
+
+@pytest.mark.parametrize("fault, status", [("term-in-test", 143), ("int-in-test", 130)])
+def test_a_signal_during_eval_s_test_exits_with_the_signal_and_no_metrics(fault, status, finished_run, data_root, tmp_path):
+    """SIGTERM used to exit 0 (Lightning's SystemExit) and Ctrl+C 1, both without metrics.json."""
+    out = tmp_path / "eval"
+    stopped = command("eval.py", f"ckpt_path={finished_run / 'checkpoints' / 'best.ckpt'}", "batch_size=16",
+                      f"paths.data_dir={data_root}", f"hydra.run.dir={out}", fault=(fault, 1))
+    assert stopped.returncode == status, stopped.stderr[-3000:]
+    assert "before eval.py finished" in stopped.stderr
+    assert not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("closed", ["stdout", "stderr"])
+def test_a_run_whose_console_is_gone_finishes_writes_its_files_and_exits_0(closed, data_root, tmp_path):
+    """`python train.py ... | head -3` used to die with its reader (exit 1, no metrics.json); `2>&-` too."""
+    run_dir = tmp_path / "run"
+    args = [sys.executable, str(ROOT / "train.py"), *QUICK, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}"]
+    if closed == "stdout":  # the reader leaves before the first line: every write meets a broken pipe
+        run = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        run.stdout.close()
+    else:  # started with the descriptor closed, as 2>&- does
+        run = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, preexec_fn=lambda: os.close(2))
+    assert run.wait(timeout=600) == 0
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_predict_writes_its_output_when_nobody_reads_the_console(finished_run, data_root, tmp_path):
+    """`predict.py ... output=p.json | true` used to lose p.json: the table was printed first."""
+    from PIL import Image
+
+    photo, output = tmp_path / "photo.png", tmp_path / "p.json"
+    Image.open(next((data_root / "ants_bees" / "ants").iterdir())).convert("L").save(photo)
+    run = subprocess.Popen([sys.executable, str(ROOT / "predict.py"), f"ckpt_path={finished_run / 'checkpoints' / 'best.ckpt'}",
+                            f"inputs={photo}", f"output={output}", f"hydra.run.dir={tmp_path / 'predict'}"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    run.stdout.close()
+    assert run.wait(timeout=600) == 0
+    assert json.loads(output.read_text())["predictions"][0]["file"] == str(photo)
+
+
+def test_export_refuses_to_replace_a_file_that_is_not_an_export(finished_run, tmp_path):
+    foreign = tmp_path / "model.onnx"
+    foreign.write_bytes(b"another tool's model")
+    refused = command("export.py", f"ckpt_path={finished_run / 'checkpoints' / 'best.ckpt'}", f"output={foreign}",
+                      f"hydra.run.dir={tmp_path / 'export'}")
+    assert refused.returncode == 2
+    assert error_line(refused).startswith(f"error: output={foreign}: {foreign} exists and is not a model written by export.py")
+    assert foreign.read_bytes() == b"another tool's model" and not (tmp_path / "export").exists()
+
+
+def test_a_sweep_with_a_failed_job_says_so_in_its_last_line_and_exits_1(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from tinyvision.sweep import SweepSummary
+
+    for job, seed in (("0", 1), ("1", 2)):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n")
+    (tmp_path / "0" / "metrics.json").write_text(json.dumps({"val/acc_best": 0.9, "test/acc": 0.8, "epochs": 1,
+                                                             "wall_seconds": 1.0}))
+    (tmp_path / "1" / "failure.json").write_text(json.dumps({"error": "data.val_size=500 does not fit"}))
+    with pytest.raises(SystemExit) as ended:
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert ended.value.code == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"1 of 2 jobs did not finish (job 1: failed); their errors are in {tmp_path / 'summary.md'}"

@@ -250,9 +250,13 @@ class SweepSummary(Callback):
             return
         written = write_summary(sweep_dir, rows)
         print_summary(rows, sweep_dir, written)
-        if (sweep_dir / STUDY_RESULT).is_file():
-            # In a study, failed and pruned trials are results; it fails only when no trial completed.
-            if not any(row["status"] == "done" for row in rows):
-                sys.exit(1)
-        elif any(row["status"] != "done" for row in rows):
+        study = (sweep_dir / STUDY_RESULT).is_file()
+        # In a study, pruned trials are results and failed ones are noted; it fails only when no trial completed.
+        unfinished = [row for row in rows if row["status"] != "done" and not (study and row["status"] == "pruned")]
+        if unfinished:  # the last line says it, whatever the table above scrolled away
+            what = "trials" if study else "jobs"
+            print(f"{len(unfinished)} of {len(rows)} {what} did not finish (job {', '.join(r['job'] for r in unfinished)}: "
+                  f"{', '.join(sorted({r['status'] for r in unfinished}))}); their errors are in {sweep_dir / 'summary.md'}",
+                  flush=True)
+        if unfinished and not study or study and not any(row["status"] == "done" for row in rows):
             sys.exit(1)
