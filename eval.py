@@ -10,6 +10,7 @@ from rich.table import Table
 from tinyvision.callbacks import TestReport
 from tinyvision.cli import run_script
 from tinyvision.config import validate_eval
+from tinyvision.errors import ConfigError
 from tinyvision.files import write_json
 from tinyvision.inference import datamodule_for, load_classifier
 from tinyvision.pictures import confusion_figure
@@ -31,7 +32,7 @@ def evaluate(cfg: DictConfig) -> dict:
         datamodule.eval_batch_size = cfg.batch_size
     report = TestReport(top_k=cfg.top_k, pr_curves=False)
     trainer = eval_trainer(cfg.trainer, [report])
-    test = trainer.test(classifier, datamodule=datamodule, verbose=False)[0]
+    test = test_within_limits(trainer, classifier, datamodule, cfg.trainer.limit_test_batches)
     names = [str(n) for n in classifier.class_names]
     run_dir = cfg.paths.output_dir
     metrics = {
@@ -52,6 +53,20 @@ def evaluate(cfg: DictConfig) -> dict:
     figure.savefig(f"{run_dir}/confusion_matrix.png", dpi=120)
     show(metrics, report.confusion_matrix, run_dir)
     return metrics
+
+
+def test_within_limits(trainer, classifier, datamodule, limit: float | int) -> dict:
+    """Lightning's test; a fraction of the test below one batch is worded as the setting (Lightning raises it only
+    once it has counted the batches)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return trainer.test(classifier, datamodule=datamodule, verbose=False)[0]
+    except MisconfigurationException as error:
+        if "limit_test_batches" not in str(error):
+            raise
+        raise ConfigError(f"trainer.limit_test_batches={limit}: less than one of the test's batches ({str(error).split('. ')[0]}); "
+                          "give a larger fraction, or a number of batches, e.g. trainer.limit_test_batches=1") from None
 
 
 def show(metrics: dict, matrix: torch.Tensor, run_dir: str) -> None:

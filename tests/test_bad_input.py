@@ -138,6 +138,8 @@ CASES = [
     ("eval", ["ckpt_path=x.ckpt", "trainer.devices=2"], "trainer.devices=2: 1, auto, or a list of one device index"),
     ("eval", ["ckpt_path=x.ckpt", "trainer.accelerator=gpu"], "trainer.accelerator=gpu: no GPU is available here"),
     ("eval", ["ckpt_path=x.ckpt", "trainer.limit_test_batches=0"], "trainer.limit_test_batches=0: a number of batches"),
+    ("eval", [f"ckpt_path={CHECKPOINT}", "data=fashion", "trainer.limit_test_batches=0.001"],
+     "trainer.limit_test_batches=0.001: less than one of the test's batches (You requested to check 0.001 of the"),
     ("eval", ["ckpt_path=x.ckpt", "++trainer.max_epochs=3"], "trainer.max_epochs=3: no such key"),
     ("predict", ["ckpt_path=x.ckpt", "inputs=photos", "+topk=3"], "topk=3: no such key; did you mean top_k?"),
     ("train", ["+bacth_size=5"], "bacth_size=5: no such key"),
