@@ -64,7 +64,7 @@ def run_script(config_name: str, job: Callable[[Any], Any]) -> None:
     import hydra
 
     keep_console_optional()
-    note_stop_signals()
+    previous = note_stop_signals()
     release_claims()  # a script run again in this process (a test's runpy) claims anew
     try:
         sys.argv[1:] = precheck(config_name, sys.argv[1:])
@@ -85,6 +85,8 @@ def run_script(config_name: str, job: Callable[[Any], Any]) -> None:
             raise  # the command said where it stopped (train.py: the checkpoint and the resume command)
         _say_stopped(config_name, signum)
         sys.exit(128 + signum)
+    finally:
+        _restore(previous)  # a script run inside another program (a test's runpy) leaves its handlers as they were
     exit_without_teardown()  # reached only when the script finished: an error or a signal exits the usual way
 
 
@@ -97,7 +99,7 @@ class CommandStopped(BaseException):
     """SIGTERM outside a Lightning loop (which stops at the step's end by itself): the command stops where it is."""
 
 
-def note_stop_signals() -> None:
+def note_stop_signals() -> dict[int, Any]:
     """SIGTERM and SIGINT are noted for the exit status (143, 130: as a shell reports a process the signal ended), and
     the command stops: inside Lightning's loops at the end of the step under way (Lightning's SIGTERM handler runs
     first and calls this one after it; train.py's StopOnSignal takes SIGINT during fit and test), elsewhere at once.
@@ -107,11 +109,18 @@ def note_stop_signals() -> None:
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        return
+        return {}
     _MAIN_PID[:] = [os.getpid()]
     _SIGNALLED.clear()
-    signal.signal(signal.SIGTERM, _on_stop_signal)
-    signal.signal(signal.SIGINT, _on_stop_signal)
+    return {signum: signal.signal(signum, _on_stop_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    import signal
+
+    for signum, handler in previous.items():
+        if handler is not None:
+            signal.signal(signum, handler)
 
 
 def _on_stop_signal(signum, frame) -> None:
