@@ -118,7 +118,12 @@ class ImageDataModule(L.LightningDataModule):
         return len(self._loader("train", shuffle=True))
 
     def train_dataloader(self):
-        return self._loader("train", shuffle=True)
+        return self._loader("train", shuffle=self._shuffles_training())
+
+    def _shuffles_training(self) -> bool:
+        """Shuffled, except under trainer.overfit_batches (debug=overfit): the same first batches every epoch.
+        Lightning turns off the shuffling of a DataLoader's sampler itself; tinyvision's batches are not one."""
+        return not (self.trainer is not None and self.trainer.overfit_batches)
 
     def val_dataloader(self):
         """The validation split, followed by the test split when ``test_every_epoch`` (for accuracy curves)."""
@@ -218,7 +223,7 @@ class TensorDataModule(ImageDataModule):
         return TensorBatches(images, labels, self.batch_size if shuffle else self.eval_batch_size, sampler)
 
     def train_dataloader(self):
-        loader = self._loader("train", shuffle=True)
+        loader = self._loader("train", shuffle=self._shuffles_training())
         if isinstance(loader, TensorBatches):  # resumable mid-epoch, and the augmentation's generator
             loader.progress = self._train_progress
             self._train_batches = loader
