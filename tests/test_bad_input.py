@@ -143,6 +143,9 @@ CASES = [
     ("eval", ["ckpt_path=x.ckpt", "++trainer.max_epochs=3"], "trainer.max_epochs=3: no such key"),
     ("predict", ["ckpt_path=x.ckpt", "inputs=photos", "+topk=3"], "topk=3: no such key; did you mean top_k?"),
     ("train", ["+bacth_size=5"], "bacth_size=5: no such key"),
+    # one settings model serves both data modules: a key only the other one takes
+    ("train", ["data=mnist", "+data.num_workers=0"],
+     "data.num_workers=0: a key of data=folder's data module that data=mnist does not take"),
     ("train", ["+ckpt_path=outputs/runs/r/checkpoints/last.ckpt"],
      "ckpt_path=outputs/runs/r/checkpoints/last.ckpt: train.py continues a run from its folder: resume=outputs/runs/<run>"),
     ("eval", ["ckpt_path=x.ckpt", "data=imagenet"], "data=imagenet: no option 'imagenet' in data/"),

@@ -111,15 +111,16 @@ def _check_targets(values: Mapping[str, Any]) -> None:
                               "module on the Python path (PYTHONPATH=/folder/of/the/module)") from None
 
 
-def validate_train(cfg: DictConfig, look_outside: bool = True) -> dict[str, Any]:
+def validate_train(cfg: DictConfig, look_outside: bool = True, checked_by_caller: tuple[str, ...] = ()) -> dict[str, Any]:
     """Check every tinyvision key of a composed train config; returns the resolved values the run is built from.
-    ``look_outside=False`` leaves out what the file system and the network say (a sweep's jobs checked beforehand)."""
+    ``look_outside=False`` leaves out what the file system and the network say (a sweep's jobs checked beforehand);
+    ``checked_by_caller`` names top-level sections another script adds and checks (find_lr.py's ``lr_find``)."""
     values = to_container(cfg)
     if "ckpt_path" in values:  # the template's way to continue a run: tinyvision's has its own key
         raise ConfigError(f"ckpt_path={show(values['ckpt_path'])}: train.py continues a run from its folder: "
                           "resume=outputs/runs/<run> (its checkpoints/last.ckpt); eval.py takes ckpt_path= to test a checkpoint")
     _check_targets(values)
-    check(TopLevelSettings, values, "")
+    check(TopLevelSettings, {k: v for k, v in values.items() if k not in checked_by_caller}, "")
     check(LossSettings, values.get("loss") or {}, "loss")
     check(by_target(values["model"], settings_by_target(), ModelSettings), values["model"], "model")
     check(DataSettings, values["data"], "data")

@@ -134,6 +134,6 @@ class LrFindSettings(Section):
 
 def validate_lr_find(cfg: DictConfig) -> dict[str, Any]:
     """The train config's keys, and the learning-rate finder's own."""
-    values = validate_train(cfg)
+    values = validate_train(cfg, checked_by_caller=("lr_find",))
     check(LrFindSettings, values.get("lr_find") or {}, "lr_find")
     return values

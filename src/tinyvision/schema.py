@@ -174,7 +174,8 @@ def _message(model: type[BaseModel], values: Mapping[str, Any], prefix: str, pro
     cause = (problem.get("ctx") or {}).get("error")
     if isinstance(cause, ConfigValueError):  # a cross-field rule: it names its key itself
         key = f"{prefix}.{cause.key}" if prefix else cause.key
-        return f"{key}={show(cause.value)}: {cause.allowed}, e.g. {key}={show(cause.example)}"
+        example = "" if cause.example is ... else f", e.g. {key}={show(cause.example)}"  # ...: a key to remove
+        return f"{key}={show(cause.value)}: {cause.allowed}{example}"
     keys, allowed, example = _field_spec(model, problem["loc"])
     name = ".".join([prefix, *keys] if prefix else keys)
     if problem["type"] == "extra_forbidden":

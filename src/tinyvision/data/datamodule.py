@@ -426,6 +426,10 @@ def data_module_settings(data: Any) -> dict[str, Any]:
     return {key: value for key, value in settings.items() if key not in ("mean", "std")}
 
 
+FOLDER_ONLY = ("test_size", "num_workers", "cache_max_gb", "cache_dir", "skip_bad_images")
+BUILT_IN_ONLY = ("dataset", "split", "label_type", "mirrors", "download")
+
+
 class DataSettings(Section):
     """``data``: a dataset's files, shape, split and batches (the data modules' arguments), and the classifier's
     normalization (``mean``, ``std``), which the data module leaves to it."""
@@ -491,6 +495,19 @@ class DataSettings(Section):
                                    f"{MAX_IMAGE_SIDE}×{MAX_IMAGE_SIDE} images is already {largest:.1f} GB as the model's "
                                    "input; a larger side is a typo, or needs tiling rather than resizing", 224)
         return value
+
+    @model_validator(mode="after")
+    def _keys_of_its_data_module(self):
+        """One settings model serves both data modules (a built-in dataset's and a folder's): a key only the other
+        one takes is refused here, not in its constructor as a TypeError."""
+        folder = self.target.endswith("FolderDataModule")
+        others = BUILT_IN_ONLY if folder else FOLDER_ONLY
+        given = [key for key in others if key in self.model_fields_set]
+        if given:
+            owner, this = ("a built-in dataset's (data=mnist, ...)", "data=folder") if folder else ("data=folder's", f"data={self.dataset}")
+            raise ConfigValueError(given[0], getattr(self, given[0]), f"a key of {owner} data module that {this} does not "
+                                   f"take: remove it", ...)
+        return self
 
     @model_validator(mode="after")
     def _counted_only_in_a_folder(self):
