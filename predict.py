@@ -1,5 +1,8 @@
 """Classify image files: python predict.py ckpt_path=PATH inputs=FILE_OR_DIR [output=predictions.json].
 
+The predictions go to predictions.json in the command's folder (outputs/predict/<time>/) unless output= names another
+file, or output=null writes none.
+
 PATH is a tinyvision checkpoint (.ckpt) or an ONNX file written by export.py (.onnx, with its JSON card)."""
 
 import json
@@ -18,6 +21,7 @@ from tinyvision.config import validate_predict
 from tinyvision.data.photos import find_images, preparation_style, prepare_image
 from tinyvision.errors import ConfigError
 from tinyvision.files import output_file, write_json
+from tinyvision.image_folders import is_regular_file
 from tinyvision.inference import load_classifier, load_onnx
 
 
@@ -39,6 +43,9 @@ def predict(cfg: DictConfig) -> list[dict]:
         data = classifier.hparams.data
     if not Path(cfg.inputs).exists():
         raise ConfigError(f"inputs={cfg.inputs} does not exist: give an image file or a folder of images, e.g. inputs=photos/")
+    if not Path(cfg.inputs).is_dir() and not is_regular_file(cfg.inputs):  # a FIFO would block its reader forever
+        raise ConfigError(f"inputs={cfg.inputs} is not a regular file (a FIFO, socket or device): give an image file or a "
+                          "folder of images, e.g. inputs=photos/")
     files = find_images(cfg.inputs)
     if not files:
         raise ConfigError(f"inputs={cfg.inputs} holds no image files: give a folder of PNG, JPEG, BMP, GIF, TIFF or WebP "
@@ -67,7 +74,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     if output is not None:  # the result first: the console may be gone (| true), the file must not be lost with it
         write_json(output, {"ckpt_path": str(cfg.ckpt_path), "predictions": rows})
     base = Path(cfg.inputs) if Path(cfg.inputs).is_dir() else Path(cfg.inputs).parent
-    show(rows, base)
+    show(rows, base, output)
     return rows
 
 
@@ -96,7 +103,7 @@ def unreadable_inputs(inputs: str, problems: list[tuple[Path, str]]) -> str:
     return f"inputs={inputs}: none of its {len(problems)} image files can be read ({listed}{more}): {fix}, e.g. inputs=photos/"
 
 
-def show(rows: list[dict], base: Path) -> None:
+def show(rows: list[dict], base: Path, output: Path | None) -> None:
     table = Table("file", "class", "probability", "top", title=f"predictions for {base}", title_justify="left")
     for row in rows:
         name = os.path.relpath(row["file"], base)
@@ -105,7 +112,10 @@ def show(rows: list[dict], base: Path) -> None:
         else:
             top = ", ".join(f"{t['class']} {t['probability']:.2f}" for t in row["top"])
             table.add_row(name, row["class"], f"{row['probability']:.3f}", top)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if output is not None:
+        console.print(f"written: {output}")
 
 
 if __name__ == "__main__":

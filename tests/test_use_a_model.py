@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,15 +63,24 @@ def test_predict_classifies_photo_like_images(shapes_run, tmp_path):
     photos.mkdir()
     for label in range(10):
         photo_of_shape(photos / f"shape_{label}.png", label)
-    output = tmp_path / "predictions.json"
+    os.mkfifo(photos / "pipe.png")  # named like an image: skipped, never opened (it would block its reader)
     result = run_script("predict.py", f"ckpt_path={shapes_run / 'checkpoints' / 'best.ckpt'}", f"inputs={photos}",
-                        f"output={output}", f"hydra.run.dir={tmp_path / 'predict'}")
+                        f"hydra.run.dir={tmp_path / 'predict'}")
     assert result.returncode == 0, result.stderr[-3000:]
+    output = tmp_path / "predict" / "predictions.json"  # written without being asked, into the command's folder
+    assert f"written: {output}" in result.stdout.replace("\n", "")
     predictions = json.loads(output.read_text())["predictions"]
     right = [p for p in predictions if p["class"].split(" ")[0] == Path(p["file"]).stem.split("_")[1]]
     assert len(predictions) == 10 and len(right) >= 9, predictions
     assert all(len(p["top"]) == 3 for p in predictions)
     assert "shape_3.png" in result.stdout
+
+
+def test_predict_refuses_an_input_that_is_not_a_regular_file(shapes_run, tmp_path):
+    os.mkfifo(tmp_path / "photo.png")
+    result = run_script("predict.py", f"ckpt_path={shapes_run / 'checkpoints' / 'best.ckpt'}", f"inputs={tmp_path / 'photo.png'}",
+                        f"hydra.run.dir={tmp_path / 'predict'}")
+    assert result.returncode == 2 and "is not a regular file (a FIFO, socket or device)" in result.stderr
 
 
 def test_predict_reports_a_bad_file_and_classifies_the_others(shapes_run, tmp_path):
