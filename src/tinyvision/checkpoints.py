@@ -17,12 +17,29 @@ from tinyvision.errors import ConfigError
 from tinyvision.files import LAST_CHECKPOINT, METRICS_FILE, replacing
 
 
-def last_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint a resumed run continues from, or a message saying why there is none."""
+def finished_epochs(run_dir: Path) -> int | None:
+    """The epochs a finished run trained (its metrics.json), or None for a run that did not finish."""
+    import json
+
+    try:
+        return int(json.loads((run_dir / METRICS_FILE).read_text())["epochs"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0  # a metrics.json that cannot be read still marks the run finished
+
+
+def last_checkpoint(run_dir: Path, max_epochs: int | None = None) -> Path:
+    """The checkpoint a resumed run continues from, or a message saying why there is none. A finished run continues
+    only to more epochs than it trained (``max_epochs``, the command's trainer.max_epochs)."""
     if not run_dir.is_dir():
         raise ConfigError(f"resume={run_dir} does not exist: give the folder of a run under outputs/")
-    if (run_dir / METRICS_FILE).is_file():
-        raise ConfigError(f"resume={run_dir} finished already (it has metrics.json): there is nothing to resume")
+    trained = finished_epochs(run_dir)
+    if trained is not None and (max_epochs is None or (max_epochs != -1 and max_epochs <= trained)):
+        given = f"trainer.max_epochs={max_epochs}: " if max_epochs is not None else ""
+        raise ConfigError(f"{given}resume={run_dir} finished already after {trained} epochs (it has metrics.json): continue "
+                          f"it to more epochs with trainer.max_epochs, e.g. python train.py resume={run_dir} "
+                          f"trainer.max_epochs={trained + 5}")
     path = run_dir / LAST_CHECKPOINT
     if not path.is_file():
         raise ConfigError(
@@ -36,23 +53,32 @@ def config_for_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """The config to resume ``cfg.resume`` with: the run's own when the command gives nothing else,
     else the command's, which must then equal the run's (a difference is refused, naming the keys)."""
     run_dir = Path(cfg.resume)
-    checkpoint = load_checkpoint_file(last_checkpoint(run_dir))
+    keys = [o.lstrip("+~").split("=")[0] for o in overrides if not o.startswith("hydra.")]
+    # The one setting a resume may change: how many epochs the run trains (continue a run, finished or not, further).
+    max_epochs = cfg.trainer.get("max_epochs") if CONTINUE_KEY in keys else None
+    checkpoint = load_checkpoint_file(last_checkpoint(run_dir, max_epochs))
     saved = checkpoint.get("config")
     if saved is None:
         raise ConfigError(f"{run_dir / 'checkpoints' / 'last.ckpt'} holds no tinyvision config: it cannot be resumed")
-    given = [o for o in overrides if o.lstrip("+~").split("=")[0] not in ("resume",) and not o.startswith("hydra.")]
-    if given:
-        differences = _differences(saved, OmegaConf.to_container(cfg, resolve=True))
+    if any(key not in ("resume", CONTINUE_KEY) for key in keys):
+        current = OmegaConf.to_container(cfg, resolve=True)
+        differences = [d for d in _differences(saved, current) if not d.startswith(f"{CONTINUE_KEY}:")]
         if differences:
             raise ConfigError(
                 f"resume={run_dir} was started with other settings than this command: {'; '.join(differences[:8])}. "
-                f"Resume with `python train.py resume={run_dir}` alone (it takes the run's own settings), or start a new run"
+                f"Resume with `python train.py resume={run_dir}` alone (it takes the run's own settings; "
+                f"{CONTINUE_KEY}=N continues it to N epochs), or start a new run from its weights with init_from={run_dir}"
             )
     saved = _current_targets(saved)
     resumed = OmegaConf.create(_moved(saved, str(saved.get("paths", {}).get("output_dir") or run_dir), str(run_dir)))
     resumed.resume = str(run_dir)
     resumed.paths.output_dir = str(run_dir)
+    if max_epochs is not None:
+        resumed.trainer.max_epochs = max_epochs
     return resumed
+
+
+CONTINUE_KEY = "trainer.max_epochs"
 
 
 # Classes that moved, by the _target_ a run started before the move saved in its checkpoint's config.
@@ -139,3 +165,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 
+
+
+def start_from_weights(classifier, value: str) -> Path:
+    """Fine-tuning: ``init_from`` (a trained run's folder, whose best.ckpt the final test read, or a .ckpt file) gives
+    the classifier's network its weights; the data, optimizer and schedule are this run's. A new head (another number
+    of classes) starts from random weights; any other tensor of another shape or name is another architecture and
+    refused. Returns the checkpoint read."""
+    import logging
+
+    from tinyvision.boundaries import load_torch
+
+    given = Path(value)
+    fix = "give a trained run's folder or a .ckpt file, e.g. init_from=outputs/runs/<run>"
+    if given.is_dir():
+        found = [given / "checkpoints" / name for name in ("best.ckpt", "last.ckpt") if (given / "checkpoints" / name).is_file()]
+        if not found:
+            raise ConfigError(f"init_from={value} holds no checkpoints/best.ckpt or last.ckpt: {fix}")
+        given = found[0]
+    checkpoint = load_torch("init_from", given, "a PyTorch checkpoint", fix)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ConfigError(f"init_from={value} is not a Lightning checkpoint (it has no state_dict): {fix}")
+    theirs = {key: tensor for key, tensor in checkpoint["state_dict"].items() if key.startswith("net.")}
+    ours = {key: tensor for key, tensor in classifier.state_dict().items() if key.startswith("net.")}
+    trained_model = ((checkpoint.get("config") or {}).get("model") or {}).get("_target_", "another model")
+    if set(theirs) != set(ours):
+        odd = sorted(set(theirs) ^ set(ours))
+        this_model = classifier.hparams.model.get("_target_", "this run's model")
+        raise ConfigError(f"init_from={value}: its network ({trained_model}) is another architecture than this run's "
+                          f"({this_model}; {len(odd)} tensors differ by name, e.g. {odd[0]}): fine-tune with the model it "
+                          "was trained with")
+    reshaped = [key for key in ours if theirs[key].shape != ours[key].shape]
+    head = list(ours)[-2:]  # the last layer's weight and bias: another number of classes
+    if any(key not in head for key in reshaped):
+        key = next(key for key in reshaped if key not in head)
+        raise ConfigError(f"init_from={value}: {key} is {list(theirs[key].shape)} there and {list(ours[key].shape)} here: "
+                          "the input (data.channels, data.image_size) or the model's settings differ from the run it "
+                          "was trained in; only the last layer (the classes) may differ")
+    if reshaped:
+        logging.getLogger(__name__).info("init_from=%s: a new head (%s) for %d classes, from random weights", value,
+                                         ", ".join(reshaped), ours[reshaped[-1]].shape[0])
+    classifier.load_state_dict({**classifier.state_dict(), **{k: v for k, v in theirs.items() if k not in reshaped}})
+    return given

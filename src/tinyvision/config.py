@@ -57,6 +57,8 @@ class TopLevelSettings(Section):
     tta: Literal[TTA_MODES] = spec(one_of(TTA_MODES), "flip", "none")
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = spec("a whole number from 0 to 4294967295", 42)
     resume: str | None = spec("the folder of a run under outputs/, or null", "outputs/runs/<run>", None)
+    init_from: str | None = spec("null, the folder of a trained run, or a .ckpt file: its weights start this run",
+                                 "outputs/runs/<run>", None)
     paths: PathsSettings = spec("data_dir and output_dir", "data", None)
     slurm: SlurmSettings = spec("auto_requeue and requeue_signal", "USR1", None)
 

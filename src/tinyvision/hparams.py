@@ -65,6 +65,8 @@ def compared_hparams(config: Mapping[str, Any], choices: Mapping[str, str | None
         if trainer.get(key) is not None:
             flat[f"trainer/{key}"] = trainer[key]
     flat["seed"] = config.get("seed")
+    if config.get("init_from"):
+        flat["init_from"] = config["init_from"]  # the trained run a fine-tuned run started from
     return {key: _scalar(value) for key, value in flat.items()}
 
 

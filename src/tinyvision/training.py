@@ -32,7 +32,7 @@ from tinyvision.callbacks import (
     TestReport,
     find_callback,
 )
-from tinyvision.checkpoints import last_checkpoint, load_checkpoint_file
+from tinyvision.checkpoints import finished_epochs, last_checkpoint, load_checkpoint_file, start_from_weights
 from tinyvision.config import validate_train
 from tinyvision.data.datamodule import data_module_settings
 from tinyvision.errors import ConfigError, TinyVisionError
@@ -86,6 +86,8 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
     resume_from = _checkpoint_to_resume(cfg, run_dir)
     # Resolved and checked once, before anything is built or written: the run is built from these values alone.
     values = validate_train(cfg)
+    if resume_from is not None:
+        _keep_finished_record(run_dir, values["trainer"].get("max_epochs"))
     keep_freed_memory()  # each step's tensors reuse the last step's memory, without page faults (host_memory.py)
     with slurm.EndWarning(values.get("slurm")) as warning:  # never the signal's default action, wherever it lands
         return _train(values, run_dir, resume_from, sweep_job, warning)
@@ -95,6 +97,9 @@ def _train(values: dict[str, Any], run_dir: Path, resume_from: Path | None, swee
     L.seed_everything(values["seed"], workers=True, verbose=False)
     datamodule, classifier = build(values)
     classifier.run_config = values
+    # a new run that starts from a trained run's weights (a resumed one has all of its state in its checkpoint)
+    classifier.init_from = str(start_from_weights(classifier, values["init_from"])) if values.get("init_from") and \
+        resume_from is None else None
     classifier.test_tta = values.get("tta") or "none"
     pruning, trial_pruned = _pruning_callback(values) if sweep_job else (None, ())  # () catches nothing
     trainer = make_trainer(values, _callbacks(values, pruning, warning), _loggers(values, resume_from))
@@ -139,12 +144,22 @@ def _signals_stop(trainer: L.Trainer):
 def _checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
     """The checkpoint a resumed run continues from; a new run must not land on an earlier one."""
     if cfg.get("resume"):
-        return last_checkpoint(Path(cfg.resume))
+        return last_checkpoint(Path(cfg.resume), cfg.trainer.get("max_epochs"))
     if slurm.job_id() is not None and slurm.earlier_folder([run_dir], _this_command()) and slurm.resumable(run_dir):
         return last_checkpoint(run_dir)  # a trial of a requeued SLURM job's sweep: its folder is the same again
     if (run_dir / METRICS_FILE).exists() or (run_dir / "checkpoints").exists():
         raise ConfigError(f"run dir {run_dir} already holds a run: it is kept as it is; start a new run instead")
     return None
+
+
+def _keep_finished_record(run_dir: Path, max_epochs: int | None) -> None:
+    """A finished run continued to more epochs: its metrics.json is kept beside the one the continuation writes
+    (until then the folder reads as an unfinished run, which resume= alone continues)."""
+    trained = finished_epochs(run_dir)
+    if trained is not None:
+        (run_dir / METRICS_FILE).replace(run_dir / f"metrics_epoch{trained}.json")
+        log.info("continuing %s from epoch %d to %s; its metrics.json is kept as metrics_epoch%d.json", run_dir, trained,
+                 max_epochs, trained)
 
 
 def _this_command() -> list[str]:
@@ -265,6 +280,7 @@ def _run_metrics(trainer: L.Trainer, test: dict, best: str | None, run_dir: Path
         "train_samples_per_second": round(record.samples_per_second, 1) if record else None,
         "test_seconds": round(record.test_seconds, 3) if record else None,
         "best_checkpoint": best,
+        "init_from": getattr(trainer.lightning_module, "init_from", None),  # the checkpoint a fine-tuned run started from
         "run_dir": str(run_dir),
         "test_report": report,  # per class, macro and weighted averages (tinyvision.report)
         "warnings": record.warnings if record else [],  # what the summary says about the results (a dead model)
