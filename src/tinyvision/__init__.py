@@ -12,3 +12,17 @@ if not OmegaConf.has_resolver("tinyvision.if_resume"):
 from tinyvision.noise import silence_known_noise  # noqa: E402
 
 silence_known_noise()
+
+
+def __getattr__(name: str):
+    """``from tinyvision import train, evaluate``: the Python API, imported when asked (they import Lightning, which a
+    script's typo or --help need not wait for)."""
+    if name == "train":
+        from tinyvision.training import train
+
+        return train
+    if name == "evaluate":
+        from tinyvision.evaluation import evaluate
+
+        return evaluate
+    raise AttributeError(f"module 'tinyvision' has no attribute {name!r}")

@@ -202,7 +202,11 @@ def _message(model: type[BaseModel], values: Mapping[str, Any], prefix: str, pro
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as plain values; a missing required value (``???``) is named with its fix."""
+    """The resolved config as plain values; a missing required value (``???``) is named with its fix. A config composed
+    with its hydra node (compose(..., return_hydra_config=True), as the template's tests do) is read without it: the
+    node is Hydra's, and some of its values are only set inside a launched job."""
+    if "hydra" in cfg:
+        cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     try:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as error:
