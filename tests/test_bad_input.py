@@ -143,6 +143,15 @@ CASES = [
     ("eval", ["ckpt_path=x.ckpt", "++trainer.max_epochs=3"], "trainer.max_epochs=3: no such key"),
     ("predict", ["ckpt_path=x.ckpt", "inputs=photos", "+topk=3"], "topk=3: no such key; did you mean top_k?"),
     ("train", ["+bacth_size=5"], "bacth_size=5: no such key"),
+    # what Hydra's parser or a library answered with a traceback or several lines
+    ("train", ["seed=" + "9" * 5000], "seed=999999999999... (5000 digits): a number that long is a typo"),
+    ("train", ["optimizer.lr=0.1\n2"], "optimizer.lr=0.1\\n2: a value has no line break: give it on one line"),
+    ("train", ["callbacks.checkpoint.save_top_k=abc"],
+     "callbacks.checkpoint: lightning.pytorch.callbacks.ModelCheckpoint refused its settings ("),
+    ("train", ["model._target_=torch.nn.Identity"], "model._target_=torch.nn.Identity: the network has no weights to train"),
+    ("train", [f"paths.data_dir={A_FILE}/data"], "paths.data_dir=A_FILE/data: A_FILE is a file, not a folder"),
+    ("train", [f"callbacks.last_checkpoint.dirpath={A_FILE}/ck"],
+     "callbacks.last_checkpoint.dirpath=A_FILE/ck: A_FILE is a file, not a folder"),
     # one settings model serves both data modules: a key only the other one takes
     ("train", ["data=mnist", "+data.num_workers=0"],
      "data.num_workers=0: a key of data=folder's data module that data=mnist does not take"),
@@ -256,7 +265,7 @@ CASES = [
     ("predict", [f"ckpt_path={CHECKPOINT}", f"inputs={TEXT_IMAGE}"], f"inputs={TEXT_IMAGE}: it is a text file, not an image"),
     ("predict", [f"ckpt_path={CHECKPOINT}", f"inputs={EMPTY_IMAGE}"], f"inputs={EMPTY_IMAGE}: it is empty (0 bytes)"),
     ("predict", [f"ckpt_path={CHECKPOINT}", "inputs=/nonexistent/photos"], "inputs=/nonexistent/photos does not exist"),
-    ("predict", [f"ckpt_path={CHECKPOINT}", "inputs=/dev/null"], "inputs=/dev/null: it is not a regular file"),
+    ("predict", [f"ckpt_path={CHECKPOINT}", "inputs=/dev/null"], "inputs=/dev/null is not a regular file (a FIFO, socket or device)"),
 ]
 
 

@@ -157,10 +157,10 @@ def image_problem(path: Path, error: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------- folders written
 
 
-def output_folder(key: str, value: str | os.PathLike, shown: Any = None, example: Any = None) -> Path:
+def output_folder(key: str, value: str | os.PathLike, shown: Any = None, example: Any = None, writable: bool = True) -> Path:
     """A folder a library will create and write into, checked without creating it: no part of its path is a file, and
-    the deepest part that exists can be written to. ``shown`` is the setting's value when it is more than the folder
-    (a database URL), ``example`` a value that would work."""
+    (``writable``) the deepest part that exists can be written to. ``shown`` is the setting's value when it is more than
+    the folder (a database URL), ``example`` a value that would work."""
     path = Path(value)
     shown = value if shown is None else shown
     example = Path("outputs") / path.name if example is None else example
@@ -169,7 +169,7 @@ def output_folder(key: str, value: str | os.PathLike, shown: Any = None, example
             if not part.is_dir():
                 where = f"{part} is a file" if part != Path(str(shown)) else "it is a file"
                 raise ConfigError(f"{key}={shown}: {where}, not a folder: choose a path of folders, e.g. {key}={example}")
-            if not os.access(part, os.W_OK | os.X_OK):
+            if writable and not os.access(part, os.W_OK | os.X_OK):
                 raise ConfigError(f"{key}={shown}: {part} cannot be written to (permission denied): choose a folder you "
                                   f"can write to, e.g. {key}={example}")
             return path

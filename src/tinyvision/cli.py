@@ -42,7 +42,7 @@ def log_to_file(message: str, level: int = logging.INFO) -> None:
 
 def report(error: TinyVisionError) -> None:
     """Print the one line on stderr, once; the run's log file (when Hydra has set one up) keeps it too."""
-    message = f"error: {error}"
+    message = "error: " + str(error).replace("\r", "\\r").replace("\n", "\\n")  # a value's line break stays in the line
     log_to_file(message, logging.ERROR)
     print(message, file=sys.stderr, flush=True)
 
@@ -267,6 +267,10 @@ def precheck(config_name: str, argv: list[str]) -> list[str]:
         return argv
     multirun = any(arg in ("-m", "--multirun") for arg in argv)
     overrides = [arg for arg in argv if not arg.startswith("-")]
+    for override in overrides:
+        error = _unreadable_value(override)
+        if error is not None:
+            exit_bad_input(error)
     try:
         command_lines = _each_sweep_value(overrides) if multirun else [overrides]
     except ConfigError as error:
@@ -292,6 +296,20 @@ def precheck(config_name: str, argv: list[str]) -> list[str]:
         return claim_output_dir(config_name, argv, command_lines[0], multirun)
     except ConfigError as error:
         exit_bad_input(error)
+
+
+def _unreadable_value(override: str) -> ConfigError | None:
+    """What Hydra's parser cannot read and answers with a traceback or a message of several lines: a line break inside
+    a value, or a number of more digits than Python converts (4300)."""
+    key, _, value = override.partition("=")
+    if "\n" in value or "\r" in value:
+        shown = value.replace("\r", "\\r").replace("\n", "\\n")
+        return ConfigError(f"{key}={shown}: a value has no line break: give it on one line")
+    digits = max((len(run) for run in re.findall(r"\d+", value)), default=0)
+    if digits > sys.get_int_max_str_digits() > 0:
+        return ConfigError(f"{key}={value[:12]}... ({digits} digits): a number that long is a typo (Python reads at most "
+                           f"{sys.get_int_max_str_digits()} digits): give it with fewer, e.g. {key}=42")
+    return None
 
 
 _CLAIMED: list[tuple[Path, bool]] = []  # the output folder this process claimed, and whether it created it

@@ -147,6 +147,12 @@ def validate_train(cfg: DictConfig, look_outside: bool = True, checked_by_caller
         check(SearchSettings, values["hparams_search"], "hparams_search")
     # Last, once every value is of its kind: what the file system and the network say (nothing is written).
     if look_outside:
+        # a path through a file ends in a library's NotADirectoryError, for checkpoints only when the first is written
+        # (a shared read-only data folder that already holds the data is fine: only its path is checked)
+        boundaries.output_folder("paths.data_dir", values["paths"]["data_dir"], example="data", writable=False)
+        for name, section in (values.get("callbacks") or {}).items():
+            if isinstance(section, dict) and isinstance(section.get("dirpath"), str):
+                boundaries.output_folder(f"callbacks.{name}.dirpath", section["dirpath"], example="outputs/checkpoints")
         boundaries.check_data(values["data"])  # also counts a folder's classes where data.num_classes is null
         boundaries.check_loggers(values.get("logger") or {})
     weights = (values.get("loss") or {}).get("class_weights")

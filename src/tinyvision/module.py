@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from tinyvision.errors import ConfigError
 from tinyvision.models import build_model, head_of
 from tinyvision.optim import build_optimizer, build_schedulers
 from tinyvision.preprocessing import Normalize, as_hw
@@ -60,6 +61,9 @@ class ImageClassifier(L.LightningModule):
         weights = self.class_weights_setting if isinstance(self.class_weights_setting, list) else [1.0] * num_classes
         self.register_buffer("class_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
         self.net = build_model(model, data["channels"], num_classes, data["image_size"])
+        if not any(True for _ in self.net.parameters()):  # the optimizer's "empty parameter list", 50 lines later
+            raise ConfigError(f"model._target_={model.get('_target_')}: the network has no weights to train: give a "
+                              "classifier whose constructor takes in_channels and num_classes, e.g. model=convnet")
         pretrained = getattr(self.net, "pretrained_mean_std", None)
         if pretrained is not None:
             # Pretrained weights expect the statistics they were trained with, not the dataset's; the

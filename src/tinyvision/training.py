@@ -42,7 +42,7 @@ from tinyvision.hparams import compared_hparams, group_choices
 from tinyvision.loggers import MLFLOW_RUN_KEY, log_final_figures, log_run_files
 from tinyvision.module import ImageClassifier
 from tinyvision.report import PER_CLASS_FILE, write_per_class_csv
-from tinyvision.trainer import make_trainer
+from tinyvision.trainer import first_line, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def _pruning_callback(values: Mapping[str, Any]) -> tuple[L.Callback | None, typ
 
 
 def _callbacks(values: Mapping[str, Any], pruning, warning=None) -> list[L.Callback]:
-    callbacks = [hydra.utils.instantiate(c) for c in (values.get("callbacks") or {}).values() if c is not None]
+    callbacks = [_callback(f"callbacks.{name}", c) for name, c in (values.get("callbacks") or {}).items() if c is not None]
     callbacks = [c for c in callbacks if c is not None]  # a factory may say "off" (callbacks.ema.decay=0)
     # last.ckpt after every other checkpoint of the same moment (best.ckpt at an epoch's end): a kill during the
     # epoch's last write then leaves last.ckpt whole at the step before (tests/test_faults.py), whatever the order of
@@ -209,6 +209,22 @@ def _callbacks(values: Mapping[str, Any], pruning, warning=None) -> list[L.Callb
     callbacks.append(FitChecks())  # settings only the data's size can refuse, before the first step
     callbacks.append(StopOnSignal(warning))  # always: a stopped run must never look finished
     return callbacks + ([pruning] if pruning is not None else [])
+
+
+def _callback(key: str, section: Mapping[str, Any]) -> L.Callback | None:
+    """A configured callback; a value its class refuses (Lightning's ModelCheckpoint with save_top_k=abc) is one line
+    naming the section, not Hydra's three."""
+    try:
+        return hydra.utils.instantiate(section)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, TinyVisionError):
+            raise cause from None  # the callback's own one line
+        if not isinstance(cause, (TypeError, ValueError)):
+            raise
+        settings = ", ".join(f"{k}={v}" for k, v in section.items() if not k.startswith("_"))
+        raise ConfigError(f"{key}: {section.get('_target_')} refused its settings ({settings}): "
+                          f"{first_line(str(cause))}; check each value's type against the class's arguments") from None
 
 
 def _loggers(values: Mapping[str, Any], resume_from: Path | None) -> list:
