@@ -143,6 +143,9 @@ CASES = [
     ("eval", ["ckpt_path=x.ckpt", "++trainer.max_epochs=3"], "trainer.max_epochs=3: no such key"),
     ("predict", ["ckpt_path=x.ckpt", "inputs=photos", "+topk=3"], "topk=3: no such key; did you mean top_k?"),
     ("train", ["+bacth_size=5"], "bacth_size=5: no such key"),
+    # a strategy that trains in processes it spawns hands back no record: refused, not a metrics.json of 0 epochs
+    ("train", ["trainer=ddp", "trainer.strategy=ddp_spawn", "trainer.accelerator=cpu"],
+     "trainer.strategy=ddp_spawn: a strategy whose rank 0 is this process: ddp"),
     # what Hydra's parser or a library answered with a traceback or several lines
     ("train", ["seed=" + "9" * 5000], "seed=999999999999... (5000 digits): a number that long is a typo"),
     ("train", ["optimizer.lr=0.1\n2"], "optimizer.lr=0.1\\n2: a value has no line break: give it on one line"),

@@ -31,6 +31,20 @@ class TrainerSettings(Open):
     deterministic: bool | Literal["warn"] | None = spec("true, false or warn (deterministic where PyTorch can be, warn where not)",
                                                         True, None)
 
+    strategy: Any = None  # Lightning checks its value; the spawning strategies are refused here
+
+    @field_validator("strategy")
+    @classmethod
+    def _trains_in_this_process(cls, value):
+        """A spawning strategy trains in processes it starts and hands back only the weights and the last metrics: the
+        run's record (epochs, history, best checkpoint) stays empty, and a sweep's summary with it."""
+        name = value if isinstance(value, str) else (value or {}).get("start_method") if isinstance(value, Mapping) else None
+        if isinstance(name, str) and any(word in name for word in ("spawn", "fork", "notebook")):
+            raise ConfigValueError("strategy", value, "a strategy whose rank 0 is this process: ddp (it starts the other "
+                                   "ranks as processes running this command; on the CPU too, with gloo), or auto; "
+                                   "spawned ranks hand back no record of the run", "ddp")
+        return value
+
     @field_validator("max_epochs")
     @classmethod
     def _epochs(cls, value):
