@@ -188,6 +188,17 @@ def test_a_sweep_writes_a_summary_with_one_row_per_job(shapes_root, tmp_path):
     assert "sweep" in result.stdout and "summary.md" in result.stdout
 
 
+def test_a_sweep_of_jobs_without_validation_figures_still_gets_its_summary(shapes_root, tmp_path):
+    """No validation ran (limit_val_batches=0): the jobs have no val/acc_best, and the summary says "-" for it."""
+    sweep = tmp_path / "sweep"
+    result = run_script("train.py", "-m", "seed=0,1", "data=mnist", *FAST, "trainer.max_epochs=1", "trainer.limit_val_batches=0",
+                        "callbacks=minimal", "logger=none", f"paths.data_dir={shapes_root}", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0 and "SweepSummary" not in result.stderr, result.stderr[-3000:]
+    rows = [row for row in csv.DictReader((sweep / "summary.csv").open()) if row["status"] == "done"]
+    assert len(rows) == 2 and all(row["val/acc_best"] == "" and float(row["test/acc"]) > 0 for row in rows)
+    assert "| - |" in (sweep / "summary.md").read_text()
+
+
 def test_the_run_folder_holds_its_curves_and_the_tests_confusion_matrix_as_pictures(shapes_run):
     """results.png and confusion_matrix.png, readable without a server; the curves drawn are metrics.json's history."""
     from PIL import Image

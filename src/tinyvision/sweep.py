@@ -116,8 +116,8 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
     lines = ["| rank | job | overrides | best val acc | test acc | epochs | seconds | run dir |", "|---:|---|---|---:|---:|---:|---:|---|"]
     failed = [row for row in rows if row["status"] != "done"]
     for rank, row in enumerate((r for r in rows if r["status"] == "done"), 1):
-        lines.append(f"| {rank} | {row['job']} | `{row['overrides']}` | {row['val/acc_best']:.4f} | {row['test/acc']:.4f} | "
-                     f"{row['epochs']} | {row['wall_seconds']:.1f} | {row['run_dir']} |")
+        lines.append(f"| {rank} | {row['job']} | `{row['overrides']}` | {_fmt(row['val/acc_best'])} | {_fmt(row['test/acc'])} | "
+                     f"{row['epochs']} | {_fmt(row['wall_seconds'], 1)} | {row['run_dir']} |")
     if failed:
         lines += ["", "Jobs that did not finish:", ""]
         lines += [f"- job {r['job']} ({r['status']}, `{r['overrides']}`): {r.get('error', r['status'])}" for r in failed]
@@ -163,8 +163,9 @@ def _study_section(sweep_dir: Path) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:.4f}"
+def _fmt(value: Any, digits: int = 4) -> str:
+    """A figure of a job that may have none (no validation ran: limit_val_batches=0) as "-"."""
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -172,7 +173,8 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
         return
     rows = rows[::-1]  # the best job at the top
     _bar_pairs(path, [f"{r['job']}: {r['overrides']}"[:60] for r in rows],
-               {key: ([r[key] for r in rows], None) for key in ("val/acc_best", "test/acc")}, "accuracy", row_height=0.4)
+               {key: ([r[key] or 0.0 for r in rows], None) for key in ("val/acc_best", "test/acc")}, "accuracy",
+               row_height=0.4)
 
 
 def _plot_over_repeats(path: Path, repeated: list[dict[str, Any]]) -> None:
@@ -211,12 +213,12 @@ def print_summary(rows: list[dict[str, Any]], sweep_dir: Path, written: list[Pat
     table = Table("rank", "job", "overrides", "best val acc", "test acc", "seconds", title=f"sweep {sweep_dir}", title_justify="left")
     done = [r for r in rows if r["status"] == "done"]
     for rank, row in enumerate(done, 1):
-        table.add_row(str(rank), row["job"], row["overrides"], f"{row['val/acc_best']:.4f}", f"{row['test/acc']:.4f}",
-                      f"{row['wall_seconds']:.1f}")
+        table.add_row(str(rank), row["job"], row["overrides"], _fmt(row["val/acc_best"]), _fmt(row["test/acc"]),
+                      _fmt(row["wall_seconds"], 1))
     for row in rows:
         if row["status"] == "pruned":
             table.add_row("-", row["job"], row["overrides"], f"[yellow]{_fmt(row['val/acc_best'])} pruned[/]", "",
-                          f"{row['wall_seconds']:.1f}", end_section=False)
+                          _fmt(row['wall_seconds'], 1), end_section=False)
             table.add_row("", "", f"[yellow]{row['error']}[/]", "", "", "")
         elif row["status"] != "done":
             table.add_row("-", row["job"], row["overrides"], f"[red]{row['status']}[/]", "", "", end_section=False)
