@@ -253,6 +253,10 @@ class SweepSummary(Callback):
         written = write_summary(sweep_dir, rows)
         print_summary(rows, sweep_dir, written)
         study = (sweep_dir / STUDY_RESULT).is_file()
+        if not study:  # a k-fold sweep's folds, every one finished: the data audit (a study's trials are no folds)
+            from tinyvision.audit import audit_at_sweep_end
+
+            audit_at_sweep_end(sweep_dir)
         # In a study, pruned trials are results and failed ones are noted; it fails only when no trial completed.
         unfinished = [row for row in rows if row["status"] != "done" and not (study and row["status"] == "pruned")]
         if unfinished:  # the last line says it, whatever the table above scrolled away

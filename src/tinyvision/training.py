@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from tinyvision import slurm
+from tinyvision.audit.heldout import write_heldout
 from tinyvision.callbacks import (
     FitChecks,
     LastCheckpoint,
@@ -117,6 +118,8 @@ def _train(values: dict[str, Any], run_dir: Path, resume_from: Path | None, swee
     with _signals_stop(trainer), set_up_objects_frozen():
         best, test = _test_best_checkpoint(trainer, classifier, datamodule)
     metrics = _run_metrics(trainer, test, best, run_dir, time.perf_counter() - started, started_at)
+    if trainer.is_global_zero and values["data"].get("folds"):  # the fold's out-of-fold probabilities, for the audit
+        metrics["heldout"] = write_heldout(run_dir, classifier, datamodule)
     if trainer.is_global_zero:
         write_json(run_dir / METRICS_FILE, metrics)
         if metrics.get("test_report"):

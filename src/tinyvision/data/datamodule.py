@@ -63,6 +63,11 @@ class ImageDataModule(L.LightningDataModule):
         self.augment = AugmentSettings.model_validate(augment or {}, strict=False)
         self._augment_steps = self.augment.image_steps()  # built once, run on every training batch
         self.class_names: list[str] = [str(i) for i in range(num_classes)]
+        # The whole training split before it is carved, and where each split's rows came from in it: what a k-fold
+        # job's held-out probabilities are keyed by, and what the data audit reads images from (tinyvision.audit).
+        self.pool: tuple[Tensor, Tensor] | None = None  # uint8 images and labels; None when not held (a streamed folder)
+        self.pool_keys: list[str] | None = None  # a folder's file paths (relative to its train/); None: the index is the key
+        self.split_index: dict[str, Tensor] = {}
 
     def carve(self, count: int, what: str, generator: torch.Generator, test_size: float | int | None = None,
               labels: Tensor | None = None) -> dict[str, Tensor]:
@@ -191,6 +196,7 @@ class TensorDataModule(ImageDataModule):
         self.class_names = data.classes
         train_images, train_labels = self._adapt(data.train[0]), data.train[1]
         index = self.carve(len(train_images), self.dataset, torch.Generator().manual_seed(self.seed), labels=train_labels)
+        self.pool, self.split_index = (train_images, train_labels), index
         device = self._device()
         self.splits = {split: (train_images[index[split]].to(device), train_labels[index[split]].to(device))
                        for split in ("train", "val")}
@@ -335,6 +341,8 @@ class FolderDataModule(TensorDataModule):
                                None if self.streamed.test is not None else self.test_size,
                                labels=torch.tensor(self.streamed.train.targets))
             self.streamed.split(index)
+            self.split_index = index
+            self.pool_keys = [str(path.relative_to(roots["train"])) for path, _ in self.streamed.train.samples]
             return
         decoded = {split: folder_cache.load_or_decode(root, samples[split], self.channels, self.hw, self.cache_dir,
                                                       self.num_workers)[0] for split, root in roots.items()}
@@ -344,6 +352,7 @@ class FolderDataModule(TensorDataModule):
                            None if "test" in decoded else self.test_size, labels=labels)
         device = self._device()
         self.splits = {split: (images[rows].to(device), labels[rows].to(device)) for split, rows in index.items()}
+        self.pool, self.pool_keys, self.split_index = (images, labels), decoded["train"].files, index
         if "test" in decoded:
             self.splits["test"] = (decoded["test"].images.to(device), decoded["test"].labels.to(device))
 
