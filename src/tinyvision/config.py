@@ -29,7 +29,7 @@ from tinyvision.export import ExportSettings
 from tinyvision.files import PathsSettings
 from tinyvision.hparams import SearchSettings
 from tinyvision.inference import EvalSettings, PredictSettings
-from tinyvision.loggers import LOGGER_SETTINGS
+from tinyvision.loggers import LOGGER_SETTINGS, refuse_missing_logger_package
 from tinyvision.models import MODELS, ModelSettings
 from tinyvision.models.registry import settings_by_target
 from tinyvision.module import LossSettings
@@ -141,6 +141,8 @@ def validate_train(cfg: DictConfig, look_outside: bool = True, checked_by_caller
         if target in LIGHTNING_CALLBACK_SETTINGS:
             _monitor_is_logged_then(name, section, values)
     for name, section in (values.get("logger") or {}).items():
+        if section is not None:
+            refuse_missing_logger_package(name, section.get("_target_"))
         if section is not None and section.get("_target_") in LOGGER_SETTINGS:
             check(LOGGER_SETTINGS[section["_target_"]], section, f"logger.{name}")
     if values.get("hparams_search") is not None:

@@ -26,7 +26,7 @@ from tinyvision.callbacks import (
     FitChecks,
     LastCheckpoint,
     LogHyperparameters,
-    RememberMlflowRun,
+    RememberLoggerRuns,
     RunInterrupted,
     RunRecord,
     StopOnSignal,
@@ -40,7 +40,7 @@ from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import METRICS_FILE, PRUNED_FILE, write_json
 from tinyvision.host_memory import keep_freed_memory, set_up_objects_frozen
 from tinyvision.hparams import compared_hparams, group_choices
-from tinyvision.loggers import MLFLOW_RUN_KEY, log_final_figures, log_run_files
+from tinyvision.loggers import MLFLOW_RUN_KEY, WANDB_RUN_KEY, log_final_figures, log_run_files
 from tinyvision.module import ImageClassifier
 from tinyvision.report import PER_CLASS_FILE, write_per_class_csv
 from tinyvision.trainer import first_line, make_trainer
@@ -208,7 +208,7 @@ def _callbacks(values: Mapping[str, Any], pruning, warning=None) -> list[L.Callb
     # the callbacks in conf/callbacks (Lightning runs checkpoint callbacks last, in their own order).
     callbacks.sort(key=lambda callback: isinstance(callback, LastCheckpoint))
     callbacks.append(LogHyperparameters(compared_hparams(values, group_choices())))
-    callbacks.append(RememberMlflowRun())
+    callbacks.append(RememberLoggerRuns())
     callbacks.append(FitChecks())  # settings only the data's size can refuse, before the first step
     callbacks.append(StopOnSignal(warning))  # always: a stopped run must never look finished
     return callbacks + ([pruning] if pruning is not None else [])
@@ -232,9 +232,9 @@ def _callback(key: str, section: Mapping[str, Any]) -> L.Callback | None:
 
 def _loggers(values: Mapping[str, Any], resume_from: Path | None) -> list:
     """The configured loggers; a resumed run's TensorBoard logger drops the events written after its checkpoint,
-    so curves have no repeated steps, and its MLflow logger continues the MLflow run of the checkpoint. A new
-    MLflow run is named after the run dir (a sweep's: sweep/job)."""
-    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
+    so curves have no repeated steps, and its MLflow and W&B loggers continue the MLflow and W&B runs of the
+    checkpoint. A new MLflow or W&B run is named after the run dir (a sweep's: sweep/job)."""
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 
     checkpoint = load_checkpoint_file(resume_from) if resume_from is not None else {}
     purge_step = checkpoint.get("global_step")
@@ -253,6 +253,10 @@ def _loggers(values: Mapping[str, Any], resume_from: Path | None) -> list:
             make = functools.partial(make, run_id=checkpoint[MLFLOW_RUN_KEY])
         elif issubclass(kind, MLFlowLogger) and not make.keywords.get("run_name"):
             make = functools.partial(make, run_name=run_name)
+        if issubclass(kind, WandbLogger) and checkpoint.get(WANDB_RUN_KEY):
+            make = functools.partial(make, id=checkpoint[WANDB_RUN_KEY])
+        if issubclass(kind, WandbLogger) and not make.keywords.get("name"):
+            make = functools.partial(make, name=run_name)
         loggers.append(make())
     return loggers
 

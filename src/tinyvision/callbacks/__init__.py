@@ -8,7 +8,7 @@
 - test_report.py: ``TestReport``, the final test's per-class report and PR curves
 - ema.py: ``EMA`` with its warm-up (``exponential_moving_average`` builds it, or none at decay 0)
 - pictures.py: ``TensorBoardPictures`` and ``RunPictures`` (results.png, confusion_matrix.png in the run folder)
-- hyperparameters.py: ``LogHyperparameters`` and ``RememberMlflowRun``, what the loggers get beside metrics
+- hyperparameters.py: ``LogHyperparameters`` and ``RememberLoggerRuns``, what the loggers get beside metrics
 - lightning_settings.py: the settings checked of Lightning's ModelCheckpoint and EarlyStopping
 - fit_checks.py: ``FitChecks``, settings only the data's size can refuse, checked before the first step
 """
@@ -16,7 +16,7 @@
 from tinyvision.callbacks.checkpoints import LastCheckpoint, ResumableRandomState
 from tinyvision.callbacks.ema import EMA, WarmedUpDecay, exponential_moving_average
 from tinyvision.callbacks.fit_checks import FitChecks
-from tinyvision.callbacks.hyperparameters import LogHyperparameters, RememberMlflowRun
+from tinyvision.callbacks.hyperparameters import LogHyperparameters, RememberLoggerRuns
 from tinyvision.callbacks.lightning_settings import LIGHTNING_CALLBACK_SETTINGS, MonitorSettings
 from tinyvision.callbacks.lookup import find_callback
 from tinyvision.callbacks.loss_check import StopOnNonFiniteLoss
@@ -27,5 +27,6 @@ from tinyvision.callbacks.stop_on_signal import RunInterrupted, StopOnSignal
 from tinyvision.callbacks.test_report import TestReport
 
 __all__ = ["EMA", "LIGHTNING_CALLBACK_SETTINGS", "FitChecks", "LastCheckpoint", "LogHyperparameters", "MonitorSettings", "ProgressBar",
-           "RememberMlflowRun", "ResumableRandomState", "RunInterrupted", "RunPictures", "RunRecord", "StopOnNonFiniteLoss", "StopOnSignal",
-           "TensorBoardPictures", "TestReport", "WarmedUpDecay", "chance_warning", "exponential_moving_average", "find_callback"]
+           "RememberLoggerRuns", "ResumableRandomState", "RunInterrupted", "RunPictures", "RunRecord", "StopOnNonFiniteLoss",
+           "StopOnSignal", "TensorBoardPictures", "TestReport", "WarmedUpDecay", "chance_warning", "exponential_moving_average",
+           "find_callback"]
