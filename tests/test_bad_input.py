@@ -169,6 +169,9 @@ CASES = [
     ("lr_find", ["lr_find.num_training=0"], "lr_find.num_training=0: a whole number of steps, 20 or more"),
     ("train", ["logger=mlflow", "logger.mlflow.tracking_uri=bogus://x"], "logger.mlflow.tracking_uri=bogus://x: a tracking URI"),
     ("train", ["logger=mlflow", "logger.mlflow.experiment_name=null"], "logger.mlflow.experiment_name=null: a name"),
+    ("train", ["logger=wandb", "logger.wandb.project=a/b"], "logger.wandb.project=a/b: a W&B project name (no / \\ # ? % :"),
+    ("train", ["logger=wandb", "logger.wandb.offline=maybe"], "logger.wandb.offline=maybe: null (WANDB_MODE decides"),
+    ("train", ["logger=wandb", "logger.wandb.log_model=true"], "logger.wandb.log_model=true: false while W&B logs offline"),
     ("lr_find", ["model=lenett"], "model=lenett: no option 'lenett' in model/"),
     ("export", [], "ckpt_path=??? is required: give it on the command line, e.g. ckpt_path="),
     ("export", ["ckpt_path=x.ckpt", "format=pdf"], "format=pdf: onnx, torchscript or safetensors"),
@@ -304,6 +307,7 @@ def offline(monkeypatch, tmp_path):
 
     host, port = CLOSED.split(":")
     monkeypatch.setattr(boundaries, "_route", lambda *_: (host, int(port)))
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # W&B offline, as logger=wandb is by default
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch_hub"))
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)
 

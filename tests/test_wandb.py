@@ -146,6 +146,18 @@ def test_a_resumed_run_logs_on_into_the_same_wandb_run(make_config, tmp_path, no
     assert no_network == []
 
 
+def test_a_wandb_run_left_open_in_the_process_is_ended_not_reused(make_config, tmp_path, no_network):
+    # Lightning would log into any W&B run still open (a sweep's earlier job that ended by an exception)
+    stale = wandb.init(mode="offline", dir=str(tmp_path), project="other", name="stale")
+    run_dir = tmp_path / "run"
+    train(make_config(*ONE_EPOCH, run_dir=run_dir))
+
+    [left_open] = (read_run(folder) for folder in (tmp_path / "wandb").glob("offline-run-*"))
+    [folder] = offline_runs(run_dir)
+    assert left_open["id"] == stale.id and left_open["exit_code"] == 1 and not left_open["history"]
+    assert read_run(folder)["name"] == "run" and read_run(folder)["id"] != stale.id
+
+
 @pytest.mark.parametrize(("folder", "name"), [("run", "run"), ("sweep/3", "sweep/3")])
 def test_a_wandb_run_is_named_after_its_run_or_its_sweep_and_job(folder, name, make_config, tmp_path):
     from tinyvision.training import _loggers
