@@ -52,6 +52,8 @@ def no_network(monkeypatch, tmp_path):
     for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     yield connections
+    # wandb's service process outlives a run and keeps the environment it started with: the next test starts its own
+    wandb.teardown()
     listener.close()
 
 
