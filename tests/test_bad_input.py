@@ -143,6 +143,11 @@ CASES = [
     ("eval", ["ckpt_path=x.ckpt", "++trainer.max_epochs=3"], "trainer.max_epochs=3: no such key"),
     ("predict", ["ckpt_path=x.ckpt", "inputs=photos", "+topk=3"], "topk=3: no such key; did you mean top_k?"),
     ("train", ["+bacth_size=5"], "bacth_size=5: no such key"),
+    # a path longer than a file system allows: refused before anything reads or writes it
+    ("train", ["resume=/tmp/" + "x" * 300], "resume=/tmp/" + "x" * 35 + "... : a name in it is 300 bytes, more than a file"),
+    ("predict", [f"ckpt_path={CHECKPOINT}", "inputs=/tmp/" + "x" * 300 + ".png"], "inputs=/tmp/xxxx"),
+    ("export", [f"ckpt_path={CHECKPOINT}", "output=/tmp/" + "y" * 248 + ".onnx"],
+     "output=/tmp/" + "y" * 248 + ".onnx: with the card beside it (" + "y" * 10 + ".onnx.json) a name would be 258 bytes"),
     # a strategy that trains in processes it spawns hands back no record: refused, not a metrics.json of 0 epochs
     ("train", ["trainer=ddp", "trainer.strategy=ddp_spawn", "trainer.accelerator=cpu"],
      "trainer.strategy=ddp_spawn: a strategy whose rank 0 is this process: ddp"),

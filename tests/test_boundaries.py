@@ -122,3 +122,13 @@ def test_a_full_disk_during_a_checkpoint_ends_the_run_in_one_line_and_keeps_the_
     assert not [name for name in files if name.endswith(".partial")], files
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 4  # written at steps 2 and 4; the third write (step 6) failed
+
+
+def test_a_legal_name_whose_partial_sibling_would_be_too_long_is_still_written(tmp_path):
+    from tinyvision.files import replacing
+
+    path = tmp_path / ("z" * 250 + ".json")  # 255 bytes: legal; "<name>.partial" would be 263
+    with replacing(path) as partial:
+        assert len(partial.name) < 255
+        partial.write_text("{}")
+    assert path.read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == [path.name]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -47,6 +48,8 @@ def replacing(path: str | Path, hidden: bool = False):
     ends in WriteFailed naming the file and the reason."""
     path = Path(path)
     partial = path.with_name(f"{'.' if hidden else ''}{path.name}.partial")
+    if len(partial.name.encode()) > NAME_MAX:  # a legal name whose sibling would not be: a short one instead
+        partial = path.with_name(f".{hashlib.sha1(path.name.encode()).hexdigest()[:16]}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield partial
@@ -60,6 +63,19 @@ def replacing(path: str | Path, hidden: bool = False):
                     error.errno, "check the folder")
         kept = " (the previous file is kept)" if path.exists() else ""
         raise WriteFailed(f"cannot write {path}: {reason}{kept}: {hint}, or point the run at another folder") from None
+
+
+NAME_MAX = 255  # bytes in one file name: Linux's and macOS's common file systems
+
+
+def too_long(value: str) -> str | None:
+    """Why a path cannot exist on a common file system (a name over 255 bytes, the whole over 4096), or None."""
+    longest = max((len(part.encode()) for part in str(value).split("/")), default=0)
+    if longest > NAME_MAX:
+        return f"a name in it is {longest} bytes, more than a file system allows ({NAME_MAX})"
+    if len(str(value).encode()) > 4096:
+        return f"it is {len(str(value).encode())} bytes, more than a path may be (4096)"
+    return None
 
 
 def write_atomic(path: str | Path, text: str) -> None:
@@ -79,6 +95,10 @@ def output_file(key: str, value: str | Path, default_name: str, suffix: str | No
     blocking = next((parent for parent in reversed(path.parents) if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
         raise ConfigError(f"{key}={value}: {blocking} is a file, not a folder: choose a path inside a folder")
+    card = len(card_path(path).name.encode())  # the longest name written beside it (export's JSON card)
+    if card > NAME_MAX:
+        raise ConfigError(f"{key}={value}: with the card beside it ({card_path(path).name[-20:]}) a name would be {card} "
+                          f"bytes, more than a file system allows ({NAME_MAX}): shorten the name by {card - NAME_MAX}")
     return path
 
 
