@@ -203,3 +203,15 @@ def test_a_folder_evaluated_by_a_folder_trained_model_keeps_the_models_class_map
     write_image_folder(with_moths, classes=("ants", "moths"), per_class=3)
     with pytest.raises(ConfigError, match=r"it has class folders that the checkpoint's model lacks \(moths; .*ants, bees, wasps"):
         datamodule_for(classifier, dict(data, root=str(with_moths)), str(tmp_path)).setup("test")
+
+
+def test_a_class_folder_whose_name_is_not_utf8_trains_under_an_escaped_class_name(tmp_path):
+    """The folder is read by its own bytes; its class name is written with them escaped (TensorBoard's tag writer, the
+    CSV and JSON files refuse the surrogates Python keeps such bytes as)."""
+    root = tmp_path / "images"
+    write_image_folder(root, per_class=5)
+    os.rename(os.fsencode(root / "bees"), os.fsencode(root) + b"/b\xe9es")
+    module = folder_module(root, tmp_path / "cache", val_size=1, test_size=1)
+    module.setup("fit")
+    assert module.class_names == ["ants", "b\\xe9es"]
+    assert sorted(set(torch.cat([module.splits[s][1] for s in ("train", "val", "test")]).tolist())) == [0, 1]

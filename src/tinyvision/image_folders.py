@@ -31,6 +31,12 @@ def class_folders(split_root: Path) -> list[str]:
         return sorted(entry.name for entry in entries if entry.is_dir())
 
 
+def shown(name: str) -> str:
+    """A folder's name as a class name others can write: a name that is not UTF-8 (Python keeps its bytes as
+    surrogates) with those bytes escaped, b\\xe9es for b\xe9es; TensorBoard, CSV and JSON writers refuse surrogates."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def is_regular_file(path: str | os.PathLike) -> bool:
     """A regular file, or a link to one: never a FIFO, socket or device, which would block or stream their reader."""
     try:

@@ -273,7 +273,8 @@ class FolderDataModule(TensorDataModule):
         self.check_folder()
 
     def check_folder(self) -> list[str]:
-        """The class names, from the training split's class folders (the one class map of every split); fails early,
+        """The class folders' names (as the file system has them: image_folders.shown for the class names), from the
+        training split's class folders (the one class map of every split); fails early,
         naming the folder, when the directory is missing, a training class has no images, or the test split has a
         class that training lacks (its images could only be scored as some other class)."""
         if not self.root.is_dir():
@@ -284,7 +285,8 @@ class FolderDataModule(TensorDataModule):
         roots = image_folders.split_roots(self.root)
         if self.model_classes is not None:
             self._refuse_unknown_classes(roots, self.model_classes, "the checkpoint's model")
-            return self.model_classes
+            found = {image_folders.shown(name): name for root in roots.values() for name in image_folders.class_folders(root)}
+            return [found.get(name, name) for name in self.model_classes]  # each class's folder, by its shown name
         classes = image_folders.class_folders(roots["train"])
         if not classes:
             raise ConfigError(f"data.root={roots['train']} has no class subfolders: put the images of each class in a subfolder")
@@ -306,12 +308,14 @@ class FolderDataModule(TensorDataModule):
     def _refuse_unknown_classes(self, roots: dict[str, Path], classes: list[str], source: str) -> None:
         """Images of a class that ``classes`` lacks could only be scored as some other class: refused."""
         for split, root in roots.items():
-            unknown = [name for name in image_folders.class_folders(root) if name not in classes]
+            known = {image_folders.shown(name) for name in classes}
+            unknown = [image_folders.shown(name) for name in image_folders.class_folders(root)
+                       if image_folders.shown(name) not in known]
             if unknown:
                 place = f"{split}/" if root != self.root else "it"
                 raise ConfigError(
                     f"data.root={self.root}: {place} has class folders that {source} lacks ({', '.join(unknown)}; "
-                    f"{source} has {', '.join(classes)}): a class needs training images to be predicted; "
+                    f"{source} has {', '.join(sorted(known))}): a class needs training images to be predicted; "
                     + (f"add train/{unknown[0]} or move {split}/{unknown[0]} out" if source == "train/"
                        else f"move {unknown[0]}/ out, or evaluate with a model trained on it")
                 )
@@ -325,9 +329,10 @@ class FolderDataModule(TensorDataModule):
             return
         from tinyvision.data import folder_cache
 
-        self.class_names = self.check_folder()
+        folders = self.check_folder()  # the class folders' names, as the file system has them
+        self.class_names = [image_folders.shown(name) for name in folders]
         roots = image_folders.split_roots(self.root)
-        samples = {split: image_folders.image_files(root, self.class_names) for split, root in roots.items()}
+        samples = {split: image_folders.image_files(root, folders) for split, root in roots.items()}
         count = sum(len(s) for s in samples.values())
         need = folder_cache.decoded_bytes(count, self.channels, self.hw)
         budget = int(self.cache_max_gb * 1e9) if self.cache_max_gb is not None else folder_cache.default_budget_bytes(self._device())
