@@ -629,3 +629,30 @@ def test_a_sweep_with_a_failed_job_says_so_in_its_last_line_and_exits_1(tmp_path
     assert ended.value.code == 1
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == f"1 of 2 jobs did not finish (job 1: failed); their errors are in {tmp_path / 'summary.md'}"
+
+
+@pytest.mark.parametrize("doctored, expected", [
+    ("foreign", "checkpoints/last.ckpt holds a config that is not a tinyvision training run's (it lacks data, optimizer"),
+    ("no optimizer", "checkpoints/last.ckpt holds a config that is not a tinyvision training run's (it lacks optimizer)"),
+    ("another network", "the weights in this file do not fit the network its saved config builds"),
+])
+def test_a_checkpoint_whose_saved_config_does_not_fit_is_refused_in_one_line(doctored, expected, finished_run, tmp_path,
+                                                                               data_root):
+    import shutil
+
+    import torch
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    (run_dir / "metrics.json").unlink()  # an unfinished run, resumed as it is
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    if doctored == "foreign":
+        checkpoint["config"] = {"model": {"name": "resnet"}, "lr": 0.1}
+    elif doctored == "no optimizer":
+        del checkpoint["config"]["optimizer"]
+    else:
+        checkpoint["config"]["model"] = {"_target_": "tinyvision.models.MLP"}
+    torch.save(checkpoint, run_dir / "checkpoints" / "last.ckpt")
+    result = command("train.py", f"resume={run_dir}", f"paths.data_dir={data_root}")
+    assert result.returncode == 2 and expected in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr

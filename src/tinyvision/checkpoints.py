@@ -60,7 +60,11 @@ def config_for_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     saved = checkpoint.get("config")
     if saved is None:
         raise ConfigError(f"{run_dir / 'checkpoints' / 'last.ckpt'} holds no tinyvision config: it cannot be resumed")
-    if any(key not in ("resume", CONTINUE_KEY) for key in keys):
+    missing = [key for key in RUN_SECTIONS if not isinstance(saved, dict) or not isinstance(saved.get(key), dict)]
+    if missing:
+        raise ConfigError(f"resume={run_dir}: checkpoints/last.ckpt holds a config that is not a tinyvision training run's "
+                          f"(it lacks {', '.join(missing)}): it cannot be resumed; start a new run")
+    if any(key not in ("resume", CONTINUE_KEY) and not key.startswith("paths.") for key in keys):
         current = OmegaConf.to_container(cfg, resolve=True)
         differences = [d for d in _differences(saved, current) if not d.startswith(f"{CONTINUE_KEY}:")]
         if differences:
@@ -75,10 +79,13 @@ def config_for_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     resumed.paths.output_dir = str(run_dir)
     if max_epochs is not None:
         resumed.trainer.max_epochs = max_epochs
+    if "paths.data_dir" in keys:  # where this machine keeps the data: the machine's, not the run's
+        resumed.paths.data_dir = cfg.paths.data_dir
     return resumed
 
 
 CONTINUE_KEY = "trainer.max_epochs"
+RUN_SECTIONS = ("model", "data", "optimizer", "trainer")  # what every run's saved config has
 
 
 # Classes that moved, by the _target_ a run started before the move saved in its checkpoint's config.

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinyvision import slurm
 from tinyvision.audit.heldout import write_heldout
+from tinyvision.boundaries import is_state_dict_mismatch, weights_do_not_fit
 from tinyvision.callbacks import (
     FitChecks,
     LastCheckpoint,
@@ -268,6 +269,11 @@ def _fit(trainer: L.Trainer, classifier, datamodule, resume_from: Path | None, p
         if resume_from is None:
             _discard_logs_of_refused_run(trainer)
         raise
+    except RuntimeError as error:
+        if resume_from is None or not is_state_dict_mismatch(error):
+            raise
+        raise weights_do_not_fit("resume", resume_from.parent.parent, error, "the network its saved config builds",
+                                 "the checkpoint and its config do not belong together: start a new run") from None
     if pruning is not None:
         pruning.check_pruned()  # under DDP the callback stops every rank, then the trial is pruned here
 
