@@ -20,6 +20,7 @@ SCRIPTS = {"train": ROOT / "train.py", "eval": ROOT / "eval.py", "predict": ROOT
 # Words in a command line replaced by paths the test makes (see test_bad_input_gets_one_line_and_exit_status_2):
 NOT_A_CHECKPOINT = "NOT_A_CHECKPOINT"  # a text file named .ckpt
 EMPTY_FILE = "EMPTY_FILE"  # an empty file named .ckpt
+TEXT = "{} is text (quoted, or from ${{oc.env:...}}, which always gives text): "  # a number in quotes, or from oc.env
 A_FILE = "A_FILE"  # a plain file, in the way of a folder path
 CHECKPOINT = "CHECKPOINT"  # a real checkpoint of a LeNet on Fashion-MNIST's shapes (tests/test_boundaries_input.py)
 ONE_CLASS = "ONE_CLASS"  # an image folder with one class folder
@@ -263,9 +264,9 @@ CASES = [
     ("train", ["slurm.requeue_signal=TERM"], "slurm.requeue_signal=TERM: USR1 or USR2 (what sbatch --signal sends)"),
     ("train", ["slurm.auto_requeue=maybe"], "slurm.auto_requeue=maybe: true or false"),
     # Kind 5: messages that say what was typed
-    ("train", ["optimizer.lr='0.1'"], "optimizer.lr='0.1': '0.1' is text: write optimizer.lr=0.1 without quotes"),
+    ("train", ["optimizer.lr='0.1'"], TEXT.format("optimizer.lr='0.1': '0.1'") + "write optimizer.lr=0.1 without quotes"),
     ("train", ["optimizer.lr='-1'"], "optimizer.lr='-1': '-1' is text, and -1 unquoted is not allowed either: a positive number"),
-    ("train", ["model.compile='true'"], "model.compile='true': 'true' is text: write model.compile=true without quotes"),
+    ("train", ["model.compile='true'"], TEXT.format("model.compile='true': 'true'") + "write model.compile=true without quotes"),
     ("train", ["paths.data_dir=${oc.env:TINYVISION_NO_SUCH_VARIABLE}"],
      "paths.data_dir=${oc.env:TINYVISION_NO_SUCH_VARIABLE}: the environment variable TINYVISION_NO_SUCH_VARIABLE is not set"),
     ("eval", ["ckpt_path=${oc.env:TINYVISION_UNSET_PATH}"],

@@ -547,3 +547,22 @@ def test_a_worker_paused_past_its_heartbeat_finishes_its_run_and_exits_cleanly(s
     trials = shared_trials(url, name)
     assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["interrupted"]
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+
+
+def test_a_journal_cut_mid_record_keeps_the_studys_finished_trials(tmp_path):
+    """A worker killed while appending leaves half a record: the study goes on from the records before it."""
+    from optuna.storages.journal import JournalFileBackend
+
+    from tinyvision.search.study import _journal
+
+    path = tmp_path / "study.journal"
+    study = optuna.create_study(study_name="s", storage=optuna.storages.JournalStorage(JournalFileBackend(str(path))))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    with open(path, "ab") as handle:
+        handle.write(b'{"op_code": 4, "worker_id": "w", "trial_id": 2, "sta')  # cut mid-write
+    storage = _journal(f"journal:{path}", "hparams_search.storage")
+    again = optuna.load_study(study_name="s", storage=storage)
+    assert len([t for t in again.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 2
+    assert (tmp_path / "study.journal.cut").read_bytes().startswith(b'{"op_code": 4')
+    again.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)  # and it goes on
+    assert len(optuna.load_study(study_name="s", storage=_journal(f"journal:{path}", "k")).trials) == 3

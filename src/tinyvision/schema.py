@@ -157,7 +157,9 @@ def _quoted_value(model: type[BaseModel], values: Mapping[str, Any], prefix: str
     except ValidationError as error:
         still_wrong = any(_field_spec(model, p["loc"])[0] == keys for p in error.errors())
     if not still_wrong:
-        return f"{name}='{value}': '{value}' is text: write {name}={show(typed)} without quotes ({allowed or 'a value'})"
+        return (f"{name}='{value}': '{value}' is text (quoted, or from ${{oc.env:...}}, which always gives text): write "
+                f"{name}={show(typed)} without quotes, or let the shell put a variable's number in ({name}=$VAR) "
+                f"({allowed or 'a value'})")
     return f"{name}='{value}': '{value}' is text, and {show(typed)} unquoted is not allowed either: {allowed}, e.g. {name}={show(example)}"
 
 

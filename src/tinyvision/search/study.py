@@ -77,6 +77,8 @@ def _journal(url: str, key: str) -> optuna.storages.BaseStorage:
     if not url[len(JOURNAL):] or path.is_dir():
         raise ConfigError(f"{key}={url}: name the journal file, e.g. {example}")
     boundaries.output_folder(key, path.parent, shown=url, example=f"{JOURNAL}outputs/study.journal")
+    if path.is_file():
+        _cut_the_unfinished_record(path)
     if path.is_file() and path.stat().st_size and not _looks_like_a_journal(path):
         raise ConfigError(f"{key}={url}: {path} is not an Optuna journal (its lines are not Optuna's JSON records); "
                           f"name a new file, e.g. {example}")
@@ -88,6 +90,30 @@ def _journal(url: str, key: str) -> optuna.storages.BaseStorage:
     except Exception as error:  # a file that is not a journal (Optuna replays it when it opens it)
         raise ConfigError(f"{key}={url}: {path} is not an Optuna journal ({type(error).__name__}: "
                           f"{str(error).splitlines()[0][:160] if str(error) else ''}); name a new file, e.g. {example}") from None
+
+
+def _cut_the_unfinished_record(path: Path) -> None:
+    """A worker killed while appending leaves its last record without its newline: the records before it are the
+    study's finished work, so the cut record is moved aside (``<file>.cut``, for a look) and the study goes on, instead
+    of the whole journal being refused."""
+    import json
+
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if not data or data.endswith(b"\n"):
+        return
+    kept = data.rfind(b"\n") + 1
+    try:  # only a journal's records before the cut: any other file is left as it is (and refused as no journal)
+        if not kept or not data[kept:].startswith(b"{") or "op_code" not in json.loads(data[:data.find(b"\n")]):
+            return
+    except (ValueError, TypeError):
+        return
+    with open(path.with_name(path.name + ".cut"), "ab") as aside:
+        aside.write(data[kept:] + b"\n")
+    with open(path, "r+b") as handle:
+        handle.truncate(kept)
+    log.warning("%s ended in a record cut mid-write (a worker stopped while writing): it is moved to %s.cut and the "
+                "study goes on from the %d records before it", path, path.name, data[:kept].count(b"\n"))
 
 
 def _looks_like_a_journal(path: Path) -> bool:
