@@ -150,7 +150,7 @@ def _audit(stitched: Stitched, out: Path, configuration: str, method: str, top: 
     pool = datamodule.pool if datamodule is not None else None
     if pool is not None:
         images = _images_of(stitched, datamodule, issues.rows[:top])
-        titles = [f"given {names[stitched.labels[r]]}\n→ {names[s]} ({score:.2f})"
+        titles = [f"given {names[stitched.labels[r]]} (p {1 - score:.0e})\n→ {names[s]}"
                   for r, s, score in zip(issues.rows[:top], issues.suggested[:top], issues.score[:top])]
         if len(images):
             _contact_sheet(out, images, titles)
