@@ -107,3 +107,19 @@ def test_a_k_fold_sweep_of_a_folder_names_its_moved_labels_and_duplicates(tmp_pa
         bad = subprocess.run([sys.executable, "audit.py", *argv, f"hydra.run.dir={tmp_path / 'audit3'}"], cwd=ROOT,
                              capture_output=True, text=True, timeout=300)
         assert bad.returncode == 2 and expected in bad.stderr, bad.stderr[-2000:]
+
+
+def test_a_k_fold_sweep_of_a_folder_without_errors_flags_few(tmp_path):
+    root = tmp_path / "images"
+    write_image_folder(root / "train", classes=("ants", "bees", "wasps"), per_class=40, seed=3)
+    write_image_folder(root / "test", classes=("ants", "bees", "wasps"), per_class=4, seed=4)
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "data=folder", f"data.root={root}", "data.image_size=32", "data.folds=3",
+         "data.fold=range(3)", "model=convnet", "trainer.max_epochs=6", "optimizer.lr=0.003", "callbacks=minimal",
+         "logger=none", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    summary = json.loads((sweep / "audit.json").read_text())
+    assert summary["images"] == 120 and summary["flagged"] <= 2  # of 120 correctly labelled images
+    assert summary["duplicates"]["pairs"] == 0 and not summary["warnings"]
