@@ -307,13 +307,13 @@ def _unreadable_value(override: str) -> ConfigError | None:
         return ConfigError(f"{key}={shown}: a value has no line break: give it on one line")
     from tinyvision.files import too_long
 
-    reason = too_long(value) if "/" in value or len(value) > 255 else None
-    if reason is not None:  # the library's "File name too long" would come as a traceback, some of it after work
-        return ConfigError(f"{key}={value[:40]}... : {reason}: shorten it")
     digits = max((len(run) for run in re.findall(r"\d+", value)), default=0)
     if digits > sys.get_int_max_str_digits() > 0:
         return ConfigError(f"{key}={value[:12]}... ({digits} digits): a number that long is a typo (Python reads at most "
                            f"{sys.get_int_max_str_digits()} digits): give it with fewer, e.g. {key}=42")
+    reason = too_long(value) if "/" in value or len(value) > 255 else None
+    if reason is not None:  # the library's "File name too long" would come as a traceback, some of it after work
+        return ConfigError(f"{key}={value[:40]}... : {reason}: shorten it")
     return None
 
 
