@@ -61,6 +61,15 @@ def test_exact_and_near_duplicates_within_training_and_into_the_test():
     assert ("exact", "train", 11, "test", 2) in pairs and len(pairs) == 3
 
 
+def fold_sweep(root, sweep, cache) -> subprocess.CompletedProcess:
+    """A 3-fold sweep of a ConvNet on a folder of three classes, ending in its audit."""
+    return subprocess.run(
+        [sys.executable, "train.py", "-m", "data=folder", f"data.root={root}", "data.image_size=32", "data.folds=3",
+         "data.fold=range(3)", "model=convnet", "trainer.max_epochs=6", "optimizer.lr=0.003", "callbacks=minimal",
+         "logger=none", f"data.cache_dir={cache}", f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
 def test_a_k_fold_sweep_of_a_folder_names_its_moved_labels_and_duplicates(tmp_path):
     root = tmp_path / "images"
     write_image_folder(root / "train", classes=("ants", "bees", "wasps"), per_class=40, seed=3)
@@ -73,11 +82,7 @@ def test_a_k_fold_sweep_of_a_folder_names_its_moved_labels_and_duplicates(tmp_pa
     shutil.copy(root / "train" / "ants" / "010.png", root / "train" / "ants" / "copy_of_010.png")  # a duplicate
     shutil.copy(root / "train" / "bees" / "020.png", root / "test" / "bees" / "leaked.png")  # leakage into the test
     sweep = tmp_path / "sweep"
-    result = subprocess.run(
-        [sys.executable, "train.py", "-m", "data=folder", f"data.root={root}", "data.image_size=32", "data.folds=3",
-         "data.fold=range(3)", "model=convnet", "trainer.max_epochs=6", "optimizer.lr=0.003", "callbacks=minimal",
-         "logger=none", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = fold_sweep(root, sweep, tmp_path / "cache")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "likely mislabeled" in result.stdout and f"{sweep}/label_issues.csv" in result.stdout.replace("\n", "")
     flagged = list(csv.DictReader((sweep / "label_issues.csv").open()))
@@ -114,11 +119,7 @@ def test_a_k_fold_sweep_of_a_folder_without_errors_flags_few(tmp_path):
     write_image_folder(root / "train", classes=("ants", "bees", "wasps"), per_class=40, seed=3)
     write_image_folder(root / "test", classes=("ants", "bees", "wasps"), per_class=4, seed=4)
     sweep = tmp_path / "sweep"
-    result = subprocess.run(
-        [sys.executable, "train.py", "-m", "data=folder", f"data.root={root}", "data.image_size=32", "data.folds=3",
-         "data.fold=range(3)", "model=convnet", "trainer.max_epochs=6", "optimizer.lr=0.003", "callbacks=minimal",
-         "logger=none", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = fold_sweep(root, sweep, tmp_path / "cache")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     summary = json.loads((sweep / "audit.json").read_text())
     assert summary["images"] == 120 and summary["flagged"] <= 2  # of 120 correctly labelled images

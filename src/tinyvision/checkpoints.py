@@ -4,6 +4,7 @@ the callbacks and IO plugin that write resumable, never-half-written checkpoints
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -15,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinyvision.errors import ConfigError
 from tinyvision.files import LAST_CHECKPOINT, METRICS_FILE, replacing
+
+log = logging.getLogger(__name__)
 
 
 def finished_epochs(run_dir: Path) -> int | None:
@@ -179,8 +182,6 @@ def start_from_weights(classifier, value: str) -> Path:
     the classifier's network its weights; the data, optimizer and schedule are this run's. A new head (another number
     of classes) starts from random weights; any other tensor of another shape or name is another architecture and
     refused. Returns the checkpoint read."""
-    import logging
-
     from tinyvision.boundaries import load_torch
 
     given = Path(value)
@@ -210,7 +211,7 @@ def start_from_weights(classifier, value: str) -> Path:
                           "the input (data.channels, data.image_size) or the model's settings differ from the run it "
                           "was trained in; only the last layer (the classes) may differ")
     if reshaped:
-        logging.getLogger(__name__).info("init_from=%s: a new head (%s) for %d classes, from random weights", value,
+        log.info("init_from=%s: a new head (%s) for %d classes, from random weights", value,
                                          ", ".join(reshaped), ours[reshaped[-1]].shape[0])
     classifier.load_state_dict({**classifier.state_dict(), **{k: v for k, v in theirs.items() if k not in reshaped}})
     return given

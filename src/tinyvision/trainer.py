@@ -57,14 +57,17 @@ class TrainerSettings(Open):
     def _device_here(cls, values):
         """Lightning's own refusal of a missing GPU names no setting ("No supported gpu backend found!")."""
         accelerator = values.get("accelerator") if isinstance(values, Mapping) else None
-        if accelerator in ("gpu", "cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ConfigValueError("accelerator", accelerator, "no GPU is available here (PyTorch finds no CUDA device): "
-                                       "train on the CPU with trainer=cpu, or let Lightning choose with trainer.accelerator=auto",
-                                       "cpu")
+        _refuse_a_missing_gpu("accelerator", accelerator, "train on the CPU with trainer=cpu, or let Lightning choose with "
+                              "trainer.accelerator=auto")
         return values
+
+
+def _refuse_a_missing_gpu(key: str, accelerator: Any, fix: str) -> None:
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigValueError(key, accelerator, f"no GPU is available here (PyTorch finds no CUDA device): {fix}", "cpu")
 
 
 class EvalTrainerSettings(Section):
@@ -81,12 +84,7 @@ class EvalTrainerSettings(Section):
     @field_validator("accelerator")
     @classmethod
     def _device_here(cls, accelerator):  # only ever eval's trainer section: the key is named from the top
-        if accelerator in ("gpu", "cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ConfigValueError("trainer.accelerator", accelerator, "no GPU is available here (PyTorch finds no CUDA "
-                                       "device): test on the CPU with trainer.accelerator=cpu (or auto)", "cpu")
+        _refuse_a_missing_gpu("trainer.accelerator", accelerator, "test on the CPU with trainer.accelerator=cpu (or auto)")
         return accelerator
 
 
