@@ -86,7 +86,12 @@ def wandb_records(run_folder: Path):
 
 
 def read_run(run_folder: Path) -> dict:
-    """What a W&B offline run holds: its id, name and project, config, history rows, final summary and exit code."""
+    """What a W&B offline run holds: its id, name and project, config, history rows, final summary and exit code.
+
+    wandb's service process writes the file and flushes it when it closes the run's stream, which it may do after
+    run.finish() has returned (CI once read a file of the header alone, under load): shutting the service down
+    first waits for that. The next run of the test starts a new service."""
+    wandb.teardown()
     key = lambda item: item.key or "/".join(item.nested_key)
     run = {"config": {}, "history": [], "summary": {}, "exit_code": None}
     for record in wandb_records(run_folder):
@@ -104,6 +109,7 @@ def read_run(run_folder: Path) -> dict:
         elif kind == "exit":
             run["exit_code"] = record.exit.exit_code
     run["config"].pop("_wandb", None)
+    assert "id" in run, f"{run_folder} holds no run record: {[item.name for item in run_folder.iterdir()]}, {run}"
     return run
 
 
