@@ -108,3 +108,39 @@ def test_predict_gives_the_same_classes_from_the_checkpoint_and_the_onnx_file(ma
     result = run("predict.py", f"ckpt_path={truncated}", f"inputs={photos}", f"hydra.run.dir={tmp_path / 'predict_bad'}")
     assert result.returncode == 2 and f"error: ckpt_path={truncated} cannot be read as an ONNX model" in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors"])
+def test_an_export_onto_a_full_disk_is_one_line_and_keeps_the_earlier_export(fmt, tmp_path, monkeypatch):
+    """Every writer's file fills up after 1,000 bytes, as a full disk does: the one WriteFailed line, no .partial, the
+    earlier export kept. (TorchScript's own C++ writer aborted the process; safetensors' raised its own error.)"""
+    import builtins
+    import errno
+    import io
+
+    from tinyvision.files import WriteFailed
+
+    class FillsUp(io.FileIO):
+        def write(self, data):
+            room = max(0, 1000 - self.tell())
+            if not room:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(bytes(data)[:room])
+
+    real_open = builtins.open
+
+    def full_disk_open(file, mode="r", *args, **kwargs):
+        if str(file).endswith(".partial") and "w" in mode:
+            return io.BufferedWriter(FillsUp(file, "w"))
+        return real_open(file, mode, *args, **kwargs)
+
+    classifier = classifier_of("LeNet", GREY)
+    target = tmp_path / f"model{'.pt' if fmt == 'torchscript' else '.' + fmt}"
+    export(classifier, fmt, target)
+    earlier = target.read_bytes()
+    monkeypatch.setattr(builtins, "open", full_disk_open)
+    with pytest.raises(WriteFailed, match=r"cannot write .*: No space left on device \(the previous file is kept\)"):
+        export(classifier, fmt, target)
+    monkeypatch.undo()
+    assert target.read_bytes() == earlier
+    assert not [path.name for path in tmp_path.iterdir() if path.name.endswith(".partial")]

@@ -8,6 +8,7 @@ still lists them, with the channels, image size and class names.
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -106,17 +107,27 @@ def _torchscript(classifier: ImageClassifier, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = classifier.to_torchscript(method="trace", example_inputs=example_images(classifier))
-        torch.jit.save(traced, str(path))
+        # Into memory, then written by Python: torch.jit.save's own C++ file writer aborts the whole process on a
+        # full disk (exit 134, no Python exception), where Python's write raises the OSError replacing() answers.
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+    _write_bytes(path, buffer.getbuffer())
 
 
 def _safetensors(classifier: ImageClassifier, path: Path) -> None:
     try:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
     except ImportError:
         raise ConfigError("format=safetensors needs the safetensors package: pip install 'tinyvision[export]'") from None
     # The network's weights (normalization is in the card), not the metrics' running state (train_acc.tp, ...)
     weights = {key: value for key, value in classifier.state_dict().items() if key.startswith("net.")}
-    save_file({key: value.contiguous() for key, value in weights.items()}, str(path))
+    # safetensors' own writer raises its SafetensorError on a full disk or a read-only folder, not an OSError
+    _write_bytes(path, save({key: value.contiguous() for key, value in weights.items()}))
+
+
+def _write_bytes(path: Path, data: bytes | memoryview) -> None:
+    with open(path, "wb") as file:
+        file.write(data)
 
 
 class ExportSettings(Open):
