@@ -236,6 +236,13 @@ CASES = [
      "hparams_search.storage=bogus://x: null or a database URL (SQLAlchemy knows no database 'bogus'"),
     ("train", ["-m", "hparams_search=lenet_fashion", f"hparams_search.storage=postgresql://{CLOSED}/study"],
      f"hparams_search.storage=postgresql://{CLOSED}/study: the database server does not answer"),
+    ("train", ["-m", "hparams_search=lenet_fashion", "hparams_search.storage=mysql://u@db/study"],
+     "hparams_search.storage=mysql://u@db/study: null or a database URL (the driver for mysql is not installed (No module "
+     "named 'MySQLdb'): install it, or name one that is in the URL (mysql+<driver>://...))"),
+    ("train", ["logger=mlflow", "logger.mlflow.tracking_uri=mysql://u@db/mlflow"],
+     "logger.mlflow.tracking_uri=mysql://u@db/mlflow: the driver for mysql is not installed (No module named 'MySQLdb')"),
+    ("train", ["logger=mlflow", f"logger.mlflow.tracking_uri=postgresql+psycopg://{CLOSED}/mlflow"],
+     f"logger.mlflow.tracking_uri=postgresql+psycopg://{CLOSED}/mlflow: the database server does not answer ({CLOSED} does"),
     # Kind 4: settings a library refuses only later, declared
     ("train", ["callbacks.checkpoint.monitor=val/accuracy"],
      "callbacks.checkpoint.monitor=val/accuracy: not a metric the model logs; did you mean val/acc?"),

@@ -286,6 +286,12 @@ def _check_mlflow(name: str, settings: dict[str, Any]) -> None:
         if problem is not None:
             raise ConfigError(f"{key}={uri}: no MLflow server answers there ({problem}): start it (mlflow server --host "
                               f"HOST --port PORT) or log to a local file, e.g. {key}=sqlite:///outputs/mlflow.db")
+    elif scheme.split("+")[0] in ("postgresql", "mysql", "mariadb", "mssql"):  # MLflow's SQL store, through SQLAlchemy
+        problem = database_url_problem(uri)
+        if problem is None and (answer := database_server_problem(uri)) is not None:
+            problem = f"the database server does not answer ({answer}): start it"
+        if problem is not None:
+            raise ConfigError(f"{key}={uri}: {problem}, or log to a local file, e.g. {key}=sqlite:///outputs/mlflow.db")
     elif scheme == "sqlite":
         sqlite_parent(key, uri, create=False)  # a missing folder is fine: MLflow's SQL store creates it (Optuna's does not)
     elif scheme == "file":
@@ -305,12 +311,25 @@ def database_url_problem(url: str) -> str | None:
     except ArgumentError:
         return "not a database URL (dialect://user:password@host/database)"
     try:
-        parsed.get_dialect()
+        parsed.get_dialect().import_dbapi()  # the driver package (MySQLdb, psycopg2, ...) is imported only here
     except NoSuchModuleError:
         return f"SQLAlchemy knows no database {parsed.drivername!r} (sqlite, postgresql, mysql, ...)"
     except ImportError as error:
-        return f"the driver for {parsed.drivername} is not installed ({_first_line(error)})"
+        return (f"the driver for {parsed.drivername} is not installed ({_first_line(error)}): install it, or name one "
+                f"that is in the URL ({parsed.get_backend_name()}+<driver>://...)")
     return None
+
+
+def database_server_problem(url: str) -> str | None:
+    """Why the database server of a URL does not answer a short connection (a driver retries for minutes), or None;
+    None for a file database."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if not parsed.host:
+        return None
+    default_port = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433}.get(parsed.get_backend_name(), 5432)
+    return answer_problem(f"tcp://{parsed.host}:{parsed.port or default_port}")
 
 
 # ---------------------------------------------------------------------------------------------- the data's places

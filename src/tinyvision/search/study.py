@@ -35,7 +35,6 @@ def open_storage(url: str, key: str = "hparams_search.storage") -> optuna.storag
     """Optuna's storage for a database URL; SQLite waits for a lock instead of failing when jobs write at once. A URL
     SQLAlchemy cannot use, a database server that does not answer, or a SQLite file whose folder cannot be made is one
     line (SQLite cannot create a missing folder: it is created here)."""
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
     example = f"{key}=sqlite:///outputs/study.db"
@@ -44,13 +43,10 @@ def open_storage(url: str, key: str = "hparams_search.storage") -> optuna.storag
     problem = boundaries.database_url_problem(url)
     if problem is not None:
         raise ConfigError(f"{key}={url}: {problem}, e.g. {example}")
-    parsed = make_url(url)
-    if parsed.host:  # a database server: a short connection first, not the driver's long timeout
-        default_port = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433}.get(parsed.get_backend_name(), 5432)
-        answer = boundaries.answer_problem(f"tcp://{parsed.host}:{parsed.port or default_port}")
-        if answer is not None:
-            raise ConfigError(f"{key}={url}: the database server does not answer ({answer}): start it, or use a "
-                              f"file every job can reach, e.g. {example}")
+    answer = boundaries.database_server_problem(url)  # a short connection first, not the driver's long timeout
+    if answer is not None:
+        raise ConfigError(f"{key}={url}: the database server does not answer ({answer}): start it, or use a "
+                          f"file every job can reach, e.g. {example}")
     boundaries.sqlite_parent(key, url, create=True)
     options = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite:") else {}
     try:
