@@ -644,7 +644,12 @@ def test_a_checkpoint_whose_saved_config_does_not_fit_is_refused_in_one_line(doc
 
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
-    (run_dir / "metrics.json").unlink()  # an unfinished run, resumed as it is
+    continued = []
+    if doctored == "another network":  # a finished run continued: its record stays as it was
+        finished = json.loads((run_dir / "metrics.json").read_text())
+        continued = [f"trainer.max_epochs={finished['epochs'] + 1}"]
+    else:
+        (run_dir / "metrics.json").unlink()  # an unfinished run, resumed as it is
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     if doctored == "foreign":
         checkpoint["config"] = {"model": {"name": "resnet"}, "lr": 0.1}
@@ -653,6 +658,10 @@ def test_a_checkpoint_whose_saved_config_does_not_fit_is_refused_in_one_line(doc
     else:
         checkpoint["config"]["model"] = {"_target_": "tinyvision.models.MLP"}
     torch.save(checkpoint, run_dir / "checkpoints" / "last.ckpt")
-    result = command("train.py", f"resume={run_dir}", f"paths.data_dir={data_root}")
+    result = command("train.py", f"resume={run_dir}", f"paths.data_dir={data_root}", *continued)
     assert result.returncode == 2 and expected in result.stderr, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    assert "Restoring states" not in result.stderr + result.stdout  # refused before Lightning's notes
+    if continued:
+        assert json.loads((run_dir / "metrics.json").read_text()) == finished
+        assert not list(run_dir.glob("metrics_epoch*.json"))

@@ -88,8 +88,6 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
     resume_from = _checkpoint_to_resume(cfg, run_dir)
     # Resolved and checked once, before anything is built or written: the run is built from these values alone.
     values = validate_train(cfg)
-    if resume_from is not None:
-        _keep_finished_record(run_dir, values["trainer"].get("max_epochs"))
     keep_freed_memory()  # each step's tensors reuse the last step's memory, without page faults (host_memory.py)
     with slurm.EndWarning(values.get("slurm")) as warning:  # never the signal's default action, wherever it lands
         return _train(values, run_dir, resume_from, sweep_job, warning)
@@ -98,6 +96,14 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
 def _train(values: dict[str, Any], run_dir: Path, resume_from: Path | None, sweep_job: bool, warning) -> dict[str, Any]:
     L.seed_everything(values["seed"], workers=True, verbose=False)
     datamodule, classifier = build(values)
+    if resume_from is not None:  # before the trainer: Lightning's notes would come before the one line
+        _refuse_weights_that_do_not_fit(classifier, resume_from)
+    with _finished_record_kept(run_dir, resume_from, values["trainer"].get("max_epochs")):
+        return _fit_and_test(values, run_dir, resume_from, sweep_job, warning, datamodule, classifier)
+
+
+def _fit_and_test(values: dict[str, Any], run_dir: Path, resume_from: Path | None, sweep_job: bool, warning,
+                  datamodule, classifier) -> dict[str, Any]:
     classifier.run_config = values
     # a new run that starts from a trained run's weights (a resumed one has all of its state in its checkpoint)
     classifier.init_from = str(start_from_weights(classifier, values["init_from"])) if values.get("init_from") and \
@@ -156,14 +162,43 @@ def _checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
     return None
 
 
-def _keep_finished_record(run_dir: Path, max_epochs: int | None) -> None:
+@contextlib.contextmanager
+def _finished_record_kept(run_dir: Path, resume_from: Path | None, max_epochs: int | None):
     """A finished run continued to more epochs: its metrics.json is kept beside the one the continuation writes
-    (until then the folder reads as an unfinished run, which resume= alone continues)."""
-    trained = finished_epochs(run_dir)
-    if trained is not None:
-        (run_dir / METRICS_FILE).replace(run_dir / f"metrics_epoch{trained}.json")
-        log.info("continuing %s from epoch %d to %s; its metrics.json is kept as metrics_epoch%d.json", run_dir, trained,
-                 max_epochs, trained)
+    (until then the folder reads as an unfinished run, which resume= alone continues). A continuation that ends
+    before it has written a checkpoint (refused, or stopped in its first steps) puts the record back: the folder is
+    the finished run it was."""
+    trained = finished_epochs(run_dir) if resume_from is not None else None
+    if trained is None:
+        yield
+        return
+    kept, before = run_dir / f"metrics_epoch{trained}.json", _stat(resume_from)
+    (run_dir / METRICS_FILE).replace(kept)
+    log.info("continuing %s from epoch %d to %s; its metrics.json is kept as %s", run_dir, trained, max_epochs, kept.name)
+    try:
+        yield
+    except BaseException:
+        if _stat(resume_from) == before and not (run_dir / METRICS_FILE).exists():
+            kept.replace(run_dir / METRICS_FILE)
+        raise
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        return path.stat().st_mtime_ns, path.stat().st_size
+    except OSError:
+        return None
+
+
+def _refuse_weights_that_do_not_fit(classifier, checkpoint_path: Path) -> None:
+    """The checkpoint's weights load into the network its saved config builds (Lightning loads them again at fit)."""
+    try:
+        classifier.load_state_dict(load_checkpoint_file(checkpoint_path)["state_dict"])
+    except RuntimeError as error:
+        if not is_state_dict_mismatch(error):
+            raise
+        raise weights_do_not_fit("resume", checkpoint_path.parent.parent, error, "the network its saved config builds",
+                                 "the checkpoint and its config do not belong together: start a new run") from None
 
 
 def _this_command() -> list[str]:
@@ -269,11 +304,6 @@ def _fit(trainer: L.Trainer, classifier, datamodule, resume_from: Path | None, p
         if resume_from is None:
             _discard_logs_of_refused_run(trainer)
         raise
-    except RuntimeError as error:
-        if resume_from is None or not is_state_dict_mismatch(error):
-            raise
-        raise weights_do_not_fit("resume", resume_from.parent.parent, error, "the network its saved config builds",
-                                 "the checkpoint and its config do not belong together: start a new run") from None
     if pruning is not None:
         pruning.check_pruned()  # under DDP the callback stops every rank, then the trial is pruned here
 
