@@ -132,3 +132,62 @@ def test_a_legal_name_whose_partial_sibling_would_be_too_long_is_still_written(t
         assert len(partial.name) < 255
         partial.write_text("{}")
     assert path.read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots()
+    axes.plot([0, 1], [1, 0])
+    return figure
+
+
+REPORT = {"per_class": {"a": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 3}},
+          "macro": {"precision": 1.0, "recall": 1.0, "f1": 1.0}, "weighted": {"precision": 1.0, "recall": 1.0, "f1": 1.0}}
+SWEEP_ROW = {"job": "0", "status": "done", "overrides": "seed=1", "val/acc_best": 0.9, "test/acc": 0.8, "epochs": 1,
+             "wall_seconds": 1.0, "run_dir": "0"}
+
+
+@pytest.mark.parametrize("writer", ["picture", "per_class.csv", "sweep summary", "json"])
+def test_every_writer_of_a_run_s_files_meets_a_full_disk_with_one_line_and_no_partial(writer, tmp_path, monkeypatch):
+    """The kind, not the case: each writer (pictures, CSV, the sweep's summary files, JSON) goes through replacing(),
+    so a disk that fills up mid-write is the one WriteFailed line, nothing half-written is left and an earlier file
+    stays whole. (Pictures and CSV files were written in place: a traceback and a half file.)"""
+    import builtins
+    import io
+
+    from tinyvision.files import save_figure, write_json
+    from tinyvision.report import write_per_class_csv
+    from tinyvision.sweep import write_summary
+
+    class FillsUp(io.FileIO):
+        def write(self, data):
+            if self.tell() >= 10:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(bytes(data)[:10 - self.tell()])
+
+    real_open = builtins.open
+
+    def full_disk_open(file, mode="r", *args, **kwargs):
+        if str(file).endswith(".partial") and "w" in mode:
+            raw = FillsUp(file, "w")
+            return raw if "b" in mode else io.TextIOWrapper(io.BufferedWriter(raw), newline=kwargs.get("newline"))
+        return real_open(file, mode, *args, **kwargs)
+
+    write, target = {
+        "picture": (lambda: save_figure(_figure(), tmp_path / "results.png"), "results.png"),
+        "per_class.csv": (lambda: write_per_class_csv(tmp_path / "per_class.csv", REPORT), "per_class.csv"),
+        "sweep summary": (lambda: write_summary(tmp_path, [SWEEP_ROW]), "summary.csv"),
+        "json": (lambda: write_json(tmp_path / "metrics.json", {"test/acc": 0.5}), "metrics.json"),
+    }[writer]
+    (tmp_path / target).write_text("the earlier file")
+    monkeypatch.setattr(builtins, "open", full_disk_open)
+    monkeypatch.setattr(io, "open", full_disk_open)  # pathlib's write_text opens through io.open
+    with pytest.raises(WriteFailed, match=r"cannot write .*: No space left on device \(the previous file is kept\)"):
+        write()
+    monkeypatch.undo()
+    assert (tmp_path / target).read_text() == "the earlier file"
+    assert not [path.name for path in tmp_path.iterdir() if path.name.endswith(".partial")]

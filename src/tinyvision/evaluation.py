@@ -13,7 +13,7 @@ from rich.table import Table
 from tinyvision.callbacks import TestReport
 from tinyvision.config import validate_eval
 from tinyvision.errors import ConfigError
-from tinyvision.files import write_json
+from tinyvision.files import save_figure, write_json
 from tinyvision.inference import datamodule_for, load_classifier
 from tinyvision.pictures import confusion_figure
 from tinyvision.report import PER_CLASS_FILE, write_per_class_csv
@@ -52,7 +52,7 @@ def evaluate(cfg: DictConfig) -> dict:
     write_json(f"{run_dir}/metrics.json", metrics)
     write_per_class_csv(Path(run_dir) / PER_CLASS_FILE, report.report)
     figure = confusion_figure(report.confusion_matrix, names, f"test accuracy {metrics['test/acc']:.2%}", normalized=True)
-    figure.savefig(f"{run_dir}/confusion_matrix.png", dpi=120)
+    save_figure(figure, Path(run_dir) / "confusion_matrix.png", dpi=120)
     show(metrics, report.confusion_matrix, run_dir)
     return metrics
 

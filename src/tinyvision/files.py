@@ -102,5 +102,11 @@ def output_file(key: str, value: str | Path, default_name: str, suffix: str | No
     return path
 
 
+def save_figure(figure, path: str | Path, dpi: int = 110) -> None:
+    """A matplotlib figure as a PNG file, through replacing() as every other file: whole or not at all."""
+    with replacing(path) as partial:
+        figure.savefig(partial, dpi=dpi, format="png")
+
+
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(payload, indent=2) + "\n")

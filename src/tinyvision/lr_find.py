@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from rich.console import Console
 
 from tinyvision.config import validate_train
-from tinyvision.files import write_json
+from tinyvision.files import save_figure, write_json
 from tinyvision.schema import ConfigValueError, Section, check, spec
 from tinyvision.trainer import make_trainer
 from tinyvision.training import build
@@ -114,7 +114,7 @@ def plot(lrs: list[float], losses: list[float], suggestion: float | None, path: 
     axes.set_xlabel("learning rate")
     axes.set_ylabel("training loss (smoothed)")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path)
     plt.close(figure)
 
 

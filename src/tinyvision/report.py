@@ -18,6 +18,8 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
+from tinyvision.files import replacing
+
 PER_CLASS_FILE = "per_class.csv"
 CALIBRATION_BINS = 15  # the usual choice for ECE (Guo et al., 2017)
 
@@ -67,7 +69,7 @@ def scalars(report: dict[str, Any], prefix: str = "test") -> dict[str, float]:
 
 def write_per_class_csv(path: Path, report: dict[str, Any]) -> None:
     """per_class.csv: one row per class, then the macro and weighted averages (support: all images)."""
-    with open(path, "w", newline="") as handle:
+    with replacing(path) as partial, open(partial, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["class", "precision", "recall", "f1", "support"])
         for name, row in report["per_class"].items():

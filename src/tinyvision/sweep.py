@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from tinyvision.files import FAILURE_FILE, METRICS_FILE, PRUNED_FILE, STUDY_RESULT
+from tinyvision.files import FAILURE_FILE, METRICS_FILE, PRUNED_FILE, STUDY_RESULT, replacing, save_figure, write_atomic
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -106,7 +106,7 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
     columns = ["rank", "job", "status", "overrides", "val/acc_best", "test/acc", "epochs", "wall_seconds", "run_dir", "error"]
     if repeated:
         columns += ["n", "repeats", *(f"{key}_{stat}" for key in AGGREGATED for stat in ("mean", "std"))]
-    with open(sweep_dir / "summary.csv", "w", newline="") as handle:
+    with replacing(sweep_dir / "summary.csv") as partial, open(partial, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for rank, row in enumerate(rows, 1):
@@ -127,7 +127,7 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
                  f"| overrides | n | {over} | best val acc | test acc | seconds |", "|---|---:|---|---:|---:|---:|",
                  *(f"| `{r['overrides']}` | {r['n']} | {r['repeats']} | {_mean_std(r, 'val/acc_best')} | {_mean_std(r, 'test/acc')} | "
                    f"{_mean_std(r, 'wall_seconds', 1)} |" for r in repeated), "", "Every job:", "", *lines]
-    (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir.name}\n\n" + study + "\n".join(lines) + "\n")
+    write_atomic(sweep_dir / "summary.md", f"# Sweep {sweep_dir.name}\n\n" + study + "\n".join(lines) + "\n")
     written = [sweep_dir / "summary.md", sweep_dir / "summary.csv"]
     picture = sweep_dir / "summary.png"
     picture.unlink(missing_ok=True)  # a summary.png of an earlier session is not this one's
@@ -204,7 +204,7 @@ def _bar_pairs(path: Path, labels: list[str], series: dict[str, tuple[list[float
     axes.set_xlabel(xlabel)
     axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)  # above the bars, never over them
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path)
     plt.close(figure)
 
 

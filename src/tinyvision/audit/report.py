@@ -17,7 +17,7 @@ from tinyvision.audit.confident import METHODS, find_label_issues
 from tinyvision.audit.duplicates import duplicate_pairs
 from tinyvision.audit.heldout import Stitched, stitch
 from tinyvision.errors import ConfigError
-from tinyvision.files import METRICS_FILE, PathsSettings, replacing, write_json
+from tinyvision.files import METRICS_FILE, PathsSettings, replacing, save_figure, write_json
 from tinyvision.schema import PositiveInt, Section, one_of, spec
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,6 @@ def _contact_sheet(out: Path, images, titles: list[str]) -> None:
     from tinyvision.pictures import as_picture, labelled_grid_figure
 
     figure = labelled_grid_figure(as_picture(images), titles)
-    with replacing(out / "label_issues.png") as partial:
-        figure.savefig(partial, dpi=110, format="png")
+    save_figure(figure, out / "label_issues.png")
     with SummaryWriter(str(out / "tensorboard")) as writer:
         writer.add_figure("audit/label_issues", figure, 0)

@@ -13,7 +13,7 @@ from torch import Tensor
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 from torchvision.utils import make_grid
 
-from tinyvision.files import replacing
+from tinyvision.files import save_figure
 from tinyvision.loggers import tensorboard_writer
 from tinyvision.pictures import as_picture, confusion_figure, labelled_grid_figure, results_figure
 from tinyvision.schema import Target, spec
@@ -129,7 +129,6 @@ class RunPictures(L.Callback):
             figures["confusion_matrix.png"] = confusion_figure(report.confusion_matrix, [str(n) for n in pl_module.class_names],
                                                                title, normalized=True)
         for name, figure in figures.items():
-            with replacing(self.dirpath / name) as partial:
-                figure.savefig(partial, dpi=110, format="png")
+            save_figure(figure, self.dirpath / name)
             figure.clf()
             self.written.append(self.dirpath / name)

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from tinyvision import boundaries
 from tinyvision.errors import ConfigError
-from tinyvision.files import BEST_FILE, STUDY_FILE, STUDY_RESULT, write_atomic
+from tinyvision.files import BEST_FILE, STUDY_FILE, STUDY_RESULT, save_figure, write_atomic
 from tinyvision.search.space import trial_overrides
 
 log = logging.getLogger(__name__)
@@ -329,7 +329,7 @@ def _plot(study: optuna.Study, sweep_dir: Path) -> dict[str, str]:
             figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
             figure.set_size_inches(8, 5)
             figure.tight_layout()
-            figure.savefig(sweep_dir / f"{name}.png", dpi=110)
+            save_figure(figure, sweep_dir / f"{name}.png")
             plt.close(figure)
             written[name] = f"{name}.png"
         except (ValueError, RuntimeError) as error:
