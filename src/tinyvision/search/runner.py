@@ -13,7 +13,6 @@ import math
 import os
 import socket
 import statistics
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -25,7 +24,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from tinyvision.cli import report
+from tinyvision.cli import exit_bad_input
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import FAILURE_FILE, STUDY_FILE, write_json
 from tinyvision.search import space as study_space
@@ -49,8 +48,7 @@ class Study:
         try:
             return self._sweep(arguments)
         except TinyVisionError as error:
-            report(error)
-            sys.exit(2)
+            exit_bad_input(error)  # the one line, and the sweep folder this command made removed
 
     def _sweep(self, arguments: list[str]) -> optuna.Study:
         search = OmegaConf.to_container(self.search, resolve=True)
