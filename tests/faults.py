@@ -7,6 +7,8 @@ own config, which must stay clean):
     python tests/faults.py usr1-at-step N train.py ARGS...      # SIGUSR1 during training step N (SLURM's warning)
     python tests/faults.py int-in-test N train.py ARGS...       # SIGINT during batch N of the final test (usr1-in-test too)
     python tests/faults.py term-in-test N eval.py ARGS...       # SIGTERM during batch N of a test (eval.py's, train.py's)
+    python tests/faults.py term-in-val N train.py ARGS...       # SIGTERM during batch N of a validation (not the sanity check)
+    python tests/faults.py term-at-setup 0 SCRIPT ARGS...       # SIGTERM in the model's set-up (train, eval, find_lr)
     python tests/faults.py nan-at-step N train.py ARGS...       # a NaN weight before training step N+1
     python tests/faults.py kill-during-save N train.py ARGS...  # SIGKILL halfway through the N-th checkpoint write
     python tests/faults.py kill-in-trial N train.py -m ARGS...  # SIGKILL the sweep at trial N's 2nd training step
@@ -56,6 +58,28 @@ def signal_in_test(signum: int):
     return at_batch
 
 
+def signal_in_validation(signum: int):
+    def at_batch(number: int) -> None:
+        def on_validation_batch_start(self, batch, batch_idx, dataloader_idx=0):
+            if not self.trainer.sanity_checking and batch_idx == number:
+                os.kill(os.getpid(), signum)
+
+        ImageClassifier.on_validation_batch_start = on_validation_batch_start
+
+    return at_batch
+
+
+def signal_at_setup(signum: int):
+    def at_setup(_: int) -> None:
+        # While the trainer sets the run up (the model's setup, before its first step or batch)
+        def setup(self, stage):
+            os.kill(os.getpid(), signum)
+
+        ImageClassifier.setup = setup
+
+    return at_setup
+
+
 def nan_at_step(step: int) -> None:
     def on_train_batch_start(self, batch, batch_idx):
         if self.trainer.global_step == step:
@@ -97,7 +121,8 @@ if __name__ == "__main__":
               "int-at-step": signal_at_step(signal.SIGINT),
               "usr1-at-step": signal_at_step(signal.SIGUSR1), "usr2-at-step": signal_at_step(signal.SIGUSR2),
               "int-in-test": signal_in_test(signal.SIGINT), "term-in-test": signal_in_test(signal.SIGTERM),
-              "usr1-in-test": signal_in_test(signal.SIGUSR1),
+              "usr1-in-test": signal_in_test(signal.SIGUSR1), "term-in-val": signal_in_validation(signal.SIGTERM),
+              "term-at-setup": signal_at_setup(signal.SIGTERM),
               "nan-at-step": nan_at_step, "kill-during-save": kill_during_save,
               "kill-in-trial": kill_in_trial}
     faults[mode](int(number))

@@ -665,3 +665,34 @@ def test_a_checkpoint_whose_saved_config_does_not_fit_is_refused_in_one_line(doc
     if continued:
         assert json.loads((run_dir / "metrics.json").read_text()) == finished
         assert not list(run_dir.glob("metrics_epoch*.json"))
+
+
+def test_sigterm_in_validation_resumes_from_the_last_checkpoint_bit_identically(uninterrupted, data_root, tmp_path):
+    """A stop during a validation: the run exits 143 naming the last checkpoint written (the periodic one), which
+    resumes to the uninterrupted run."""
+    run_dir = tmp_path / "run"
+    stopped = train(*RUN, f"paths.data_dir={data_root}", f"hydra.run.dir={run_dir}", fault=("term-in-val", 1))
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert f"resume with  python train.py resume={run_dir}" in stopped.stdout + stopped.stderr
+    assert not (run_dir / "metrics.json").exists()
+    resumed = train(f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(run_dir, uninterrupted)
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py", "find_lr.py"])
+def test_sigterm_at_set_up_exits_143_and_the_same_command_starts_again_in_its_folder(script, finished_run, data_root,
+                                                                                     tmp_path):
+    """Stopped while the trainer sets the run up (before any step or batch): exit 143, nothing of the command's own
+    written, and the command line given again (its hydra.run.dir included) runs in that folder."""
+    out = tmp_path / "out"
+    args = {"train.py": QUICK, "find_lr.py": QUICK,
+            "eval.py": [f"ckpt_path={finished_run / 'checkpoints' / 'best.ckpt'}", "batch_size=64"]}[script]
+    args = [*args, f"paths.data_dir={data_root}", f"hydra.run.dir={out}"]
+    stopped = command(script, *args, fault=("term-at-setup", 0))
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert not {"metrics.json", "lr_find.json", "checkpoints"} & {path.name for path in out.iterdir()}
+    again = command(script, *args)
+    # find_lr.py exits 1 when it can suggest no lr, as on the random images here; a refused folder would be 2
+    assert again.returncode == (1 if script == "find_lr.py" else 0), again.stderr[-3000:]
+    assert (out / ("lr_find.json" if script == "find_lr.py" else "metrics.json")).is_file()

@@ -410,11 +410,40 @@ def _refuse_used_folder(key: str, given: str, folder: Path, multirun: bool) -> N
                           "a new folder")
     elif holds_run(folder):
         what, go_on = "a run", ""
+    elif _abandoned(folder, held):
+        return  # a command stopped before it wrote anything of its own: the same command line may start again here
     elif (folder / ".hydra").is_dir() or CLAIM_FILE in held:
         what, go_on = "another command's output", ""
     else:
         what, go_on = f"files ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''})", ""
     raise ConfigError(f"{key}={given} already holds {what}: it is kept as it is; choose a new folder{go_on}")
+
+
+def _abandoned(folder: Path, held: list[str]) -> bool:
+    """Whether ``folder`` holds only what a command writes before its own work (Hydra's .hydra/, its log, a claim that
+    no running command holds): one stopped at set-up, before its first checkpoint. Its stale claim is removed, under
+    its lock and only if the claim file is still that one, so that of two commands taking the folder at once one
+    wins (the other meets the winner's claim)."""
+    import fcntl
+
+    if not all(name in (".hydra", slurm.JOB_MARKER, CLAIM_FILE) or name.endswith(".log") for name in held):
+        return False
+    if CLAIM_FILE not in held:
+        return True
+    try:
+        handle = os.open(folder / CLAIM_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(handle).st_ino != os.stat(folder / CLAIM_FILE).st_ino:
+            return False  # another command took the folder a moment ago
+        os.unlink(folder / CLAIM_FILE)
+        return True
+    except OSError:
+        return False  # held by a running command
+    finally:
+        os.close(handle)
 
 
 def _claim(key: str, given: str, folder: Path, config_name: str, created: bool, refuse: bool = True) -> bool:
