@@ -6,13 +6,15 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from tinyvision.cli import run_script
-from tinyvision.config import validate_export
-from tinyvision.export import FORMATS, export, refuse_foreign_files
 from tinyvision.files import output_file
-from tinyvision.inference import load_classifier
 
 
 def main(cfg: DictConfig) -> None:
+    # after the command line's check (run_script): a typo is answered before torch loads
+    from tinyvision.config import validate_export
+    from tinyvision.export import FORMATS, export, refuse_foreign_files
+    from tinyvision.inference import load_classifier
+
     cfg = validate_export(cfg)  # resolved and checked once: typed settings from here on
     name = f"model{FORMATS[cfg.format]}"  # output= is checked before the model is loaded
     path = output_file("output", cfg.output, name, FORMATS[cfg.format]) if cfg.output else Path(cfg.paths.output_dir) / name

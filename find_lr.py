@@ -6,10 +6,11 @@ run folder; exits 1 when no lr could be suggested (see tinyvision.lr_find)."""
 import sys
 
 from tinyvision.cli import run_script
-from tinyvision.lr_find import find_lr
 
 
 def main(cfg) -> None:
+    from tinyvision.lr_find import find_lr  # after the command line's check: a typo is answered before torch loads
+
     if find_lr(cfg) is None:
         sys.exit(1)
 

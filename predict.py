@@ -10,19 +10,13 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from tinyvision.boundaries import image_problem
 from tinyvision.cli import run_script
-from tinyvision.config import validate_predict
-from tinyvision.data.photos import find_images, preparation_style, prepare_image
 from tinyvision.errors import ConfigError
 from tinyvision.files import output_file, write_json
-from tinyvision.image_folders import is_regular_file
-from tinyvision.inference import load_classifier, load_onnx
 
 
 def main(cfg: DictConfig) -> None:
@@ -32,6 +26,15 @@ def main(cfg: DictConfig) -> None:
 
 
 def predict(cfg: DictConfig) -> list[dict]:
+    # after the command line's check (run_script): a typo is answered before torch loads
+    import torch
+
+    from tinyvision.boundaries import image_problem
+    from tinyvision.config import validate_predict
+    from tinyvision.data.photos import find_images, preparation_style, prepare_image
+    from tinyvision.image_folders import is_regular_file
+    from tinyvision.inference import load_classifier, load_onnx
+
     cfg = validate_predict(cfg)  # resolved and checked once: typed settings from here on
     # Where the predictions go is checked before any work: no prediction is made to be lost to a typo in it.
     output = predictions_file(cfg.output) if cfg.output else None

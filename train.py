@@ -8,18 +8,21 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from tinyvision.callbacks import RunInterrupted
-from tinyvision.checkpoints import config_for_resume
 from tinyvision.cli import report, run_script
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import FAILURE_FILE, METRICS_FILE, PRUNED_FILE, write_json
-from tinyvision.summary import print_summary
-from tinyvision.training import train
 
 log = logging.getLogger("tinyvision")
 
 
 def main(cfg: DictConfig) -> dict:
+    # Imported once the command line has been checked (run_script): a typo or --help is answered before torch and
+    # Lightning load, in a fraction of their import time (BENCHMARKS.md).
+    from tinyvision.callbacks import RunInterrupted
+    from tinyvision.checkpoints import config_for_resume
+    from tinyvision.summary import print_summary
+    from tinyvision.training import train
+
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         if cfg.get("hparams_search") is not None and not multirun:
@@ -51,7 +54,7 @@ def main(cfg: DictConfig) -> dict:
     return {"status": "done", **{key: value for key, value in metrics.items() if key != "history"}}
 
 
-def exit_interrupted(cfg: DictConfig, stop: RunInterrupted) -> None:
+def exit_interrupted(cfg: DictConfig, stop) -> None:
     """One line saying where the run stopped and how to go on, then the signal's exit status (143, 130)."""
     run_dir = Path(cfg.paths.output_dir)
     if stop.requeued:

@@ -239,6 +239,12 @@ CASES = [
     ("train", ["-m", "hparams_search=lenet_fashion", "hparams_search.storage=mysql://u@db/study"],
      "hparams_search.storage=mysql://u@db/study: null or a database URL (the driver for mysql is not installed (No module "
      "named 'MySQLdb'): install it, or name one that is in the URL (mysql+<driver>://...))"),
+    ("train", ["logger=mlflow", "+logger.mlflow.foo=1"],
+     "logger.mlflow.foo=1: lightning.pytorch.loggers.MLFlowLogger does not take it (MLFlowLogger.__init__() got an "
+     "unexpected keyword argument 'foo'); remove it"),
+    ("train", ["optimzer.lr=0.1"], "optimzer.lr=0.1: no key 'optimzer' in the config; did you mean optimizer.lr?"),
+    ("train", ["optimizer.lr.x=1"], "optimizer.lr.x=1: optimizer.lr is a value, not a section with keys: set it, e.g. "
+     "optimizer.lr=VALUE"),
     ("train", ["logger=mlflow", "logger.mlflow.tracking_uri=mysql://u@db/mlflow"],
      "logger.mlflow.tracking_uri=mysql://u@db/mlflow: the driver for mysql is not installed (No module named 'MySQLdb')"),
     ("train", ["logger=mlflow", f"logger.mlflow.tracking_uri=postgresql+psycopg://{CLOSED}/mlflow"],

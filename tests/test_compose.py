@@ -160,22 +160,33 @@ def test_no_config_file_repeats_a_default_its_settings_node_gives():
     """Every conf/ file that lists a tinyvision/... defaults node (an architecture's, the augmentation's, an
     optimizer's, a schedule's) holds only choices: no key with the value the node already gives it."""
     import yaml
-    from hydra.core.config_store import ConfigStore
 
     from conftest import CONF
-    from tinyvision.config import register_defaults
+    from tinyvision.config import defaults_nodes
 
-    register_defaults()
-    store, checked = ConfigStore.instance(), 0
+    nodes, checked = defaults_nodes(), 0
     for path in sorted(CONF.rglob("*.yaml")):
         written = yaml.safe_load(path.read_text()) or {}
         for entry in written.get("defaults") or []:
             if not (isinstance(entry, str) and entry.startswith("/tinyvision/")):
                 continue
             node_path, _, package = entry[1:].partition("@")
-            node = store.load(f"{node_path}.yaml").node
+            node = nodes[node_path]
             section = written if package == "_here_" else written.get(package.split(".")[-1]) or {}
             repeated = {key for key, value in section.items() if key in node and node[key] == value}
             assert not repeated, f"{path.relative_to(CONF)} repeats {node_path}'s defaults: {sorted(repeated)}"
             checked += 1
     assert checked >= 9 + 2 + 3 + 4  # the architectures, two data configs, the optimizers and the schedules
+
+
+def test_the_defaults_files_under_conf_are_the_code_s_defaults():
+    """conf/tinyvision/ holds the settings models' defaults as YAML, written by `python -m tinyvision.config`, so that
+    composing a config never imports torch: a default changed in the code and not written out fails here."""
+    from conftest import CONF
+    from tinyvision.config import GENERATED_HEADER, defaults_files
+
+    wanted = defaults_files()
+    present = {str(path.relative_to(CONF)): path.read_text() for path in (CONF / "tinyvision").rglob("*.yaml")}
+    stale = sorted(name for name in wanted.keys() | present.keys() if wanted.get(name) != present.get(name))
+    assert not stale, f"run python -m tinyvision.config: {stale} differ from the code's defaults"
+    assert all(text.startswith(GENERATED_HEADER) for text in present.values())

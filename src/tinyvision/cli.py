@@ -768,27 +768,39 @@ def _word_hydra_error(config_name: str, overrides: list[str], error: Exception) 
     key = found.group(1) if found else None
     if key and ("not in struct" in text or "does not exist" in text or "Could not find" in text or "delete" in text):
         line = next((o for o in overrides if o.lstrip("+~").split("=")[0] == key), key)
-        parent, _, leaf = key.rpartition(".")
-        known = _keys_at(config_name, [o for o in overrides if o != line], parent)
+        parent, leaf, rest, known = _first_missing_key(config_name, [o for o in overrides if o != line], key)
+        if known is None:  # the key goes below a value: optimizer.lr.x
+            return ConfigError(f"{line}: {parent} is a value, not a section with keys: set it, e.g. {parent}=VALUE")
         close = [SYNONYMS[leaf]] if SYNONYMS.get(leaf) in known else difflib.get_close_matches(leaf, known, n=1, cutoff=0.6)
         where = f"{parent}." if parent else ""
-        hint = f"did you mean {where}{close[0]}?" if close else \
-            f"the keys of {parent or 'the config'} are {', '.join(known)}"
-        return ConfigError(f"{line}: no key {leaf!r} in {parent or 'the config'}; {hint} "
-                           f"(to add a key of your own, write +{key}=VALUE)")
+        hint = f"did you mean {where}{close[0]}{rest}?" if close else \
+            f"the keys of {parent or 'the config'} are {', '.join(known) or '(none)'}"
+        # No "+key" advice: every section's keys are checked by its settings, so a key of one's own is refused there
+        return ConfigError(f"{line}: no key {leaf!r} in {parent or 'the config'}; {hint}")
     return ConfigError(f"{' '.join(overrides)}: {first_line(text)}")
 
 
-def _keys_at(config_name: str, overrides: list[str], parent: str) -> list[str]:
+def _first_missing_key(config_name: str, overrides: list[str], key: str) -> tuple[str, str, str, list[str] | None]:
+    """Where a dotted key leaves the composed config: the deepest section that exists, the first missing name, the
+    rest of the key after it and the section's keys (``optimzer.lr``: the config, ``optimzer``, ``.lr``, its
+    sections); the keys are None when that "section" is a value."""
     from hydra import compose
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig
 
     try:
-        node = OmegaConf.select(compose(config_name, overrides=overrides), parent) if parent else \
-            compose(config_name, overrides=overrides)
+        node = compose(config_name, overrides=overrides)
     except Exception:  # another override is wrong too: list nothing rather than fail here
-        return []
-    return [str(k) for k in node.keys()] if hasattr(node, "keys") else []
+        node = None
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, DictConfig):
+            return ".".join(parts[:depth]), part, "." + ".".join(parts[depth + 1:]) if depth + 1 < len(parts) else "", \
+                None if node is not None else []
+        if part not in node:
+            rest = "".join(f".{later}" for later in parts[depth + 1:])
+            return ".".join(parts[:depth]), part, rest, [str(k) for k in node.keys()]
+        node = node[part]
+    return key.rpartition(".")[0], parts[-1], "", []
 
 
 def trainer_error(trainer_cfg: dict[str, Any], error: Exception) -> ConfigError:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig
@@ -200,21 +201,53 @@ def validate_export(cfg: DictConfig) -> ExportSettings:
     return check(ExportSettings, values, "")
 
 
-def register_defaults() -> None:
-    """Each registered architecture's defaults as ``tinyvision/model/<name>``, the augmentation's as
-    ``tinyvision/augment``: the nodes conf/ lists in its defaults (Hydra hands the ConfigStore to launcher workers)."""
-    from hydra.core.config_store import ConfigStore
-
-    store = ConfigStore.instance()
-    for name, registered in MODELS.items():
-        store.store(group="tinyvision/model", name=name, node=defaults_of(registered.settings), provider="tinyvision")
-    store.store(group="tinyvision", name="augment", node=defaults_of(AugmentSettings), provider="tinyvision")
-    for name in callbacks.__all__:  # each tinyvision callback that carries its Settings: its target and defaults
+def defaults_nodes() -> dict[str, dict[str, Any]]:
+    """The defaults that the settings models declare, by the path of their node under conf/: each architecture's
+    (``tinyvision/model/<name>``), the augmentation's (``tinyvision/augment``), each callback's that carries Settings
+    (``tinyvision/callback/<Class>``) and each optimizer's and schedule's (``tinyvision/<group>/<Class>``: torch's
+    signature defaults and tinyvision's)."""
+    nodes = {f"tinyvision/model/{name}": defaults_of(registered.settings) for name, registered in MODELS.items()}
+    nodes["tinyvision/augment"] = defaults_of(AugmentSettings)
+    for name in callbacks.__all__:
         settings = _settings_of(f"tinyvision.callbacks.{name}")
         if settings is not None:
-            store.store(group="tinyvision/callback", name=name, provider="tinyvision",
-                        node={"_target_": f"tinyvision.callbacks.{name}", **defaults_of(settings)})
-    for group, known in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS)):  # torch's classes, by class name
+            nodes[f"tinyvision/callback/{name}"] = {"_target_": f"tinyvision.callbacks.{name}", **defaults_of(settings)}
+    for group, known in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS)):
         for target, settings in known.items():
-            store.store(group=f"tinyvision/{group}", name=target.rsplit(".", 1)[-1], node=defaults_of(settings),
-                        provider="tinyvision")
+            nodes[f"tinyvision/{group}/{target.rsplit('.', 1)[-1]}"] = defaults_of(settings)
+    return nodes
+
+
+GENERATED_HEADER = ("# Written by `python -m tinyvision.config` from the settings model in the code, where the defaults live:\n"
+                    "# do not edit. tests/test_compose.py fails when this file and the code disagree.\n")
+
+
+def defaults_files() -> dict[str, str]:
+    """Each node of ``defaults_nodes`` as the text of its YAML file under conf/. Files, not ConfigStore nodes
+    registered at start-up: composing a config (a typo's answer, --help) then reads YAML alone, without importing
+    torch and Lightning to reach the settings models (about 4 s of every answer)."""
+    from omegaconf import OmegaConf
+
+    return {f"{path}.yaml": GENERATED_HEADER + OmegaConf.to_yaml(OmegaConf.create(node), sort_keys=False)
+            for path, node in defaults_nodes().items()}
+
+
+def write_defaults_files(conf_dir: Path) -> list[Path]:
+    """Write ``defaults_files`` under ``conf_dir``, removing generated files of nodes that no longer exist."""
+    wanted = defaults_files()
+    written = []
+    for path in sorted((conf_dir / "tinyvision").rglob("*.yaml")):
+        if str(path.relative_to(conf_dir)) not in wanted and path.read_text().startswith(GENERATED_HEADER):
+            path.unlink()
+    for relative, text in wanted.items():
+        path = conf_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+            written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for changed in write_defaults_files(Path(__file__).parent / "conf"):
+        print(f"wrote {changed}")

@@ -278,7 +278,7 @@ def _loggers(values: Mapping[str, Any], resume_from: Path | None) -> list:
     # a sweep's job folder (<job>, or <trial>_fold<i> in a study of folds) is named after its sweep too
     run_name = f"{run_dir.parent.name}/{run_dir.name}" if SWEEP_JOB_FOLDER.fullmatch(run_dir.name) else run_dir.name
     loggers = []
-    for settings in (values.get("logger") or {}).values():
+    for name, settings in (values.get("logger") or {}).items():
         if settings is None:
             continue
         make = hydra.utils.instantiate(settings, _partial_=True)
@@ -293,7 +293,14 @@ def _loggers(values: Mapping[str, Any], resume_from: Path | None) -> list:
             make = functools.partial(make, id=checkpoint[WANDB_RUN_KEY])
         if issubclass(kind, WandbLogger) and not make.keywords.get("name"):
             make = functools.partial(make, name=run_name)
-        loggers.append(make())
+        try:
+            loggers.append(make())
+        except TypeError as error:  # a key the logger's class does not take (+logger.mlflow.foo=1)
+            unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+            key = f"logger.{name}.{unexpected.group(1)}={settings.get(unexpected.group(1))}" if unexpected else \
+                f"logger.{name}"
+            raise ConfigError(f"{key}: {settings.get('_target_')} does not take it ({first_line(str(error))}); remove it "
+                              "or see the logger's arguments") from None
     return loggers
 
 
