@@ -190,3 +190,31 @@ def test_the_defaults_files_under_conf_are_the_code_s_defaults():
     stale = sorted(name for name in wanted.keys() | present.keys() if wanted.get(name) != present.get(name))
     assert not stale, f"run python -m tinyvision.config: {stale} differ from the code's defaults"
     assert all(text.startswith(GENERATED_HEADER) for text in present.values())
+
+
+@pytest.mark.parametrize("script", ["eval", "predict", "export", "audit"])
+def test_a_script_s_config_and_its_settings_give_each_key_the_same_default(script):
+    """A key of a script's own (batch_size, top_k, format, ...) has one default: the value conf/<script>.yaml gives it
+    is the default its settings model declares (eval's batch size was 1024 in the YAML and null in the code)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from pydantic_core import PydanticUndefined
+
+    from conftest import CONF
+    from tinyvision.audit import AuditSettings
+    from tinyvision.export import ExportSettings
+    from tinyvision.inference import EvalSettings, PredictSettings
+
+    settings = {"eval": EvalSettings, "predict": PredictSettings, "export": ExportSettings, "audit": AuditSettings}[script]
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        composed = compose(script)
+    written = OmegaConf.to_container(composed, resolve=False)
+    compared = 0
+    for name, field in settings.model_fields.items():
+        value = written.get(name)
+        if field.default is PydanticUndefined or name not in written or value == "???" or isinstance(value, (dict, list)) \
+                or "${" in str(value):
+            continue  # required on the command line, a section, or a value the run resolves
+        assert value == field.default, f"conf/{script}.yaml {name}: {value!r}, its settings: {field.default!r}"
+        compared += 1
+    assert compared >= 1

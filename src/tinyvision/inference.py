@@ -138,7 +138,7 @@ class EvalSettings(Section):
     trainer: EvalTrainerSettings = Field(default_factory=EvalTrainerSettings)
 
     ckpt_path: str = spec("the path of a .ckpt file", "outputs/runs/<run>/checkpoints/best.ckpt")
-    batch_size: PositiveInt | None = spec("a whole number of images, 1 or more", 1024, None)
+    batch_size: PositiveInt | None = spec("a whole number of images, 1 or more (null: the data's own eval batch)", 1024, 1024)
     top_k: PositiveInt = spec("a whole number, 1 or more", 3, 3)
     tta: Literal[TTA_MODES] = spec(one_of(TTA_MODES), "flip", "none")
     seed: int = spec("a whole number, 0 or more", 42, 42, ge=0)

@@ -13,7 +13,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from tinyvision.errors import ConfigError
-from tinyvision.models import build_model, head_of
+from tinyvision.models import ModelSettings, build_model, head_of
 from tinyvision.optim import build_optimizer, build_schedulers
 from tinyvision.preprocessing import Normalize, as_hw
 from tinyvision.schema import Section, Zero, spec
@@ -71,7 +71,8 @@ class ImageClassifier(L.LightningModule):
             self.hparams.data["mean"], self.hparams.data["std"] = data["mean"], data["std"] = pretrained
         self.normalize = Normalize(data["mean"], data["std"], data["channels"])
         # NHWC convolutions: measured faster on this CPU (BENCHMARKS.md), and the format tensor cores prefer.
-        self.channels_last = bool(model.get("channels_last", False))
+        # A model dict without the key (a hand-built one) gets the setting's one default, not a second one here
+        self.channels_last = bool(model.get("channels_last", ModelSettings.model_fields["channels_last"].default))
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
         if model.get("compile", False):
