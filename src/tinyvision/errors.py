@@ -19,3 +19,7 @@ class TrainingDiverged(TinyVisionError):
 
 class WriteFailed(TinyVisionError):
     """A file could not be written (a full disk, no permission); what was there before is kept."""
+
+
+def first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text

@@ -13,6 +13,8 @@ from typing import Any
 from tinyvision.errors import ConfigError, WriteFailed
 from tinyvision.schema import Section, spec
 
+# The package's own config groups (conf/ at the checkout's root links here), so an installed tinyvision has them too.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 # A run folder (outputs/runs/<run> or a sweep's job folder)
 METRICS_FILE = "metrics.json"  # a finished run's figures
 PRUNED_FILE = "pruned.json"  # written instead by a trial of an Optuna sweep that its pruner stopped

@@ -9,7 +9,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
 
-from tinyvision.cli import log_to_file
+from tinyvision.console import log_to_file
 
 
 @rank_zero_only

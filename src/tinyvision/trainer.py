@@ -3,6 +3,8 @@ here (TrainerSettings); an argument Lightning refuses is worded as trainer.KEY=V
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -12,9 +14,8 @@ from hydra.errors import InstantiationException
 from pydantic import Field, field_validator, model_validator
 
 from tinyvision import slurm
-from tinyvision.cli import first_line, trainer_error
-from tinyvision.errors import ConfigError
-from tinyvision.schema import ConfigValueError, Open, PositiveInt, Section, spec
+from tinyvision.errors import ConfigError, first_line
+from tinyvision.schema import ConfigValueError, Open, PositiveInt, Section, show, spec
 
 
 class TrainerSettings(Open):
@@ -120,3 +121,29 @@ def make_trainer(values: Mapping[str, Any], callbacks: list, loggers: list) -> L
     except ValueError as error:  # SLURM's task counts do not fit the trainer's devices (Lightning's check)
         raise ConfigError(f"trainer.devices={devices}: {first_line(str(error))} Ask SLURM for one task per device "
                           f"(#SBATCH --ntasks-per-node={devices}) and run the command under srun") from None
+
+
+def trainer_error(trainer_cfg: dict[str, Any], error: Exception) -> ConfigError:
+    """Lightning's refusal of a Trainer argument, worded as ``trainer.KEY=VALUE: Lightning's reason``."""
+    import inspect
+
+    text = first_line(str(error.__cause__ or error))
+    unexpected = re.search(r"unexpected keyword argument '(\w+)'", text)
+    if unexpected:
+        key = unexpected.group(1)
+        known = [p for p in inspect.signature(L.Trainer.__init__).parameters if p != "self"]
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean trainer.{close[0]}?" if close else "see Lightning's Trainer arguments"
+        return ConfigError(f"trainer.{key}={show(trainer_cfg.get(key))}: Lightning's Trainer has no such argument; {hint}")
+    named = [k for k in trainer_cfg if not k.startswith("_") and re.search(rf"\b{re.escape(k)}\b", text)]
+    key = next((k for k in named if show(trainer_cfg[k]) in text or str(trainer_cfg[k]) in text), named[0] if named else None)
+    if key is None and isinstance(error, ModuleNotFoundError):  # the accelerator's or strategy's package is missing
+        key = "accelerator" if trainer_cfg.get("accelerator") not in (None, "auto", "cpu") else "strategy"
+    if key is None and re.search(r"no supported \w+ backend|can not run on your system", text, re.I):
+        return ConfigError(f"trainer.accelerator={show(trainer_cfg.get('accelerator'))}: no such device is available here "
+                           f"({text.rstrip('.!')}); use trainer=cpu, e.g. trainer.accelerator=cpu")
+    examples = {"accelerator": "cpu", "devices": 1, "precision": "bf16-mixed", "strategy": "ddp", "num_nodes": 1}
+    if key is None:
+        return ConfigError(f"trainer: Lightning refused the Trainer arguments: {text}")
+    example = f", e.g. trainer.{key}={examples[key]}" if key in examples else ""
+    return ConfigError(f"trainer.{key}={show(trainer_cfg[key])}: {text.rstrip('.')}{example}")

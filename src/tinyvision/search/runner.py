@@ -24,9 +24,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from tinyvision.cli import exit_bad_input
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import FAILURE_FILE, STUDY_FILE, write_json
+from tinyvision.run_folders import exit_refused
 from tinyvision.search import space as study_space
 from tinyvision.search import study as study_tools
 
@@ -48,7 +48,7 @@ class Study:
         try:
             return self._sweep(arguments)
         except TinyVisionError as error:
-            exit_bad_input(error)  # the one line, and the sweep folder this command made removed
+            exit_refused(error)  # the one line, and the sweep folder this command made removed
 
     def _sweep(self, arguments: list[str]) -> optuna.Study:
         search = OmegaConf.to_container(self.search, resolve=True)
