@@ -243,6 +243,13 @@ CASES = [
      "logger.mlflow.foo=1: lightning.pytorch.loggers.MLFlowLogger does not take it (MLFlowLogger.__init__() got an "
      "unexpected keyword argument 'foo'); remove it"),
     ("train", ["optimzer.lr=0.1"], "optimzer.lr=0.1: no key 'optimzer' in the config; did you mean optimizer.lr?"),
+    ("train", ["+optimizer.lr=1"], "+optimizer.lr=1: optimizer.lr is in the config already: set it without the +, e.g. "
+     "optimizer.lr=1"),
+    ("train", ["~model.freeze"], "~model.freeze: model.freeze cannot be removed (every key of model is used)"),
+    ("train", ["~model"], "model is required: choose one of cifar_net, cifar_net_v3, convnet, fast_net, lenet, mlp, timm, "
+     "torchvision, vgg16, e.g. model=cifar_net"),
+    ("eval", [f"ckpt_path={CHECKPOINT}", "~model"], "~model: eval.py has no model to remove: leave it out"),
+    ("export", [f"ckpt_path={CHECKPOINT}", "+foo.bar=1"], "foo={bar:1}: no such key; the keys here are paths, ckpt_path, format, output"),
     ("train", ["optimizer.lr.x=1"], "optimizer.lr.x=1: optimizer.lr is a value, not a section with keys: set it, e.g. "
      "optimizer.lr=VALUE"),
     ("train", ["logger=mlflow", "logger.mlflow.tracking_uri=mysql://u@db/mlflow"],

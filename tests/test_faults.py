@@ -428,6 +428,7 @@ def test_a_moved_run_folder_resumes_in_its_new_place(uninterrupted, data_root, t
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not first.exists()  # nothing written into the old place
     assert json.loads((moved / "metrics.json").read_text())["best_checkpoint"] == str(moved / "checkpoints" / "best.ckpt")
+    assert not list((moved / "checkpoints").glob("best-v*.ckpt"))  # best.ckpt itself, not a second one beside it
     assert_same_run(moved, uninterrupted)
 
 
@@ -549,7 +550,9 @@ def test_a_refused_resume_writes_nothing_into_the_run(data_root, tmp_path):
     before = snapshot(run_dir)
     refused = command("train.py", f"resume={run_dir}", "optimizer.lr=0.5")
     assert refused.returncode == 2
-    assert error_line(refused).startswith(f"error: resume={run_dir} was started with other settings than this command")
+    line = error_line(refused)
+    assert line.startswith(f"error: resume={run_dir} was started with other settings than this command: optimizer.lr: ")
+    assert "callbacks" not in line and "logger" not in line  # only what the command gives, not the defaults it left out
     assert snapshot(run_dir) == before
 
 
@@ -692,6 +695,9 @@ def test_sigterm_at_set_up_exits_143_and_the_same_command_starts_again_in_its_fo
     stopped = command(script, *args, fault=("term-at-setup", 0))
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     assert not {"metrics.json", "lr_find.json", "checkpoints"} & {path.name for path in out.iterdir()}
+    if script == "train.py":  # another script does not take the stopped run's folder
+        other = command("eval.py", f"ckpt_path={finished_run / 'checkpoints' / 'best.ckpt'}", f"hydra.run.dir={out}")
+        assert other.returncode == 2 and "already holds another command's output" in error_line(other)
     again = command(script, *args)
     # find_lr.py exits 1 when it can suggest no lr, as on the random images here; a refused folder would be 2
     assert again.returncode == (1 if script == "find_lr.py" else 0), again.stderr[-3000:]

@@ -59,6 +59,8 @@ def config_for_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     keys = [o.lstrip("+~").split("=")[0] for o in overrides if not o.startswith("hydra.")]
     # The one setting a resume may change: how many epochs the run trains (continue a run, finished or not, further).
     max_epochs = cfg.trainer.get("max_epochs") if CONTINUE_KEY in keys else None
+    if max_epochs is not None and (isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < -1):
+        raise ConfigError(f"{CONTINUE_KEY}={max_epochs}: a whole number of epochs (-1: no end), e.g. {CONTINUE_KEY}=10")
     checkpoint = load_checkpoint_file(last_checkpoint(run_dir, max_epochs))
     saved = checkpoint.get("config")
     if saved is None:
@@ -69,12 +71,18 @@ def config_for_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
                           f"(it lacks {', '.join(missing)}): it cannot be resumed; start a new run")
     if any(key not in ("resume", CONTINUE_KEY) and not key.startswith("paths.") for key in keys):
         current = OmegaConf.to_container(cfg, resolve=True)
-        differences = [d for d in _differences(saved, current) if not d.startswith(f"{CONTINUE_KEY}:")]
+        # the settings this command gives (a group chosen counts for its keys), not the defaults it did not repeat
+        given = tuple(key for key in keys if key not in ("resume", CONTINUE_KEY))
+        differences = [d for d in _differences(saved, current) if not d.startswith(f"{CONTINUE_KEY}:")
+                       and any(d.split(":")[0] == key or d.startswith(f"{key}.") for key in given)]
         if differences:
+            finished = finished_epochs(run_dir)
+            alone = f"python train.py resume={run_dir}" + (f" {CONTINUE_KEY}={max_epochs or finished + 5}"
+                                                           if finished is not None else "")
             raise ConfigError(
                 f"resume={run_dir} was started with other settings than this command: {'; '.join(differences[:8])}. "
-                f"Resume with `python train.py resume={run_dir}` alone (it takes the run's own settings; "
-                f"{CONTINUE_KEY}=N continues it to N epochs), or start a new run from its weights with init_from={run_dir}"
+                f"Resume with `{alone}` (it takes the run's own settings; {CONTINUE_KEY}=N continues it to N "
+                f"epochs), or start a new run from its weights with init_from={run_dir}"
             )
     saved = _current_targets(saved)
     resumed = OmegaConf.create(_moved(saved, str(saved.get("paths", {}).get("output_dir") or run_dir), str(run_dir)))

@@ -138,7 +138,7 @@ def _say_stopped(config_name: str, signum: int) -> None:
     promised: train.py names the checkpoint only when one was written."""
     import signal
 
-    from tinyvision.files import LAST_CHECKPOINT
+    from tinyvision.files import LAST_CHECKPOINT, METRICS_FILE
 
     name = signal.Signals(signum).name
     script = "find_lr" if config_name == "lr_find" else config_name
@@ -146,7 +146,10 @@ def _say_stopped(config_name: str, signum: int) -> None:
 
     folder = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else \
         claimed_folder()
-    if config_name == "train" and folder is not None and (folder / LAST_CHECKPOINT).is_file():
+    if config_name == "train" and folder is not None and (folder / METRICS_FILE).is_file():  # a continuation's set-up
+        message = (f"stopped by {name} before the continuation began; {folder} is the finished run it was: continue "
+                   f"it with  python train.py resume={folder} trainer.max_epochs=N")
+    elif config_name == "train" and folder is not None and (folder / LAST_CHECKPOINT).is_file():
         message = (f"stopped by {name}; {folder / LAST_CHECKPOINT} holds the last checkpoint written: resume with  "
                    f"python train.py resume={folder}")
     elif config_name == "train":
@@ -414,9 +417,19 @@ def _word_hydra_error(config_name: str, overrides: list[str], error: Exception) 
     text = f"{error}\n{error.__cause__ or ''}"
     found = re.search(r"Could not (?:override|append to|delete from config)[^']*'([^']+)'", text)
     key = found.group(1) if found else None
+    line = next((o for o in overrides if o.lstrip("+~").split("=")[0] == key), key) if key else None
+    if key and "An item is already at" in text:  # +key=value for a key the config has
+        return ConfigError(f"{line}: {key} is in the config already: set it without the +, e.g. {line.lstrip('+')}")
+    dropped = re.search(r"Could not delete '([^']+)'\. No match in the defaults list", text)
+    if dropped:  # ~group for a group this script's config does not have
+        line = next((o for o in overrides if o.lstrip("~").split("=")[0] == dropped.group(1)), f"~{dropped.group(1)}")
+        script = "find_lr" if config_name == "lr_find" else config_name
+        return ConfigError(f"{line}: {script}.py has no {dropped.group(1)} to remove: leave it out")
     if key and ("not in struct" in text or "does not exist" in text or "Could not find" in text or "delete" in text):
-        line = next((o for o in overrides if o.lstrip("+~").split("=")[0] == key), key)
         parent, leaf, rest, known = _first_missing_key(config_name, [o for o in overrides if o != line], key)
+        if known is not None and leaf in known and not rest:  # ~model.freeze: the key is there, Hydra cannot drop it
+            return ConfigError(f"{line}: {key} cannot be removed (every key of {parent} is used): set it to the value "
+                               f"you want instead, e.g. {key}=VALUE")
         if known is None:  # the key goes below a value: optimizer.lr.x
             return ConfigError(f"{line}: {parent} is a value, not a section with keys: set it, e.g. {parent}=VALUE")
         close = [SYNONYMS[leaf]] if SYNONYMS.get(leaf) in known else difflib.get_close_matches(leaf, known, n=1, cutoff=0.6)
@@ -446,8 +459,8 @@ def _first_missing_key(config_name: str, overrides: list[str], key: str) -> tupl
                 None if node is not None else []
         if part not in node:
             rest = "".join(f".{later}" for later in parts[depth + 1:])
-            return ".".join(parts[:depth]), part, rest, [str(k) for k in node.keys()]
+            return ".".join(parts[:depth]), part, rest, [str(k) for k in node.keys() if not str(k).startswith("_")]
         node = node[part]
-    return key.rpartition(".")[0], parts[-1], "", []
+    return key.rpartition(".")[0], parts[-1], "", [parts[-1]]  # the whole key exists: its name is among its section's
 
 

@@ -20,7 +20,7 @@ from tinyvision.errors import ConfigError
 from tinyvision.files import PathsSettings, card_path, replacing, write_atomic
 from tinyvision.module import ImageClassifier
 from tinyvision.preprocessing import as_hw
-from tinyvision.schema import Open, one_of, spec
+from tinyvision.schema import Section, one_of, spec
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 
@@ -130,7 +130,7 @@ def _write_bytes(path: Path, data: bytes | memoryview) -> None:
         file.write(data)
 
 
-class ExportSettings(Open):
+class ExportSettings(Section):
     """export.py's keys (conf/export.yaml)."""
 
     paths: PathsSettings

@@ -82,7 +82,7 @@ def claim_output_dir(config_name: str, argv: list[str], overrides: list[str], mu
             created = True
         except FileExistsError:
             created = False
-            _refuse_used_folder(key, given, folder, multirun)
+            _refuse_used_folder(key, given, folder, multirun, config_name)
         _claim(key, given, folder, config_name, created)
         slurm.mark(folder, command)
         return argv
@@ -101,7 +101,7 @@ def claim_output_dir(config_name: str, argv: list[str], overrides: list[str], mu
     raise ConfigError(f"{key}: {folder} and 998 more folders of that name exist already: name one with {key}=FOLDER")
 
 
-def _refuse_used_folder(key: str, given: str, folder: Path, multirun: bool) -> None:
+def _refuse_used_folder(key: str, given: str, folder: Path, multirun: bool, config_name: str) -> None:
     """An existing folder is taken only when it is empty: whatever it holds is another command's."""
     if not folder.is_dir():
         raise ConfigError(f"{key}={given} is a file, not a folder: it is kept as it is; name a new folder, e.g. "
@@ -121,7 +121,7 @@ def _refuse_used_folder(key: str, given: str, folder: Path, multirun: bool) -> N
                           "a new folder")
     elif holds_run(folder):
         what, go_on = "a run", ""
-    elif _abandoned(folder, held):
+    elif _abandoned(folder, held, config_name):
         return  # a command stopped before it wrote anything of its own: the same command line may start again here
     elif (folder / ".hydra").is_dir() or CLAIM_FILE in held:
         what, go_on = "another command's output", ""
@@ -130,17 +130,21 @@ def _refuse_used_folder(key: str, given: str, folder: Path, multirun: bool) -> N
     raise ConfigError(f"{key}={given} already holds {what}: it is kept as it is; choose a new folder{go_on}")
 
 
-def _abandoned(folder: Path, held: list[str]) -> bool:
-    """Whether ``folder`` holds only what a command writes before its own work (Hydra's .hydra/, its log, a claim that
-    no running command holds): one stopped at set-up, before its first checkpoint. Its stale claim is removed, under
-    its lock and only if the claim file is still that one, so that of two commands taking the folder at once one
-    wins (the other meets the winner's claim)."""
+def _abandoned(folder: Path, held: list[str], config_name: str) -> bool:
+    """Whether ``folder`` holds only what a command of this script writes before its own work (Hydra's .hydra/, its
+    log, its claim, which no running command holds): one stopped at set-up, before its first checkpoint. Its stale
+    claim is removed, under its lock and only if the claim file is still that one, so that of two commands taking the
+    folder at once one wins (the other meets the winner's claim)."""
     import fcntl
 
     if not all(name in (".hydra", slurm.JOB_MARKER, CLAIM_FILE) or name.endswith(".log") for name in held):
         return False
-    if CLAIM_FILE not in held:
-        return True
+    try:  # the same script's folder only: eval.py does not take over a train.py folder
+        claim = json.loads((folder / CLAIM_FILE).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(claim, dict) or claim.get("command") != config_name:
+        return False
     try:
         handle = os.open(folder / CLAIM_FILE, os.O_RDONLY)
     except OSError:
@@ -194,6 +198,7 @@ def _lock(folder: Path, key: str, given: str) -> None:
         raise ConfigError(f"{key}={given} is in use by a command that is still running: it is left to it; wait for "
                           "that command to end, or stop it first") from None
     _LOCKS.append(handle)
+    _CLAIMED.append((folder, False))  # the folder a stop's message names; holding a run, it is never discarded
 
 
 def _locked(path: Path) -> bool:

@@ -14,6 +14,7 @@ import difflib
 import inspect
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -193,6 +194,10 @@ def _message(model: type[BaseModel], values: Mapping[str, Any], prefix: str, pro
             f"the keys here are {', '.join(known)}"
         return f"{full}={show(_lookup(values, [*container, unknown]))}: no such key; {hint}"
     if problem["type"] == "missing":
+        if example is None and len(keys) == 1:  # a config group removed (~model): its options, not "model=null"
+            options = sorted(path.stem for path in (Path(__file__).parent / "conf" / name).glob("*.yaml"))
+            if options:
+                return f"{name} is required: choose one of {', '.join(options)}, e.g. {name}={options[0]}"
         return f"{name} is required: set it, e.g. {name}={show(example)}"
     value = _lookup(values, keys)
     detail = ""
