@@ -8,7 +8,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from tinyvision.cli import report, run_script
+from tinyvision.cli import run_script
+from tinyvision.console import report
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import FAILURE_FILE, METRICS_FILE, PRUNED_FILE, write_json
 

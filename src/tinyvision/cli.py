@@ -21,15 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tinyvision.console import log_to_file, report  # noqa: F401  (report: the scripts' one line)
+from tinyvision.console import log_to_file
 from tinyvision.errors import ConfigError, TinyVisionError, first_line
 from tinyvision.files import CONF_DIR
 from tinyvision.run_folders import claim_output_dir, claimed_folder, exit_refused, release_claims
 
-# Command-line flags of Hydra's that take no part in composition (or print and exit by themselves).
 # Names people type for a key that tinyvision or Lightning spells otherwise.
 SYNONYMS = {"learning_rate": "lr", "epochs": "max_epochs", "batch": "batch_size", "bs": "batch_size",
             "wd": "weight_decay", "gpus": "devices", "precision_mode": "precision"}
+# Command-line flags of Hydra's that take no part in composition (or print and exit by themselves).
 _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--version", "--shell-completion", "-sc"}
 
 
