@@ -60,6 +60,40 @@ IDX_NAMES = {
 }
 
 
+def filling_disk(room: int) -> type:
+    """A raw file whose disk has ``room`` bytes left, as a full tmpfs behaves: a write stops short at the limit, the
+    next one fails with ENOSPC."""
+    import errno
+    import io
+
+    class FillsUp(io.FileIO):
+        def write(self, data):
+            left = max(0, room - self.tell())
+            if not left:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(bytes(data)[:left])
+
+    return FillsUp
+
+
+def full_disk(monkeypatch, room: int) -> None:
+    """Every file opened for writing under a ``.partial`` name (each tinyvision writer's temporary file) meets a disk
+    with ``room`` bytes left; builtins.open and io.open (pathlib's) both."""
+    import builtins
+    import io
+
+    real_open, disk = builtins.open, filling_disk(room)
+
+    def full_disk_open(file, mode="r", *args, **kwargs):
+        if str(file).endswith(".partial") and "w" in mode:
+            raw = disk(file, "w")
+            return io.BufferedWriter(raw) if "b" in mode else io.TextIOWrapper(io.BufferedWriter(raw), newline=kwargs.get("newline"))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full_disk_open)
+    monkeypatch.setattr(io, "open", full_disk_open)
+
+
 def class_images(labels: np.ndarray, size: int, channels: int, seed: int) -> np.ndarray:
     """uint8 N×C×H×W images whose class is a bright square at a class-specific place: easy to learn."""
     rng = np.random.default_rng(seed)

@@ -79,15 +79,10 @@ def test_a_short_write_inside_torch_save_is_a_refused_write_not_a_traceback(tmp_
     import io
 
     import tinyvision.checkpoints as checkpoints
+    from conftest import filling_disk
     from tinyvision.checkpoints import AtomicCheckpointIO
 
-    class FillsUp(io.FileIO):  # a disk with 1,000 bytes left, as a full tmpfs behaves
-        def write(self, data):
-            room = max(0, 1000 - self.tell())
-            if not room:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return super().write(bytes(data)[:room])
-
+    FillsUp = filling_disk(1000)  # noqa: N806  (a class)
     monkeypatch.setattr(checkpoints, "open", lambda path, mode: io.BufferedWriter(FillsUp(path, mode)), raising=False)
     target = tmp_path / "last.ckpt"
     target.write_bytes(b"the previous checkpoint")
@@ -156,26 +151,10 @@ def test_every_writer_of_a_run_s_files_meets_a_full_disk_with_one_line_and_no_pa
     """The kind, not the case: each writer (pictures, CSV, the sweep's summary files, JSON) goes through replacing(),
     so a disk that fills up mid-write is the one WriteFailed line, nothing half-written is left and an earlier file
     stays whole. (Pictures and CSV files were written in place: a traceback and a half file.)"""
-    import builtins
-    import io
-
+    from conftest import full_disk
     from tinyvision.files import save_figure, write_json
     from tinyvision.report import write_per_class_csv
     from tinyvision.sweep import write_summary
-
-    class FillsUp(io.FileIO):
-        def write(self, data):
-            if self.tell() >= 10:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return super().write(bytes(data)[:10 - self.tell()])
-
-    real_open = builtins.open
-
-    def full_disk_open(file, mode="r", *args, **kwargs):
-        if str(file).endswith(".partial") and "w" in mode:
-            raw = FillsUp(file, "w")
-            return raw if "b" in mode else io.TextIOWrapper(io.BufferedWriter(raw), newline=kwargs.get("newline"))
-        return real_open(file, mode, *args, **kwargs)
 
     write, target = {
         "picture": (lambda: save_figure(_figure(), tmp_path / "results.png"), "results.png"),
@@ -184,8 +163,7 @@ def test_every_writer_of_a_run_s_files_meets_a_full_disk_with_one_line_and_no_pa
         "json": (lambda: write_json(tmp_path / "metrics.json", {"test/acc": 0.5}), "metrics.json"),
     }[writer]
     (tmp_path / target).write_text("the earlier file")
-    monkeypatch.setattr(builtins, "open", full_disk_open)
-    monkeypatch.setattr(io, "open", full_disk_open)  # pathlib's write_text opens through io.open
+    full_disk(monkeypatch, room=10)
     with pytest.raises(WriteFailed, match=r"cannot write .*: No space left on device \(the previous file is kept\)"):
         write()
     monkeypatch.undo()

@@ -114,31 +114,14 @@ def test_predict_gives_the_same_classes_from_the_checkpoint_and_the_onnx_file(ma
 def test_an_export_onto_a_full_disk_is_one_line_and_keeps_the_earlier_export(fmt, tmp_path, monkeypatch):
     """Every writer's file fills up after 1,000 bytes, as a full disk does: the one WriteFailed line, no .partial, the
     earlier export kept. (TorchScript's own C++ writer aborted the process; safetensors' raised its own error.)"""
-    import builtins
-    import errno
-    import io
-
+    from conftest import full_disk
     from tinyvision.files import WriteFailed
-
-    class FillsUp(io.FileIO):
-        def write(self, data):
-            room = max(0, 1000 - self.tell())
-            if not room:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return super().write(bytes(data)[:room])
-
-    real_open = builtins.open
-
-    def full_disk_open(file, mode="r", *args, **kwargs):
-        if str(file).endswith(".partial") and "w" in mode:
-            return io.BufferedWriter(FillsUp(file, "w"))
-        return real_open(file, mode, *args, **kwargs)
 
     classifier = classifier_of("LeNet", GREY)
     target = tmp_path / f"model{'.pt' if fmt == 'torchscript' else '.' + fmt}"
     export(classifier, fmt, target)
     earlier = target.read_bytes()
-    monkeypatch.setattr(builtins, "open", full_disk_open)
+    full_disk(monkeypatch, room=1000)
     with pytest.raises(WriteFailed, match=r"cannot write .*: No space left on device \(the previous file is kept\)"):
         export(classifier, fmt, target)
     monkeypatch.undo()

@@ -96,21 +96,23 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
 def _train(values: dict[str, Any], run_dir: Path, resume_from: Path | None, sweep_job: bool, warning) -> dict[str, Any]:
     L.seed_everything(values["seed"], workers=True, verbose=False)
     datamodule, classifier = build(values)
-    if resume_from is not None:  # before the trainer: Lightning's notes would come before the one line
-        _refuse_weights_that_do_not_fit(classifier, resume_from)
+    # read once here (Lightning reads it again at fit): its weights checked, its step and logger runs for the loggers
+    resumed = load_checkpoint_file(resume_from) if resume_from is not None else None
+    if resumed is not None:  # before the trainer: Lightning's notes would come before the one line
+        _refuse_weights_that_do_not_fit(classifier, resumed, resume_from)
     with _finished_record_kept(run_dir, resume_from, values["trainer"].get("max_epochs")):
-        return _fit_and_test(values, run_dir, resume_from, sweep_job, warning, datamodule, classifier)
+        return _fit_and_test(values, run_dir, resume_from, resumed, sweep_job, warning, datamodule, classifier)
 
 
-def _fit_and_test(values: dict[str, Any], run_dir: Path, resume_from: Path | None, sweep_job: bool, warning,
-                  datamodule, classifier) -> dict[str, Any]:
+def _fit_and_test(values: dict[str, Any], run_dir: Path, resume_from: Path | None, resumed: dict[str, Any] | None,
+                  sweep_job: bool, warning, datamodule, classifier) -> dict[str, Any]:
     classifier.run_config = values
     # a new run that starts from a trained run's weights (a resumed one has all of its state in its checkpoint)
     classifier.init_from = str(start_from_weights(classifier, values["init_from"])) if values.get("init_from") and \
         resume_from is None else None
     classifier.test_tta = values.get("tta") or "none"
     pruning, trial_pruned = _pruning_callback(values) if sweep_job else (None, ())  # () catches nothing
-    trainer = make_trainer(values, _callbacks(values, pruning, warning), _loggers(values, resume_from))
+    trainer = make_trainer(values, _callbacks(values, pruning, warning), _loggers(values, resumed))
     if sweep_job:
         _refuse_relaunching_strategy(trainer, values["trainer"].get("strategy"))
 
@@ -190,10 +192,10 @@ def _stat(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def _refuse_weights_that_do_not_fit(classifier, checkpoint_path: Path) -> None:
+def _refuse_weights_that_do_not_fit(classifier, checkpoint: dict[str, Any], checkpoint_path: Path) -> None:
     """The checkpoint's weights load into the network its saved config builds (Lightning loads them again at fit)."""
     try:
-        classifier.load_state_dict(load_checkpoint_file(checkpoint_path)["state_dict"])
+        classifier.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
         if not is_state_dict_mismatch(error):
             raise
@@ -266,13 +268,13 @@ def _callback(key: str, section: Mapping[str, Any]) -> L.Callback | None:
                           f"{first_line(str(cause))}; check each value's type against the class's arguments") from None
 
 
-def _loggers(values: Mapping[str, Any], resume_from: Path | None) -> list:
-    """The configured loggers; a resumed run's TensorBoard logger drops the events written after its checkpoint,
-    so curves have no repeated steps, and its MLflow and W&B loggers continue the MLflow and W&B runs of the
-    checkpoint. A new MLflow or W&B run is named after the run dir (a sweep's: sweep/job)."""
+def _loggers(values: Mapping[str, Any], resumed: dict[str, Any] | None) -> list:
+    """The configured loggers; a resumed run's (``resumed``: its checkpoint) TensorBoard logger drops the events
+    written after its checkpoint, so curves have no repeated steps, and its MLflow and W&B loggers continue the
+    MLflow and W&B runs of the checkpoint. A new MLflow or W&B run is named after the run dir (a sweep's: sweep/job)."""
     from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 
-    checkpoint = load_checkpoint_file(resume_from) if resume_from is not None else {}
+    checkpoint = resumed or {}
     purge_step = checkpoint.get("global_step")
     run_dir = Path(values["paths"]["output_dir"])
     # a sweep's job folder (<job>, or <trial>_fold<i> in a study of folds) is named after its sweep too
