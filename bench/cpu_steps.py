@@ -20,6 +20,7 @@ rounds of each round's ratio to the raw loop (the machine drifts between rounds 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import resource
 import statistics
@@ -141,13 +142,11 @@ def main() -> None:
         clock = StepClock(args.warmup)
         common = dict(max_steps=steps + args.warmup, limit_val_batches=0, num_sanity_val_steps=0)
         if full:
-            trainer_values = {**values, "trainer": {**values["trainer"], **common,
-                                                    **({"profiler": "simple"} if args.hooks else {})}}
-            trainer_values["callbacks"] = {k: v for k, v in values["callbacks"].items() if k not in without}
-            if "logger" in without:
-                trainer_values["logger"] = {}
-            trainer = make_trainer(trainer_values, _callbacks(trainer_values, None) + [clock.callback],
-                                   _loggers(trainer_values, None))
+            trainer_settings = values.trainer.model_copy(update={**common, **({"profiler": "simple"} if args.hooks else {})})
+            these = dataclasses.replace(values, trainer=trainer_settings,
+                                        callbacks={k: v for k, v in values.callbacks.items() if k not in without},
+                                        logger={} if "logger" in without else values.logger)
+            trainer = make_trainer(these, _callbacks(these, None) + [clock.callback], _loggers(these, None))
         else:
             trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                                 enable_progress_bar=False, enable_model_summary=False,

@@ -60,7 +60,7 @@ def main() -> None:
     bench.ensure_data(args.data_dir)
     _, architecture, batch, *_, mean, std = bench.WORKLOADS[args.workload]
     values = validate_train(compose(args.workload, args.data_dir, tempfile.mkdtemp(prefix="eval_steps_")))
-    eval_batch = values["data"]["eval_batch_size"]
+    eval_batch = values.data.eval_batch_size
     L.seed_everything(0, verbose=False)
     datamodule, classifier = build(values)
     datamodule.setup("test")

@@ -93,7 +93,7 @@ def test_a_users_model_given_a_key_it_does_not_take_is_one_line_naming_the_key()
 
     target = f"{PlainNet.__module__}.PlainNet"
     assert isinstance(build_model({"_target_": target}, 1, 10, 28), PlainNet)
-    with pytest.raises(ConfigError, match=rf"^model.widths=\[24, 48, 96, 96\]: {target} takes no argument widths: remove it"):
+    with pytest.raises(ConfigError, match=rf"^model.widths=\[24,48,96,96\]: {target} takes no argument widths: remove it"):
         build_model({"_target_": target, "widths": [24, 48, 96, 96]}, 1, 10, 28)
 
 

@@ -168,11 +168,10 @@ def test_help_shows_tinyvisions_groups_and_examples():
 
 @pytest.mark.parametrize(("folder", "name"), [("run", "run"), ("sweep/3", "sweep/3"), ("sweep/3_fold0", "sweep/3_fold0")])
 def test_an_mlflow_run_is_named_after_its_run_or_its_sweep_and_job(folder, name, make_config, tmp_path):
-    from omegaconf import OmegaConf
-
+    from tinyvision.config import validate_train
     from tinyvision.training import _loggers
 
-    values = OmegaConf.to_container(make_config("logger=mlflow", f"logger.mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}",
-                                                run_dir=tmp_path / folder), resolve=True)
-    [logger] = _loggers(values, None)
+    settings = validate_train(make_config("logger=mlflow", f"logger.mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}",
+                                          run_dir=tmp_path / folder), look_outside=False)
+    [logger] = _loggers(settings, None)
     assert logger._run_name == name  # Lightning's MLFlowLogger keeps it until the run starts

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 
+from tinyvision.config import validate_train
 from tinyvision.models import MODELS as REGISTERED
 from tinyvision.schema import defaults_of
 from tinyvision.training import build, train
@@ -99,9 +100,9 @@ def test_unknown_option_lists_the_choices(make_config):
 
 
 def test_lenet_on_cifar10_and_cifar_net_v3_on_mnist_take_their_shapes(make_config):
-    _, lenet = build(make_config("model=lenet", "data=cifar10"))
+    _, lenet = build(validate_train(make_config("model=lenet", "data=cifar10"), look_outside=False))
     assert lenet.net.features[0].in_channels == 3
-    _, v3 = build(make_config("model=cifar_net_v3", "data=mnist"))
+    _, v3 = build(validate_train(make_config("model=cifar_net_v3", "data=mnist"), look_outside=False))
     assert v3.net.features[0].in_channels == 1 and v3.net.classifier[1].in_features == 128 * 3 * 3
 
 

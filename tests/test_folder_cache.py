@@ -174,8 +174,8 @@ def test_the_class_count_is_read_from_the_folder_unless_given(tmp_path, make_con
 
     root = tmp_path / "images"
     write_image_folder(root, classes=("ants", "bees", "wasps"), per_class=2)
-    values = validate_train(make_config("data=folder", f"data.root={root}", run_dir=tmp_path / "run"))
-    assert values["data"]["num_classes"] == 3
+    settings = validate_train(make_config("data=folder", f"data.root={root}", run_dir=tmp_path / "run"))
+    assert settings.data.num_classes == 3 and settings.config["data"]["num_classes"] == 3
     with pytest.raises(ConfigError, match=r"data.num_classes=2 but .* has 3 class folders: set data.num_classes=3"):
         folder_module(root, tmp_path / "cache", num_classes=2).prepare_data()
     with pytest.raises(ConfigError, match=r"data.num_classes=null: .*only data=folder counts its classes"):

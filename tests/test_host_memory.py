@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -84,7 +85,9 @@ def test_training_keeps_freed_memory(monkeypatch):
     calls = []
     monkeypatch.setattr(training, "keep_freed_memory", lambda: calls.append("kept"))
     monkeypatch.setattr(training, "_train", lambda *args: calls.append("trained") or {})
-    monkeypatch.setattr(training, "validate_train", lambda cfg: {"slurm": None})
+    from tinyvision.slurm import SlurmSettings
+
+    monkeypatch.setattr(training, "validate_train", lambda cfg: SimpleNamespace(slurm=SlurmSettings()))
     monkeypatch.setattr(training, "_checkpoint_to_resume", lambda cfg, run_dir: None)
     training.train(OmegaConf.create({"paths": {"output_dir": "unused"}}))
     assert calls == ["kept", "trained"]

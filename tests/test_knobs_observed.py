@@ -71,7 +71,7 @@ class Seen:
 def quick_run(make_config, *overrides: str, callbacks=(), test: bool = False):
     """Build the data module and classifier from the config, fit them with the config's Trainer, as train.py does."""
     values = validate_train(make_config(*QUICK, *overrides))  # resolved and checked once, as train() does
-    L.seed_everything(values["seed"], verbose=False)
+    L.seed_everything(values.seed, verbose=False)
     datamodule, classifier = build(values)
     seen = Seen(datamodule, classifier)
     trainer = make_trainer(values, list(callbacks), [])
@@ -304,7 +304,7 @@ def test_the_logged_loss_is_the_mean_over_images_when_the_last_batch_is_short(ma
     """The test loss logged over 100 images in batches of 32, 32, 32 and 4 is their per-image mean cross-entropy."""
     values = validate_train(make_config(*QUICK, "model=mlp", "model.init_std=null", "data.batch_size=32",
                                         "trainer.limit_test_batches=null"))
-    L.seed_everything(values["seed"], verbose=False)
+    L.seed_everything(values.seed, verbose=False)
     datamodule, classifier = build(values)
     logged = make_trainer(values, [], []).test(classifier, datamodule=datamodule, verbose=False)[0]
     images, labels = datamodule.splits["test"]

@@ -71,14 +71,14 @@ def test_a_search_space_that_cannot_work_is_refused_naming_it(params, message):
 @pytest.mark.parametrize(("change", "message"), [
     ({"metric": "val/accuracy"}, "hparams_search.metric=val/accuracy: val/acc_best, val/acc, val/loss, test/acc or test/loss"),
     ({"prune_on": "val/acc_best"}, "hparams_search.prune_on=val/acc_best: val/acc, val/loss"),
-    ({"direction": "minimize"}, "hparams_search.metric=val/acc_best goes the other way than hparams_search.direction=minimize"),
-    ({"metric": "val/loss", "direction": "minimize"}, "hparams_search.prune_on=val/acc goes the other way"),
+    ({"direction": "minimize"}, "hparams_search.metric=val/acc_best: it goes the other way than hparams_search.direction=minimize"),
+    ({"metric": "val/loss", "direction": "minimize"}, "hparams_search.prune_on=val/acc: it goes the other way"),
     ({"direction": "up"}, "hparams_search.direction=up: maximize or minimize, e.g. hparams_search.direction=maximize"),
     ({"n_trials": 0}, "hparams_search.n_trials=0: a whole number, 1 or more, e.g. hparams_search.n_trials=4"),
-    ({"n_jobs": 0}, "hparams_search.n_jobs=0: a whole number, 1 or more (or -1"),
+    ({"n_jobs": 0}, "hparams_search.n_jobs=0: a whole number, 1 or more (-1: one per CPU core)"),
 ])
 def test_study_settings_that_would_waste_the_study_are_refused(make_config, change, message):
-    search = {**dict(make_config("hparams_search=lenet_fashion").hparams_search), "n_jobs": 1}
+    search = {**OmegaConf.to_container(make_config("hparams_search=lenet_fashion").hparams_search, resolve=True), "n_jobs": 1}
     check_settings(search)  # the shipped settings pass
     with pytest.raises(ConfigError) as refused:
         check_settings({**search, **change})

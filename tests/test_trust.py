@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from tinyvision.callbacks import EMA, WarmedUpDecay, chance_warning
+from tinyvision.config import validate_train
 from tinyvision.training import build, train
 
 
@@ -47,16 +48,17 @@ def test_the_ema_callback_uses_the_warm_up_from_the_config(make_config):
 
 @pytest.mark.parametrize("train_size, expected", [(100, 100), (0.25, 88), (1.0, 350), (None, 350)])
 def test_train_size_draws_a_seeded_subset_of_the_training_split(make_config, train_size, expected):
-    datamodule, _ = build(make_config("data=mnist", "data.val_size=50", f"data.train_size={train_size}".replace("None", "null")))
+    size = f"data.train_size={train_size}".replace("None", "null")
+    datamodule, _ = build(validate_train(make_config("data=mnist", "data.val_size=50", size), look_outside=False))
     datamodule.setup("fit")
     images, labels = datamodule.splits["train"]
     assert len(images) == expected and len(datamodule.splits["val"][0]) == 50  # validation is carved first, whole
-    again, _ = build(make_config("data=mnist", "data.val_size=50", f"data.train_size={train_size}".replace("None", "null")))
+    again, _ = build(validate_train(make_config("data=mnist", "data.val_size=50", size), look_outside=False))
     again.setup("fit")
     assert torch.equal(again.splits["train"][0], images)  # the same seed draws the same subset
     # the subset is part of the training split: no validation image is trained on
     val = {bytes(image.numpy()) for image in datamodule.splits["val"][0]}
-    full, _ = build(make_config("data=mnist", "data.val_size=50"))
+    full, _ = build(validate_train(make_config("data=mnist", "data.val_size=50"), look_outside=False))
     full.setup("fit")
     everything = {bytes(image.numpy()) for image in full.splits["train"][0]}
     subset = {bytes(image.numpy()) for image in images}
@@ -66,7 +68,7 @@ def test_train_size_draws_a_seeded_subset_of_the_training_split(make_config, tra
 def test_a_train_size_larger_than_the_split_is_refused(make_config):
     from tinyvision.errors import ConfigError
 
-    datamodule, _ = build(make_config("data=mnist", "data.val_size=50", "data.train_size=351"))
+    datamodule, _ = build(validate_train(make_config("data=mnist", "data.val_size=50", "data.train_size=351"), look_outside=False))
     with pytest.raises(ConfigError, match=r"data.train_size=351 does not fit .* \(350 images\): use a count from 1 to 350"):
         datamodule.setup("fit")
 

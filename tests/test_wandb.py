@@ -168,9 +168,10 @@ def test_a_wandb_run_left_open_in_the_process_is_ended_not_reused(make_config, t
 
 @pytest.mark.parametrize(("folder", "name"), [("run", "run"), ("sweep/3", "sweep/3")])
 def test_a_wandb_run_is_named_after_its_run_or_its_sweep_and_job(folder, name, make_config, tmp_path):
+    from tinyvision.config import validate_train
     from tinyvision.training import _loggers
 
-    [logger] = _loggers(OmegaConf.to_container(make_config("logger=wandb", run_dir=tmp_path / folder), resolve=True), None)
+    [logger] = _loggers(validate_train(make_config("logger=wandb", run_dir=tmp_path / folder), look_outside=False), None)
     assert logger._wandb_init["name"] == name and logger._wandb_init["dir"] == str(tmp_path / folder)
     assert logger._wandb_init["mode"] == "offline"  # no run started: Lightning starts it when it first logs
 

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -335,11 +336,11 @@ def database_server_problem(url: str) -> str | None:
 # ---------------------------------------------------------------------------------------------- the data's places
 
 
-def check_data(data: dict[str, Any]) -> None:
-    """An image folder's cache folder can be made, and the folder holds at least two classes; ``data.num_classes``
-    left null is set to the number of its class folders (YOLO's way: the folder says how many classes it has)."""
+def check_data(data: Mapping[str, Any]) -> int | None:
+    """An image folder's cache folder can be made, and the folder holds at least two classes; with ``data.num_classes``
+    left null, the number of its class folders (YOLO's way: the folder says how many classes it has), else None."""
     if not str(data.get("_target_", "")).endswith("FolderDataModule"):
-        return
+        return None
     if data.get("cache_dir"):
         output_folder("data.cache_dir", data["cache_dir"], example="data/cache")
     root = Path(str(data.get("root")))
@@ -347,7 +348,7 @@ def check_data(data: dict[str, Any]) -> None:
         if data.get("num_classes") is None:
             raise ConfigError(f"data.root={data.get('root')} does not exist: point data.root at a directory with one "
                               "subfolder of images per class (optionally inside train/ and test/)")
-        return  # the data module names a missing folder
+        return None  # the data module names a missing folder
     classes = image_folders.class_folders(image_folders.split_roots(root)["train"])
     if len(classes) == 1:
         raise ConfigError(f"data.root={data.get('root')} has one class folder ({classes[0]}): a classifier needs at least two "
@@ -356,4 +357,5 @@ def check_data(data: dict[str, Any]) -> None:
         if not classes:
             raise ConfigError(f"data.root={data.get('root')} has no class subfolders: put the images of each class in a "
                               "subfolder")
-        data["num_classes"] = len(classes)
+        return len(classes)
+    return None

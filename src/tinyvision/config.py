@@ -13,8 +13,8 @@ torch's signature) and can still be overridden without ``+``.
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,11 +31,10 @@ from tinyvision.files import PathsSettings
 from tinyvision.hparams import SearchSettings
 from tinyvision.inference import EvalSettings, PredictSettings
 from tinyvision.loggers import LOGGER_SETTINGS, refuse_missing_logger_package
-from tinyvision.models import MODELS, ModelSettings
-from tinyvision.models.registry import settings_by_target
+from tinyvision.models import MODELS, ModelSettings, model_settings
 from tinyvision.module import LossSettings
-from tinyvision.optim import OPTIMIZERS, SCHEDULERS, Optimizer, Scheduler, WarmupOnly
-from tinyvision.schema import Section, by_target, check, defaults_of, one_of, show, spec, to_container, with_signature_defaults
+from tinyvision.optim import OPTIMIZERS, SCHEDULERS, Optimizer, WarmupOnly, optimizer_settings, scheduler_settings
+from tinyvision.schema import Section, check, defaults_of, locate, one_of, show, spec, to_container, with_signature_defaults
 from tinyvision.slurm import SlurmSettings
 from tinyvision.trainer import TrainerSettings
 from tinyvision.tta import MODES as TTA_MODES
@@ -64,6 +63,33 @@ class TopLevelSettings(Section):
     slurm: SlurmSettings = spec("auto_requeue and requeue_signal", "USR1", None)
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """A training run's settings, checked once (``validate_train``): each section typed by the settings model of the
+    code that uses it, chosen by its ``_target_`` where a group has several (models, optimizers, schedules), and each
+    builds its own object (``model`` the network, ``optimizer`` and ``scheduler`` theirs, ``data`` the data module,
+    ``trainer`` Lightning's Trainer). Callbacks and loggers are instantiated by Hydra from their checked sections:
+    their keys are their classes' arguments. ``config`` is the plain resolved config the sections were checked from,
+    saved with each checkpoint and compared across runs."""
+
+    model: ModelSettings
+    data: DataSettings
+    optimizer: Optimizer
+    scheduler: WarmupOnly | None  # a Scheduler, or WarmupOnly for a constant lr
+    loss: LossSettings
+    trainer: TrainerSettings
+    callbacks: dict[str, dict[str, Any]]  # by name; a section set to null is left out
+    logger: dict[str, dict[str, Any]]
+    search: SearchSettings | None
+    paths: PathsSettings
+    slurm: SlurmSettings
+    seed: int
+    tta: str
+    resume: str | None
+    init_from: str | None
+    config: dict[str, Any] = field(repr=False)
+
+
 @functools.cache
 def _settings_of(target: str | None) -> type[BaseModel] | None:
     """The ``Settings`` a tinyvision callback class (or factory) carries, its defaults taken from its signature."""
@@ -75,25 +101,6 @@ def _settings_of(target: str | None) -> type[BaseModel] | None:
         return None
     settings = getattr(owner, "Settings", None)
     return with_signature_defaults(settings, owner) if settings is not None else None
-
-
-def locate(target: str) -> Any:
-    """The object a dotted ``_target_`` names, imported; ModuleNotFoundError or AttributeError when there is none.
-    Not hydra.utils.get_object: it logs its own error lines before raising."""
-    parts = target.split(".")
-    for end in range(len(parts), 0, -1):
-        name = ".".join(parts[:end])
-        try:
-            found = importlib.import_module(name)
-            break
-        except ModuleNotFoundError as error:
-            if error.name is None or not name.startswith(error.name):
-                raise  # the module exists and fails to import something else: that is its own error
-    else:
-        raise ModuleNotFoundError(f"No module named '{parts[0]}'", name=parts[0])
-    for part in parts[end:]:
-        found = getattr(found, part)
-    return found
 
 
 def _check_targets(values: Mapping[str, Any]) -> None:
@@ -114,8 +121,8 @@ def _check_targets(values: Mapping[str, Any]) -> None:
                               "module on the Python path (PYTHONPATH=/folder/of/the/module)") from None
 
 
-def validate_train(cfg: DictConfig, look_outside: bool = True, checked_by_caller: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Check every tinyvision key of a composed train config; returns the resolved values the run is built from.
+def validate_train(cfg: DictConfig, look_outside: bool = True, checked_by_caller: tuple[str, ...] = ()) -> RunSettings:
+    """Check every tinyvision key of a composed train config; returns the run's settings, which the run is built from.
     ``look_outside=False`` leaves out what the file system and the network say (a sweep's jobs checked beforehand);
     ``checked_by_caller`` names top-level sections another script adds and checks (find_lr.py's ``lr_find``)."""
     values = to_container(cfg)
@@ -123,47 +130,48 @@ def validate_train(cfg: DictConfig, look_outside: bool = True, checked_by_caller
         raise ConfigError(f"ckpt_path={show(values['ckpt_path'])}: train.py continues a run from its folder: "
                           "resume=outputs/runs/<run> (its checkpoints/last.ckpt); eval.py takes ckpt_path= to test a checkpoint")
     _check_targets(values)
-    check(TopLevelSettings, {k: v for k, v in values.items() if k not in checked_by_caller}, "")
-    check(LossSettings, values.get("loss") or {}, "loss")
-    check(by_target(values["model"], settings_by_target(), ModelSettings), values["model"], "model")
-    check(DataSettings, values["data"], "data")
-    check(by_target(values["optimizer"], OPTIMIZERS, Optimizer), values["optimizer"], "optimizer")
-    if values.get("scheduler"):
-        fallback = Scheduler if values["scheduler"].get("_target_") else WarmupOnly
-        check(by_target(values["scheduler"], SCHEDULERS, fallback), values["scheduler"], "scheduler")
-    check(TrainerSettings, values["trainer"], "trainer")
-    for name, section in (values.get("callbacks") or {}).items():
-        if section is None:
-            continue
+    top = check(TopLevelSettings, {k: v for k, v in values.items() if k not in checked_by_caller}, "")
+    loss = check(LossSettings, values.get("loss") or {}, "loss")
+    model = model_settings(values["model"])
+    data = check(DataSettings, values["data"], "data")
+    optimizer = optimizer_settings(values["optimizer"])
+    scheduler = scheduler_settings(values.get("scheduler"))
+    trainer = check(TrainerSettings, values["trainer"], "trainer")
+    callbacks = {name: section for name, section in (values.get("callbacks") or {}).items() if section is not None}
+    for name, section in callbacks.items():
         target = section.get("_target_")
         settings = _settings_of(target) or LIGHTNING_CALLBACK_SETTINGS.get(target)
         if settings is not None:
             check(settings, section, f"callbacks.{name}")
         if target in LIGHTNING_CALLBACK_SETTINGS:
             _monitor_is_logged_then(name, section, values)
-    for name, section in (values.get("logger") or {}).items():
-        if section is not None:
-            refuse_missing_logger_package(name, section.get("_target_"))
-        if section is not None and section.get("_target_") in LOGGER_SETTINGS:
+    loggers = {name: section for name, section in (values.get("logger") or {}).items() if section is not None}
+    for name, section in loggers.items():
+        refuse_missing_logger_package(name, section.get("_target_"))
+        if section.get("_target_") in LOGGER_SETTINGS:
             check(LOGGER_SETTINGS[section["_target_"]], section, f"logger.{name}")
+    search = None
     if values.get("hparams_search") is not None:
-        check(SearchSettings, values["hparams_search"], "hparams_search")
+        search = check(SearchSettings, values["hparams_search"], "hparams_search")
     # Last, once every value is of its kind: what the file system and the network say (nothing is written).
     if look_outside:
         # a path through a file ends in a library's NotADirectoryError, for checkpoints only when the first is written
         # (a shared read-only data folder that already holds the data is fine: only its path is checked)
         boundaries.output_folder("paths.data_dir", values["paths"]["data_dir"], example="data", writable=False)
-        for name, section in (values.get("callbacks") or {}).items():
-            if isinstance(section, dict) and isinstance(section.get("dirpath"), str):
+        for name, section in callbacks.items():
+            if isinstance(section.get("dirpath"), str):
                 boundaries.output_folder(f"callbacks.{name}.dirpath", section["dirpath"], example="outputs/checkpoints")
-        boundaries.check_data(values["data"])  # also counts a folder's classes where data.num_classes is null
-        boundaries.check_loggers(values.get("logger") or {})
-    weights = (values.get("loss") or {}).get("class_weights")
-    count = values["data"].get("num_classes")
-    if isinstance(weights, list) and count is not None and len(weights) != count:
-        raise ConfigError(f"loss.class_weights={show(weights)}: one weight per class ({count} for data.num_classes={count}), "
-                          f"e.g. loss.class_weights=auto")
-    return values
+        counted = boundaries.check_data(values["data"])  # a folder's classes counted where data.num_classes is null
+        if counted is not None:
+            values["data"]["num_classes"] = counted
+            data = data.model_copy(update={"num_classes": counted})
+        boundaries.check_loggers(loggers)
+    if isinstance(loss.class_weights, list) and data.num_classes is not None and len(loss.class_weights) != data.num_classes:
+        raise ConfigError(f"loss.class_weights={show(values['loss']['class_weights'])}: one weight per class ({data.num_classes} for "
+                          f"data.num_classes={data.num_classes}), e.g. loss.class_weights=auto")
+    return RunSettings(model=model, data=data, optimizer=optimizer, scheduler=scheduler, loss=loss, trainer=trainer,
+                       callbacks=callbacks, logger=loggers, search=search, paths=top.paths, slurm=top.slurm, seed=top.seed,
+                       tta=top.tta, resume=top.resume, init_from=top.init_from, config=values)
 
 
 def _monitor_is_logged_then(name: str, section: Mapping[str, Any], values: Mapping[str, Any]) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from tinyvision import boundaries
-from tinyvision.schema import Open, PositiveInt, one_of, spec
+from tinyvision.schema import ConfigValueError, Open, PositiveInt, one_of, spec
 
 GROUPS = ("experiment", "model", "data", "optimizer", "scheduler")
 # Model keys that change speed or where weights come from, not what is trained.
@@ -94,7 +94,7 @@ class SearchSettings(Open):
     metric: Literal[SUMMARY_METRICS] = spec(one_of(SUMMARY_METRICS), "val/acc_best")
     direction: Literal["maximize", "minimize"] = spec("maximize or minimize", "maximize")
     prune_on: Literal[PRUNE_ON] = spec(one_of(PRUNE_ON), "val/acc", None)
-    n_trials: PositiveInt = spec("a whole number, 1 or more", 20)
+    n_trials: PositiveInt = spec("a whole number, 1 or more", 4)
     n_jobs: int = spec("a whole number, 1 or more (-1: one per CPU core)", 1, 1)
     params: dict[str, Any] = spec("key: range pairs", "{}", {})
     enqueue: list[dict[str, Any]] = spec("a list of parameter sets", "[]", [])
@@ -105,6 +105,18 @@ class SearchSettings(Open):
     heartbeat_seconds: Annotated[float, Field(ge=1)] | PositiveInt = spec("a number of seconds, 1 or more", 10, 10.0)
     folds: Annotated[int, Field(ge=2)] | None = spec("null or a whole number of folds, 2 or more", 5, None)
     trial: int | None = spec("set by the sweeper", 0, None)
+
+    @model_validator(mode="after")
+    def _the_studys_way(self):
+        """A metric that goes the other way than the study would spend it for nothing: it would keep the worst trials
+        (``metric``), or prune the best (``prune_on``)."""
+        for key in ("metric", "prune_on"):
+            value = getattr(self, key)
+            if value and ("loss" in value) == (self.direction == "maximize"):
+                raise ConfigValueError(key, value, f"it goes the other way than hparams_search.direction={self.direction}: "
+                                       "val/acc or val/acc_best when maximizing accuracy, val/loss when minimizing a loss",
+                                       "val/loss" if self.direction == "minimize" else "val/acc")
+        return self
 
     @field_validator("n_jobs")
     @classmethod

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from pydantic import Field, model_validator
 from rich.console import Console
 
-from tinyvision.config import validate_train
+from tinyvision.config import RunSettings, validate_train
 from tinyvision.files import save_figure, write_json
 from tinyvision.schema import ConfigValueError, Section, check, spec
 from tinyvision.trainer import make_trainer
@@ -29,14 +29,13 @@ def find_lr(cfg: DictConfig) -> float | None:
     import lightning as L
     from lightning.pytorch.tuner import Tuner
 
-    values = validate_lr_find(cfg)  # every train key, and min_lr < max_lr, 20 steps or more
-    settings = values["lr_find"]
-    L.seed_everything(values["seed"], workers=True, verbose=False)
-    datamodule, classifier = build(values)
-    trainer = make_trainer(values, [], [])  # no checkpoints, logs, loss stop or pictures: only the sweep
+    run_settings, settings = validate_lr_find(cfg)  # every train key, and min_lr < max_lr, 20 steps or more
+    L.seed_everything(run_settings.seed, workers=True, verbose=False)
+    datamodule, classifier = build(run_settings)
+    trainer = make_trainer(run_settings, [], [])  # no checkpoints, logs, loss stop or pictures: only the sweep
     run_dir = Path(cfg.paths.output_dir)
-    result = Tuner(trainer).lr_find(classifier, datamodule=datamodule, min_lr=settings["min_lr"], max_lr=settings["max_lr"],
-                                    num_training=settings["num_training"], update_attr=False)
+    result = Tuner(trainer).lr_find(classifier, datamodule=datamodule, min_lr=settings.min_lr, max_lr=settings.max_lr,
+                                    num_training=settings.num_training, update_attr=False)
     console = Console()
     if result is None:
         console.print("[red]no learning rate found[/]: the finder did not run (no training batches?)")
@@ -47,7 +46,7 @@ def find_lr(cfg: DictConfig) -> float | None:
     write_json(run_dir / "lr_find.json", {"suggestion": suggestion, "lr": lrs, "loss": losses})
     if suggestion is None:
         console.print("[red]no learning rate could be suggested[/]: the loss did not fall anywhere in "
-                      f"[{settings['min_lr']:g}, {settings['max_lr']:g}] over {len(lrs)} steps. Look at "
+                      f"[{settings.min_lr:g}, {settings.max_lr:g}] over {len(lrs)} steps. Look at "
                       f"{run_dir / 'lr_find.png'}; try a wider range (lr_find.min_lr, lr_find.max_lr) or more steps "
                       "(lr_find.num_training)")
         return None
@@ -132,8 +131,7 @@ class LrFindSettings(Section):
         return self
 
 
-def validate_lr_find(cfg: DictConfig) -> dict[str, Any]:
+def validate_lr_find(cfg: DictConfig) -> tuple[RunSettings, LrFindSettings]:
     """The train config's keys, and the learning-rate finder's own."""
-    values = validate_train(cfg, checked_by_caller=("lr_find",))
-    check(LrFindSettings, values.get("lr_find") or {}, "lr_find")
-    return values
+    settings = validate_train(cfg, checked_by_caller=("lr_find",))
+    return settings, check(LrFindSettings, settings.config.get("lr_find") or {}, "lr_find")

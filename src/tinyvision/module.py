@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import lightning as L
@@ -13,10 +14,10 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from tinyvision.errors import ConfigError
-from tinyvision.models import ModelSettings, build_model, head_of
-from tinyvision.optim import build_optimizer, build_schedulers
+from tinyvision.models import ModelSettings, build_model, head_of, model_settings
+from tinyvision.optim import Optimizer, WarmupOnly, optimizer_settings, scheduler_settings
 from tinyvision.preprocessing import Normalize, as_hw
-from tinyvision.schema import Section, Zero, spec
+from tinyvision.schema import Section, Zero, check, spec
 from tinyvision.tta import probabilities as tta_probabilities
 
 # What ImageClassifier logs with self.log: per epoch, train/* at the end of the training epoch, val/* at the end of
@@ -37,32 +38,40 @@ class LossSettings(Section):
 class ImageClassifier(L.LightningModule):
     """Cross-entropy classification with one accuracy metric per stage.
 
-    All arguments are plain dicts from the composed config, saved in every checkpoint, so a checkpoint
-    alone rebuilds the model and its preprocessing (``data``: channels, image_size, mean, std, classes).
+    Each section comes typed (the run's checked settings) or as the plain dict a checkpoint keeps, which is checked
+    here; the hyperparameters saved in every checkpoint are plain dicts, so a checkpoint alone rebuilds the model and
+    its preprocessing (``data``: channels, image_size, mean, std, classes) without tinyvision's settings classes.
     A net ending in ``log_softmax`` trains correctly too: cross-entropy on log-probabilities is their NLL.
     """
 
     def __init__(
         self,
-        model: dict[str, Any],
+        model: ModelSettings | Mapping[str, Any],
         data: dict[str, Any],
-        optimizer: dict[str, Any],
-        scheduler: dict[str, Any] | None = None,
-        loss: dict[str, Any] | None = None,
+        optimizer: Optimizer | Mapping[str, Any],
+        scheduler: WarmupOnly | Mapping[str, Any] | None = None,
+        loss: LossSettings | Mapping[str, Any] | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(logger=False)
+        self.model_settings = model if isinstance(model, ModelSettings) else model_settings(model)
+        self.optimizer_settings = optimizer if isinstance(optimizer, Optimizer) else optimizer_settings(optimizer)
+        self.scheduler_settings = scheduler if isinstance(scheduler, WarmupOnly) else scheduler_settings(scheduler)
+        self.loss_settings = loss if isinstance(loss, LossSettings) else check(LossSettings, loss or {}, "loss")
+        self.save_hyperparameters({
+            "model": self.model_settings.as_config(), "data": data, "optimizer": self.optimizer_settings.as_config(),
+            "scheduler": self.scheduler_settings.as_config() if self.scheduler_settings is not None else None,
+            "loss": self.loss_settings.as_config(),
+        }, logger=False)
         num_classes = data["num_classes"]
-        loss = loss or {}
-        self.label_smoothing = float(loss.get("label_smoothing") or 0.0)
-        self.class_weights_setting = loss.get("class_weights")
+        self.label_smoothing = self.loss_settings.label_smoothing
+        self.class_weights_setting = self.loss_settings.class_weights
         # "auto" weights are counted from the training split at every fit start (a resumed run's split is the
         # same), so the buffer is not saved: checkpoints of runs without weights load as before.
         weights = self.class_weights_setting if isinstance(self.class_weights_setting, list) else [1.0] * num_classes
         self.register_buffer("class_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
-        self.net = build_model(model, data["channels"], num_classes, data["image_size"])
+        self.net = build_model(self.model_settings, data["channels"], num_classes, data["image_size"])
         if not any(True for _ in self.net.parameters()):  # the optimizer's "empty parameter list", 50 lines later
-            raise ConfigError(f"model._target_={model.get('_target_')}: the network has no weights to train: give a "
+            raise ConfigError(f"model._target_={self.model_settings.target}: the network has no weights to train: give a "
                               "classifier whose constructor takes in_channels and num_classes, e.g. model=convnet")
         pretrained = getattr(self.net, "pretrained_mean_std", None)
         if pretrained is not None:
@@ -71,18 +80,17 @@ class ImageClassifier(L.LightningModule):
             self.hparams.data["mean"], self.hparams.data["std"] = data["mean"], data["std"] = pretrained
         self.normalize = Normalize(data["mean"], data["std"], data["channels"])
         # NHWC convolutions: measured faster on this CPU (BENCHMARKS.md), and the format tensor cores prefer.
-        # A model dict without the key (a hand-built one) gets the setting's one default, not a second one here
-        self.channels_last = bool(model.get("channels_last", ModelSettings.model_fields["channels_last"].default))
+        self.channels_last = self.model_settings.channels_last
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        if model.get("compile", False):
+        if self.model_settings.compile:
             self.net.compile()  # in place, so checkpoints keep the plain parameter names
         self.class_names: list[str] = list(data.get("class_names") or range(num_classes))
         self.run_config: dict[str, Any] | None = None  # the whole composed config, saved with each checkpoint
         self.test_tta = "none"  # the final test's test-time augmentation (set by the run; not a weight's concern)
         self._epoch_lr: float | None = None
         height, width = as_hw(data["image_size"])
-        if not model.get("compile", False):  # a compiled net cannot be traced for the TensorBoard graph
+        if not self.model_settings.compile:  # a compiled net cannot be traced for the TensorBoard graph
             self.example_input_array = torch.zeros(1, data["channels"], height, width, dtype=torch.uint8)
         # No argument checks in the per-step updates: each one reads a value back from the device (a host
         # sync per step on a GPU). Labels are checked when a dataset is loaded; a NaN loss is the
@@ -169,13 +177,11 @@ class ImageClassifier(L.LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self):
-        settings = self.hparams.optimizer
-        parameters = self._parameter_groups(settings.get("backbone_lr_scale", 1.0), settings.get("lr"))
-        optimizer = build_optimizer(settings, parameters)
-        scheduler = self.hparams.scheduler or {}
-        if not scheduler.get("warmup_epochs") and not scheduler.get("_target_"):
-            return optimizer  # a constant lr: no schedule to count the run's steps for
-        return [optimizer], build_schedulers(optimizer, scheduler, self._stepping_batches(), self.trainer.max_epochs)
+        optimizer = self.optimizer_settings.build(self._parameter_groups())
+        schedule = self.scheduler_settings
+        if schedule is None or schedule.constant:
+            return optimizer  # no schedule to count the run's steps for
+        return [optimizer], schedule.build(optimizer, self._stepping_batches(), self.trainer.max_epochs)
 
     def _stepping_batches(self) -> int:
         """The optimizer steps of the whole run, as Lightning's ``estimated_stepping_batches`` counts them.
@@ -190,16 +196,17 @@ class ImageClassifier(L.LightningModule):
         batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
         return math.ceil(batches / self.trainer.accumulate_grad_batches) * self.trainer.max_epochs
 
-    def _parameter_groups(self, backbone_lr_scale: float, lr: float | None):
-        """All trainable parameters; with backbone_lr_scale other than 1, the head at the optimizer's lr and
+    def _parameter_groups(self):
+        """All trainable parameters; with optimizer.backbone_lr_scale other than 1, the head at the optimizer's lr and
         the rest (the backbone) at lr × backbone_lr_scale, as two parameter groups."""
         trainable = [p for p in self.parameters() if p.requires_grad]
-        if backbone_lr_scale == 1.0 or lr is None:
+        scale = self.optimizer_settings.backbone_lr_scale
+        if scale == 1:
             return trainable
         head = {id(p) for p in head_of(self.net).parameters()}
         # The head first: param_groups[0] keeps the optimizer's lr, which train/lr records.
         return [{"params": [p for p in trainable if id(p) in head]},
-                {"params": [p for p in trainable if id(p) not in head], "lr": lr * backbone_lr_scale}]
+                {"params": [p for p in trainable if id(p) not in head], "lr": self.optimizer_settings.lr * scale}]
 
     def _weights(self) -> torch.Tensor | None:
         return self.class_weights if self.class_weights_setting is not None else None

@@ -4,13 +4,25 @@ run and an optional linear warm-up chained in front."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-import hydra.utils
 import torch
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from tinyvision.schema import ConfigValueError, NonNegative, Open, PositiveInt, Section, Zero, spec, with_signature_defaults
+from tinyvision.schema import (
+    ConfigValueError,
+    NonNegative,
+    Open,
+    PositiveInt,
+    Section,
+    Zero,
+    by_target,
+    check,
+    locate,
+    spec,
+    with_signature_defaults,
+)
 
 
 class Optimizer(Open):
@@ -20,6 +32,11 @@ class Optimizer(Open):
     # the backbone's lr is lr × this (the head keeps lr): e.g. 0.1 for pretrained models
     backbone_lr_scale: NonNegative = spec("a number, 0 or more (1: the same lr everywhere)", 0.1, 1.0)
     weight_decay: Annotated[float, Field(ge=0)] = spec("a number, 0 or more", 0.0005)
+
+    def build(self, parameters) -> torch.optim.Optimizer:
+        """The optimizer over ``parameters`` (tensors, or groups: the caller applies backbone_lr_scale)."""
+        arguments = self.model_dump(exclude={"target", "partial", "backbone_lr_scale"})  # a user's class's keys too
+        return locate(self.target)(parameters, **arguments)
 
 
 class SGD(Optimizer):
@@ -52,18 +69,48 @@ OPTIMIZERS = {f"torch.optim.{kind.__name__}": with_signature_defaults(settings, 
 # ---------------------------------------------------------------------------------------------- scheduler
 
 
-class Scheduler(Open):
-    target: str = Field(alias="_target_")
-    partial: bool = Field(True, alias="_partial_")
-    interval: Literal["epoch", "step"] = spec("epoch or step", "epoch", "epoch")  # when the schedule steps
+class WarmupOnly(Section):
+    """scheduler=none: a constant lr, after an optional warm-up."""
+
     # a linear warm-up over this many epochs (stepped per batch) before the schedule
     warmup_epochs: NonNegative = spec(
         "a number of epochs, 0 or more (fractions allowed)", 1, 0)
 
+    @property
+    def constant(self) -> bool:
+        return not self.warmup_epochs
 
-class WarmupOnly(Section):  # scheduler=none: a constant lr, after an optional warm-up
-    warmup_epochs: NonNegative = spec(
-        "a number of epochs, 0 or more (fractions allowed)", 1, 0)
+    def build(self, optimizer: torch.optim.Optimizer, total_steps: int, max_epochs: int) -> list[dict[str, Any]]:
+        """Lightning's scheduler entries for a run of ``total_steps`` optimizer steps over ``max_epochs``."""
+        if not self.warmup_epochs:
+            return []
+        # A linear rise from a hundredth of each group's lr, stepped after every batch. Chained with the main
+        # schedule (both scale the lr step by step), which starts counting its own epochs from the first.
+        steps = max(1, round(self.warmup_epochs * total_steps / max_epochs))
+        warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=steps)
+        return [{"scheduler": warmup, "interval": "step"}]
+
+
+class Scheduler(WarmupOnly, Open):
+    target: str = Field(alias="_target_")
+    partial: bool = Field(True, alias="_partial_")
+    interval: Literal["epoch", "step"] = spec("epoch or step", "epoch", "epoch")  # when the schedule steps
+
+    @property
+    def constant(self) -> bool:
+        return False
+
+    def build(self, optimizer: torch.optim.Optimizer, total_steps: int, max_epochs: int) -> list[dict[str, Any]]:
+        # "auto" values are filled in from the run: the length of training and the optimizer's lr.
+        auto = {
+            "total_steps": total_steps,
+            "T_max": max_epochs if self.interval == "epoch" else total_steps,
+            "max_lr": [group["lr"] for group in optimizer.param_groups],  # per group: a scaled backbone stays scaled
+        }
+        arguments = self.model_dump(exclude={"target", "partial", "interval", "warmup_epochs"})
+        arguments = {key: auto[key] if value == "auto" else value for key, value in arguments.items()}
+        schedule = {"scheduler": locate(self.target)(optimizer, **arguments), "interval": self.interval}
+        return [*super().build(optimizer, total_steps, max_epochs), schedule]
 
 
 class Closed(Scheduler):
@@ -113,34 +160,14 @@ SCHEDULERS = {f"torch.optim.lr_scheduler.{kind.__name__}": with_signature_defaul
                                      (torch.optim.lr_scheduler.OneCycleLR, OneCycleLR))}
 
 
-def build_optimizer(settings: dict[str, Any], parameters) -> torch.optim.Optimizer:
-    """The optimizer of ``settings`` (a partial of its class) over ``parameters``; backbone_lr_scale is the caller's."""
-    settings = {key: value for key, value in settings.items() if key != "backbone_lr_scale"}
-    return hydra.utils.instantiate(settings)(params=parameters)
+def optimizer_settings(section: Mapping[str, Any], key: str = "optimizer") -> Optimizer:
+    """An ``optimizer`` section checked by its class's settings (a class tinyvision does not know: the common ones)."""
+    return check(by_target(section, OPTIMIZERS, Optimizer), section, key)
 
 
-def build_schedulers(optimizer: torch.optim.Optimizer, settings: dict[str, Any] | None, total_steps: int,
-                     max_epochs: int) -> list[dict[str, Any]]:
-    """Lightning's scheduler entries for ``settings`` (the run's ``total_steps`` optimizer steps over ``max_epochs``):
-    none for a constant lr."""
-    settings = dict(settings or {})
-    warmup_epochs = settings.pop("warmup_epochs", 0) or 0
-    schedulers = []
-    if warmup_epochs:
-        # A linear rise from a hundredth of each group's lr, stepped after every batch. Chained with the main
-        # schedule (both scale the lr step by step), which starts counting its own epochs from the first.
-        steps = max(1, round(warmup_epochs * total_steps / max_epochs))
-        warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=steps)
-        schedulers.append({"scheduler": warmup, "interval": "step"})
-    if settings.get("_target_"):
-        interval = settings.pop("interval", "epoch")
-        # "auto" values are filled in from the run: the length of training and the optimizer's lr.
-        auto = {
-            "total_steps": total_steps,
-            "T_max": max_epochs if interval == "epoch" else total_steps,
-            "max_lr": [group["lr"] for group in optimizer.param_groups],  # per group: a scaled backbone stays scaled
-        }
-        settings = {key: auto[key] if value == "auto" else value for key, value in settings.items()}
-        scheduler = hydra.utils.instantiate(settings, _convert_="all")(optimizer=optimizer)
-        schedulers.append({"scheduler": scheduler, "interval": interval})
-    return schedulers
+def scheduler_settings(section: Mapping[str, Any] | None, key: str = "scheduler") -> WarmupOnly | None:
+    """A ``scheduler`` section checked by its schedule's settings; without ``_target_``, a constant lr (WarmupOnly)."""
+    if not section:
+        return None
+    fallback = Scheduler if section.get("_target_") else WarmupOnly
+    return check(by_target(section, SCHEDULERS, fallback), section, key)

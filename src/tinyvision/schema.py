@@ -11,6 +11,7 @@ OmegaConf's structured configs check types only.
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import re
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,11 @@ class Section(BaseModel):
     epoch later), and unknown keys refused (a misspelt ``+key``). Subclasses' model_config merge into this one."""
 
     model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
+
+    def as_config(self) -> dict[str, Any]:
+        """The section as the plain values it was checked from (config names, ``_target_`` included; a key the config
+        left out stays out): what a checkpoint keeps, so that it loads without tinyvision's classes."""
+        return self.model_dump(by_alias=True, exclude_unset=True)
 
 
 class Open(Section):
@@ -244,6 +250,25 @@ def _interpolation_message(cfg: DictConfig, error: InterpolationResolutionError)
         return (f"{shown}: the environment variable {name} is not set: set it (export {name}=...), give a default "
                 f"(${{oc.env:{name},VALUE}}) or give the value itself, e.g. {key}=VALUE")
     return f"{shown}: {reason}: correct the ${{...}} interpolation, or give the value itself, e.g. {key}=VALUE"
+
+
+def locate(target: str) -> Any:
+    """The object a dotted ``_target_`` names, imported; ModuleNotFoundError or AttributeError when there is none.
+    Not hydra.utils.get_object: it logs its own error lines before raising."""
+    parts = target.split(".")
+    for end in range(len(parts), 0, -1):
+        name = ".".join(parts[:end])
+        try:
+            found = importlib.import_module(name)
+            break
+        except ModuleNotFoundError as error:
+            if error.name is None or not name.startswith(error.name):
+                raise  # the module exists and fails to import something else: that is its own error
+    else:
+        raise ModuleNotFoundError(f"No module named '{parts[0]}'", name=parts[0])
+    for part in parts[end:]:
+        found = getattr(found, part)
+    return found
 
 
 def by_target(section: Mapping[str, Any], known: Mapping[str, type[BaseModel]], fallback: type[BaseModel]) -> type[BaseModel]:

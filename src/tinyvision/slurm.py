@@ -18,7 +18,7 @@ import subprocess
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from tinyvision.files import LAST_CHECKPOINT, METRICS_FILE
 from tinyvision.schema import Section, spec
@@ -54,15 +54,14 @@ def restarted() -> bool:
     return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
 
 
-def requeue_signal(settings: dict[str, Any] | None) -> int | None:
+def requeue_signal(settings: SlurmSettings) -> int | None:
     """The signal that asks for a requeue, when this process is a SLURM job with ``slurm.auto_requeue`` on."""
-    settings = settings or {}
-    if not settings.get("auto_requeue", True) or job_id() is None:
+    if not settings.auto_requeue or job_id() is None:
         return None
-    return signal.Signals[f"SIG{settings.get('requeue_signal', 'USR1')}"]
+    return signal.Signals[f"SIG{settings.requeue_signal}"]
 
 
-def cluster_environment(settings: dict[str, Any] | None):
+def cluster_environment(settings: SlurmSettings):
     """Lightning's SLURM environment (ranks, nodes, main address) with its own requeue handler off, when this process
     is a SLURM job; None elsewhere (Lightning then picks the environment itself)."""
     if job_id() is None:
@@ -114,7 +113,7 @@ class EndWarning:
     way; a warning during the final test lets the test finish, and requeues only if the job's end (SIGTERM) comes
     first."""
 
-    def __init__(self, settings: dict[str, Any] | None):
+    def __init__(self, settings: SlurmSettings):
         self.signum = requeue_signal(settings)
         self.received = False
         self._previous = None

@@ -62,6 +62,33 @@ class TrainerSettings(Open):
                               "trainer.accelerator=auto")
         return values
 
+    def build(self, callbacks: list, loggers: list, slurm_settings: slurm.SlurmSettings) -> L.Trainer:
+        """Lightning's Trainer; an argument Lightning refuses is reported as trainer.KEY=VALUE and the reason."""
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        arguments = self.as_config()
+        try:
+            environment = slurm.cluster_environment(slurm_settings)  # in a SLURM job: Lightning's, its requeue handler off
+            plugins = [hydra.utils.instantiate(p) for p in arguments.get("plugins") or []]
+            plugins += [environment] if environment is not None else []
+            trainer = hydra.utils.instantiate(arguments, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+            if environment is not None:  # what Lightning checks only when DDP launches, inside fit
+                environment.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+            return trainer
+        except InstantiationException as error:
+            if isinstance(error.__cause__, (MisconfigurationException, ValueError, TypeError, ModuleNotFoundError)):
+                raise trainer_error(arguments, error.__cause__) from None
+            raise
+        except ValueError as error:  # SLURM's task counts do not fit the trainer's devices (Lightning's check)
+            devices = arguments.get("devices")
+            raise ConfigError(f"trainer.devices={devices}: {first_line(str(error))} Ask SLURM for one task per device "
+                              f"(#SBATCH --ntasks-per-node={devices}) and run the command under srun") from None
+
+
+def make_trainer(settings, callbacks: list, loggers: list) -> L.Trainer:
+    """The Trainer of a run's settings (tinyvision.config.RunSettings) with these callbacks and loggers."""
+    return settings.trainer.build(callbacks, loggers, settings.slurm)
+
 
 def _refuse_a_missing_gpu(key: str, accelerator: Any, fix: str) -> None:
     if accelerator in ("gpu", "cuda"):
@@ -99,28 +126,6 @@ def eval_trainer(settings: EvalTrainerSettings, callbacks: list) -> L.Trainer:
                          enable_model_summary=False)
     except (MisconfigurationException, ValueError, TypeError, ModuleNotFoundError) as error:
         raise trainer_error(chosen, error) from None
-
-
-def make_trainer(values: Mapping[str, Any], callbacks: list, loggers: list) -> L.Trainer:
-    """Lightning's Trainer; an argument Lightning refuses is reported as trainer.KEY=VALUE and the reason."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    devices = values["trainer"].get("devices")
-    try:
-        environment = slurm.cluster_environment(values.get("slurm"))  # in a SLURM job: Lightning's, its requeue handler off
-        plugins = [hydra.utils.instantiate(p) for p in values["trainer"].get("plugins") or []]
-        plugins += [environment] if environment is not None else []
-        trainer = hydra.utils.instantiate(values["trainer"], callbacks=callbacks, logger=loggers or False, plugins=plugins)
-        if environment is not None:  # what Lightning checks only when DDP launches, inside fit
-            environment.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
-        return trainer
-    except InstantiationException as error:
-        if isinstance(error.__cause__, (MisconfigurationException, ValueError, TypeError, ModuleNotFoundError)):
-            raise trainer_error(values["trainer"], error.__cause__) from None
-        raise
-    except ValueError as error:  # SLURM's task counts do not fit the trainer's devices (Lightning's check)
-        raise ConfigError(f"trainer.devices={devices}: {first_line(str(error))} Ask SLURM for one task per device "
-                          f"(#SBATCH --ntasks-per-node={devices}) and run the command under srun") from None
 
 
 def trainer_error(trainer_cfg: dict[str, Any], error: Exception) -> ConfigError:

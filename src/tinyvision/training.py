@@ -35,8 +35,7 @@ from tinyvision.callbacks import (
     find_callback,
 )
 from tinyvision.checkpoints import finished_epochs, last_checkpoint, load_checkpoint_file, start_from_weights
-from tinyvision.config import validate_train
-from tinyvision.data.datamodule import data_module_settings
+from tinyvision.config import RunSettings, validate_train
 from tinyvision.errors import ConfigError, TinyVisionError
 from tinyvision.files import METRICS_FILE, PRUNED_FILE, write_json
 from tinyvision.host_memory import keep_freed_memory, set_up_objects_frozen
@@ -52,26 +51,17 @@ DATA_INFO_KEYS = ("channels", "image_size", "num_classes", "mean", "std")
 SWEEP_JOB_FOLDER = re.compile(r"\d+(_fold\d+)?")
 
 
-def build(values: Mapping[str, Any]) -> tuple[L.LightningDataModule, ImageClassifier]:
-    """The data module and the classifier of a config's validated values (``validate_train``)."""
-    try:
-        # mean and std are the classifier's (it normalizes); the data module hands over uint8 images
-        datamodule = hydra.utils.instantiate(data_module_settings(values["data"]), _convert_="all")
-    except InstantiationException as error:
-        if isinstance(error.__cause__, TinyVisionError):
-            raise error.__cause__ from None  # our message already names the key and the fix
-        raise
-    data = values["data"]
-    data_info = {key: copy.deepcopy(data[key]) for key in DATA_INFO_KEYS}
-    data_info["dataset"] = data.get("dataset", "folder")
-    classifier = ImageClassifier(  # copies: the classifier's saved hyperparameters are its own
-        model=copy.deepcopy(values["model"]),
-        data=data_info,
-        optimizer=copy.deepcopy(values["optimizer"]),
-        scheduler=copy.deepcopy(values.get("scheduler")) or None,
-        loss=copy.deepcopy(values.get("loss")) or None,
+def build(settings: RunSettings) -> tuple[L.LightningDataModule, ImageClassifier]:
+    """The data module and the classifier of a run's checked settings (``validate_train``)."""
+    data = settings.data
+    classifier = ImageClassifier(  # the data's input definition is the classifier's: it normalizes uint8 images
+        model=settings.model,
+        data={**{key: copy.deepcopy(getattr(data, key)) for key in DATA_INFO_KEYS}, "dataset": data.dataset or "folder"},
+        optimizer=settings.optimizer,
+        scheduler=settings.scheduler,
+        loss=settings.loss,
     )
-    return datamodule, classifier
+    return data.build(), classifier
 
 
 def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
@@ -87,34 +77,34 @@ def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:
             return earlier
     resume_from = _checkpoint_to_resume(cfg, run_dir)
     # Resolved and checked once, before anything is built or written: the run is built from these values alone.
-    values = validate_train(cfg)
+    settings = validate_train(cfg)
     keep_freed_memory()  # each step's tensors reuse the last step's memory, without page faults (host_memory.py)
-    with slurm.EndWarning(values.get("slurm")) as warning:  # never the signal's default action, wherever it lands
-        return _train(values, run_dir, resume_from, sweep_job, warning)
+    with slurm.EndWarning(settings.slurm) as warning:  # never the signal's default action, wherever it lands
+        return _train(settings, run_dir, resume_from, sweep_job, warning)
 
 
-def _train(values: dict[str, Any], run_dir: Path, resume_from: Path | None, sweep_job: bool, warning) -> dict[str, Any]:
-    L.seed_everything(values["seed"], workers=True, verbose=False)
-    datamodule, classifier = build(values)
+def _train(settings: RunSettings, run_dir: Path, resume_from: Path | None, sweep_job: bool, warning) -> dict[str, Any]:
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+    datamodule, classifier = build(settings)
     # read once here (Lightning reads it again at fit): its weights checked, its step and logger runs for the loggers
     resumed = load_checkpoint_file(resume_from) if resume_from is not None else None
     if resumed is not None:  # before the trainer: Lightning's notes would come before the one line
         _refuse_weights_that_do_not_fit(classifier, resumed, resume_from)
-    with _finished_record_kept(run_dir, resume_from, values["trainer"].get("max_epochs")):
-        return _fit_and_test(values, run_dir, resume_from, resumed, sweep_job, warning, datamodule, classifier)
+    with _finished_record_kept(run_dir, resume_from, settings.trainer.max_epochs):
+        return _fit_and_test(settings, run_dir, resume_from, resumed, sweep_job, warning, datamodule, classifier)
 
 
-def _fit_and_test(values: dict[str, Any], run_dir: Path, resume_from: Path | None, resumed: dict[str, Any] | None,
+def _fit_and_test(settings: RunSettings, run_dir: Path, resume_from: Path | None, resumed: dict[str, Any] | None,
                   sweep_job: bool, warning, datamodule, classifier) -> dict[str, Any]:
-    classifier.run_config = values
+    classifier.run_config = settings.config
     # a new run that starts from a trained run's weights (a resumed one has all of its state in its checkpoint)
-    classifier.init_from = str(start_from_weights(classifier, values["init_from"])) if values.get("init_from") and \
+    classifier.init_from = str(start_from_weights(classifier, settings.init_from)) if settings.init_from and \
         resume_from is None else None
-    classifier.test_tta = values.get("tta") or "none"
-    pruning, trial_pruned = _pruning_callback(values) if sweep_job else (None, ())  # () catches nothing
-    trainer = make_trainer(values, _callbacks(values, pruning, warning), _loggers(values, resumed))
+    classifier.test_tta = settings.tta
+    pruning, trial_pruned = _pruning_callback(settings) if sweep_job else (None, ())  # () catches nothing
+    trainer = make_trainer(settings, _callbacks(settings, pruning, warning), _loggers(settings, resumed))
     if sweep_job:
-        _refuse_relaunching_strategy(trainer, values["trainer"].get("strategy"))
+        _refuse_relaunching_strategy(trainer, settings.trainer.strategy)
 
     started, started_at = time.perf_counter(), time.time()
     try:
@@ -127,7 +117,7 @@ def _fit_and_test(values: dict[str, Any], run_dir: Path, resume_from: Path | Non
     with _signals_stop(trainer), set_up_objects_frozen():
         best, test = _test_best_checkpoint(trainer, classifier, datamodule)
     metrics = _run_metrics(trainer, test, best, run_dir, time.perf_counter() - started, started_at)
-    if trainer.is_global_zero and values["data"].get("folds"):  # the fold's out-of-fold probabilities, for the audit
+    if trainer.is_global_zero and settings.data.folds:  # the fold's out-of-fold probabilities, for the audit
         metrics["heldout"] = write_heldout(run_dir, classifier, datamodule)
     if trainer.is_global_zero:
         write_json(run_dir / METRICS_FILE, metrics)
@@ -225,11 +215,11 @@ def _earlier_start_of_this_trial(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def _pruning_callback(values: Mapping[str, Any]) -> tuple[L.Callback | None, type[Exception] | tuple]:
+def _pruning_callback(settings: RunSettings) -> tuple[L.Callback | None, type[Exception] | tuple]:
     """A trial of an Optuna sweep reports to its study (not when its run dir is resumed alone, nor with
     prune_on: null); with the callback comes the exception that says the pruner stopped the trial."""
-    search = values.get("hparams_search")
-    if search is None or search.get("trial") is None or not search.get("prune_on"):
+    search = settings.config.get("hparams_search")
+    if settings.search is None or settings.search.trial is None or not settings.search.prune_on:
         return None, ()
     from optuna import TrialPruned
 
@@ -238,14 +228,14 @@ def _pruning_callback(values: Mapping[str, Any]) -> tuple[L.Callback | None, typ
     return pruning_callback(search), TrialPruned
 
 
-def _callbacks(values: Mapping[str, Any], pruning, warning=None) -> list[L.Callback]:
-    callbacks = [_callback(f"callbacks.{name}", c) for name, c in (values.get("callbacks") or {}).items() if c is not None]
+def _callbacks(settings: RunSettings, pruning, warning=None) -> list[L.Callback]:
+    callbacks = [_callback(f"callbacks.{name}", section) for name, section in settings.callbacks.items()]
     callbacks = [c for c in callbacks if c is not None]  # a factory may say "off" (callbacks.ema.decay=0)
     # last.ckpt after every other checkpoint of the same moment (best.ckpt at an epoch's end): a kill during the
     # epoch's last write then leaves last.ckpt whole at the step before (tests/test_faults.py), whatever the order of
     # the callbacks in conf/callbacks (Lightning runs checkpoint callbacks last, in their own order).
     callbacks.sort(key=lambda callback: isinstance(callback, LastCheckpoint))
-    callbacks.append(LogHyperparameters(compared_hparams(values, group_choices())))
+    callbacks.append(LogHyperparameters(compared_hparams(settings.config, group_choices())))
     callbacks.append(RememberLoggerRuns())
     callbacks.append(FitChecks())  # settings only the data's size can refuse, before the first step
     callbacks.append(StopOnSignal(warning))  # always: a stopped run must never look finished
@@ -268,7 +258,7 @@ def _callback(key: str, section: Mapping[str, Any]) -> L.Callback | None:
                           f"{first_line(str(cause))}; check each value's type against the class's arguments") from None
 
 
-def _loggers(values: Mapping[str, Any], resumed: dict[str, Any] | None) -> list:
+def _loggers(settings: RunSettings, resumed: dict[str, Any] | None) -> list:
     """The configured loggers; a resumed run's (``resumed``: its checkpoint) TensorBoard logger drops the events
     written after its checkpoint, so curves have no repeated steps, and its MLflow and W&B loggers continue the
     MLflow and W&B runs of the checkpoint. A new MLflow or W&B run is named after the run dir (a sweep's: sweep/job)."""
@@ -276,14 +266,12 @@ def _loggers(values: Mapping[str, Any], resumed: dict[str, Any] | None) -> list:
 
     checkpoint = resumed or {}
     purge_step = checkpoint.get("global_step")
-    run_dir = Path(values["paths"]["output_dir"])
+    run_dir = Path(settings.paths.output_dir)
     # a sweep's job folder (<job>, or <trial>_fold<i> in a study of folds) is named after its sweep too
     run_name = f"{run_dir.parent.name}/{run_dir.name}" if SWEEP_JOB_FOLDER.fullmatch(run_dir.name) else run_dir.name
     loggers = []
-    for name, settings in (values.get("logger") or {}).items():
-        if settings is None:
-            continue
-        make = hydra.utils.instantiate(settings, _partial_=True)
+    for name, section in settings.logger.items():
+        make = hydra.utils.instantiate(section, _partial_=True)
         kind = make.func if isinstance(make.func, type) else type(None)
         if purge_step is not None and issubclass(kind, TensorBoardLogger):
             make = functools.partial(make, purge_step=purge_step)
@@ -299,9 +287,9 @@ def _loggers(values: Mapping[str, Any], resumed: dict[str, Any] | None) -> list:
             loggers.append(make())
         except TypeError as error:  # a key the logger's class does not take (+logger.mlflow.foo=1)
             unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
-            key = f"logger.{name}.{unexpected.group(1)}={settings.get(unexpected.group(1))}" if unexpected else \
+            key = f"logger.{name}.{unexpected.group(1)}={section.get(unexpected.group(1))}" if unexpected else \
                 f"logger.{name}"
-            raise ConfigError(f"{key}: {settings.get('_target_')} does not take it ({first_line(str(error))}); remove it "
+            raise ConfigError(f"{key}: {section.get('_target_')} does not take it ({first_line(str(error))}); remove it "
                               "or see the logger's arguments") from None
     return loggers
 

@@ -7,6 +7,7 @@ import math
 import lightning as L
 
 from tinyvision.errors import ConfigError
+from tinyvision.optim import OneCycleLR
 
 
 class FitChecks(L.Callback):
@@ -27,12 +28,12 @@ class FitChecks(L.Callback):
                 f"trainer.val_check_interval={interval}: an epoch has {batches} training batches here, so validation would "
                 f"never come: validate every {batches} batches or fewer, e.g. trainer.val_check_interval={max(1, batches // 2)}, "
                 "or at a fraction of each epoch, e.g. trainer.val_check_interval=0.5")
-        scheduler = dict(getattr(pl_module, "hparams", {}).get("scheduler") or {})
-        total = scheduler.get("total_steps")
-        if str(scheduler.get("_target_", "")).endswith("OneCycleLR") and isinstance(total, int) and not isinstance(total, bool):
-            needed = run_steps(trainer, batches, scheduler.get("interval", "epoch"))
+        schedule = getattr(pl_module, "scheduler_settings", None)
+        total = getattr(schedule, "total_steps", "auto")
+        if isinstance(schedule, OneCycleLR) and total != "auto":
+            needed = run_steps(trainer, batches, schedule.interval)
             if needed is not None and total < needed:
-                per = "epochs" if scheduler.get("interval", "epoch") == "epoch" else "optimizer steps"
+                per = "epochs" if schedule.interval == "epoch" else "optimizer steps"
                 raise ConfigError(
                     f"scheduler.total_steps={total}: this run takes {needed} {per} and one-cycle stops it at {total + 1} "
                     f"(its schedule has ended): use scheduler.total_steps=auto, or at least {needed}, e.g. "

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
-import hydra.utils
-from hydra.errors import InstantiationException
 from torch import nn
 
 from tinyvision.errors import ConfigError
@@ -16,38 +15,38 @@ from tinyvision.models.external import TimmModel, TorchvisionModel
 from tinyvision.models.fast_net import FastNet
 from tinyvision.models.lenet import LeNet
 from tinyvision.models.mlp import MLP
-from tinyvision.models.registry import MODELS, ModelSettings, register_model
+from tinyvision.models.registry import MODELS, ModelSettings, model_settings, register_model
 from tinyvision.models.vgg import VGG16
+from tinyvision.schema import locate, show
 
 __all__ = ["MLP", "MODELS", "VGG16", "CifarNet", "CifarNetV3", "ConvNet", "FastNet", "LeNet", "ModelSettings", "TimmModel",
-           "TorchvisionModel", "build_model", "head_of", "register_model"]
+           "TorchvisionModel", "build_model", "head_of", "model_settings", "register_model"]
 
 # Keys every model entry takes that are tinyvision's (applied here), not the architecture's.
-COMMON_KEYS = {name for name in ModelSettings.model_fields if not name.startswith("target")}
+COMMON_KEYS = frozenset(ModelSettings.model_fields)
 
 
-def build_model(model: dict[str, Any], in_channels: int, num_classes: int, image_size) -> nn.Module:
-    """Instantiate the architecture described by a ``conf/model`` entry for data of the given shape;
-    ``freeze: backbone`` leaves only its head (``head_of``) to train."""
-    settings = {key: value for key, value in model.items() if key not in COMMON_KEYS}
+def build_model(model: ModelSettings | Mapping[str, Any], in_channels: int, num_classes: int, image_size) -> nn.Module:
+    """The architecture a ``model`` section names, for data of the given shape; ``freeze: backbone`` leaves only its
+    head (``head_of``) to train."""
+    settings = model if isinstance(model, ModelSettings) else model_settings(model)
+    arguments = settings.model_dump(exclude=COMMON_KEYS)  # the architecture's own (a user's class's: its other keys)
     try:
-        net = hydra.utils.instantiate(
-            settings, in_channels=in_channels, num_classes=num_classes, image_size=image_size, _convert_="all"
-        )
-    except InstantiationException as error:
-        cause = error.__cause__
-        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(cause)) if isinstance(cause, TypeError) else None
-        if unexpected:  # a key the class does not take: a user's model under another model's defaults, or a +key
-            key = unexpected.group(1)
-            raise ConfigError(f"model.{key}={model.get(key)}: {settings.get('_target_')} takes no argument {key}: remove it "
-                              f"(~model.{key}), or start from a model option without it (model=lenet "
-                              f"model._target_={settings.get('_target_')})") from None
-        if isinstance(cause, (ValueError, TypeError)):
-            raise ConfigError(str(cause)) from cause
-        raise
-    if model.get("bn_momentum") is not None:
-        set_batchnorm_momentum(net, model["bn_momentum"])
-    if model.get("freeze") == "backbone":
+        net = locate(settings.target)(in_channels=in_channels, num_classes=num_classes, image_size=image_size, **arguments)
+    except TypeError as error:
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        if not unexpected:
+            raise ConfigError(str(error)) from error
+        # a key the class does not take: a user's model under another model's defaults, or a +key
+        key = unexpected.group(1)
+        raise ConfigError(f"model.{key}={show(arguments.get(key))}: {settings.target} takes no argument {key}: remove it "
+                          f"(~model.{key}), or start from a model option without it (model=lenet "
+                          f"model._target_={settings.target})") from None
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    if settings.bn_momentum is not None:
+        set_batchnorm_momentum(net, settings.bn_momentum)
+    if settings.freeze == "backbone":
         net.requires_grad_(False)
         head_of(net).requires_grad_(True)
     return net

@@ -3,12 +3,13 @@ new architecture needs to be checked, composed and built (timm's ``register_mode
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tinyvision.schema import Open, spec, with_signature_defaults
+from tinyvision.schema import Open, by_target, check, spec, with_signature_defaults
 
 
 class ModelSettings(Open):
@@ -59,3 +60,8 @@ def register_model(name: str, settings: type[BaseModel] = ClosedModelSettings):
 def settings_by_target() -> dict[str, type[BaseModel]]:
     """The settings model of each registered class, by the ``_target_`` a config names it with."""
     return {registered.target: registered.settings for registered in MODELS.values()}
+
+
+def model_settings(section: Mapping[str, Any], key: str = "model") -> ModelSettings:
+    """A ``model`` section checked by its architecture's settings (a class tinyvision does not know: the common ones)."""
+    return check(by_target(section, settings_by_target(), ModelSettings), section, key)

@@ -13,8 +13,8 @@ from hydra.errors import OverrideParseException
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from tinyvision.errors import ConfigError
-from tinyvision.hparams import PRUNE_ON, SUMMARY_METRICS
-from tinyvision.schema import one_of
+from tinyvision.hparams import SearchSettings
+from tinyvision.schema import check
 
 SYNTAX = "choice(a, b), interval(low, high), tag(log, interval(low, high)), int(interval(low, high)) or range(low, high, step)"
 
@@ -112,37 +112,9 @@ def pruning_metric(search: Mapping[str, Any], explicit: bool) -> str | None:
 
 
 def check_settings(search: Mapping[str, Any]) -> None:
-    """Refuse settings that would spend a whole study for nothing: an unknown metric (every trial would
-    fail after training), a pruning metric that goes the other way than the study (pruning would keep
-    the worst trials), no trials."""
-    direction = search.get("direction")
-    if direction not in ("maximize", "minimize"):
-        raise ConfigError(f"hparams_search.direction={direction}: maximize or minimize, e.g. hparams_search.direction=maximize")
-    for key, allowed in (("metric", SUMMARY_METRICS), ("prune_on", PRUNE_ON)):
-        value = search.get(key)
-        if value not in allowed:
-            raise ConfigError(f"hparams_search.{key}={value}: {one_of(allowed)}, e.g. hparams_search.{key}={allowed[0]}")
-        if value and ("loss" in value) == (direction == "maximize"):
-            raise ConfigError(
-                f"hparams_search.{key}={value} goes the other way than hparams_search.direction={direction}: "
-                f"use val/acc or val/acc_best when maximizing accuracy, val/loss when minimizing a loss"
-            )
-    beat = search.get("heartbeat_seconds", 10)
-    # Below a second a worker's own writes to the storage can outlast four beats, and live trials would be failed.
-    if isinstance(beat, bool) or not isinstance(beat, (int, float)) or not beat >= 1:
-        raise ConfigError(f"hparams_search.heartbeat_seconds={beat}: a number of seconds, 1 or more, "
-                          "e.g. hparams_search.heartbeat_seconds=10")
-    if not isinstance(search.get("shared", False), bool):
-        raise ConfigError(f"hparams_search.shared={search.get('shared')}: true or false, e.g. hparams_search.shared=true")
-    folds = search.get("folds")
-    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
-        raise ConfigError(f"hparams_search.folds={folds}: null or a whole number of folds, 2 or more, "
-                          "e.g. hparams_search.folds=5")
-    for key, least in (("n_trials", 1), ("n_jobs", -1)):
-        value = search.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < least or value == 0:
-            raise ConfigError(f"hparams_search.{key}={value}: a whole number, 1 or more"
-                              + (" (or -1: one per CPU core)" if key == "n_jobs" else "") + f", e.g. hparams_search.{key}=4")
+    """Refuse settings that would spend a whole study for nothing (an unknown metric, a pruning metric that goes the
+    other way than the study, no trials): the one settings model of ``hparams_search``, as train.py checks it."""
+    check(SearchSettings, search, "hparams_search")
 
 
 # ---------------------------------------------------------------------------------------------- trial side
