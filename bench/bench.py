@@ -36,7 +36,13 @@ WORKLOADS = {
     # 3×32×32 at load time (CIFAR-10 itself cannot be downloaded on the benchmark machines)
     "cifar_v3_b32": ("cifar_net_v3", "CifarNetV3", 32, "SGD-momentum", 0.01, 0.0, 1.0),
     "cifar_v3_b512": ("cifar_net_v3", "CifarNetV3", 512, "SGD-momentum", 0.01, 0.0, 1.0),
+    # The host-bound regime: models whose arithmetic is so small that a step is mostly the host's Python work
+    "linear": ("mlp_mnist", "MLP", 512, "Adam", 0.001, 0.5, 0.5),  # a linear classifier: the MLP without hidden layers
+    "lenet_b512": ("lenet_fashion", "LeNet", 512, "SGD", 0.9, 0.0, 1.0),
 }
+# What a workload changes in its experiment (tinyvision's overrides) and in the raw loop's model (its arguments)
+WORKLOAD_OVERRIDES = {"linear": ["model.hidden=[]", "optimizer=adam", "~optimizer.momentum", "optimizer.lr=0.001"]}
+WORKLOAD_MODEL_ARGS = {"linear": {"hidden": []}}
 CIFAR_SHAPED = ["data=fashion", "data.channels=3", "data.image_size=32"]  # tinyvision overrides for cifar_v3_*
 CIFAR_CROP = [0, 2, 3, 4]
 # Speed options of the tinyvision path, each measured on and off: name -> (overrides when on, when off).
@@ -73,13 +79,14 @@ def cifar_shaped(workload: str) -> bool:
     return workload.startswith("cifar_")
 
 
-def make_model(architecture: str, device: str, channels: int = 1, size: int = 28):
+def make_model(architecture: str, device: str, channels: int = 1, size: int = 28, workload: str | None = None):
     import torch
 
     from tinyvision import models
 
     torch.manual_seed(0)
-    return getattr(models, architecture)(in_channels=channels, num_classes=10, image_size=size).to(device)
+    arguments = WORKLOAD_MODEL_ARGS.get(workload, {})
+    return getattr(models, architecture)(in_channels=channels, num_classes=10, image_size=size, **arguments).to(device)
 
 
 def make_optimizer(name: str, lr: float, params):
@@ -143,7 +150,7 @@ def run_tutorial(workload: str, epochs: int, data_dir: str, device: str, target:
     test = torchvision.datasets.FashionMNIST(data_dir, train=False, transform=transform)
     train_loader = torch.utils.data.DataLoader(train, batch_size=batch, shuffle=True)
     test_loader = torch.utils.data.DataLoader(test, batch_size=batch)
-    model = make_model(architecture, device)
+    model = make_model(architecture, device, workload=workload)
     optimizer = make_optimizer(optimizer_name, lr, model.parameters())
     return epochs_of(lambda: loop(model, optimizer, train_loader, device), lambda: accuracy(model, test_loader, device),
                      epochs, device, target)
@@ -184,7 +191,7 @@ def run_raw(workload: str, epochs: int, data_dir: str, device: str, target: floa
     train_x, train_y = prepare(train_data[0]), train_data[1].to(device)
     test_x, test_y = prepare(test_data[0]), test_data[1].to(device)
     shape = (3, 32) if augmented else (1, 28)
-    model = make_model(architecture, device, *shape).to(memory_format=torch.channels_last)
+    model = make_model(architecture, device, *shape, workload=workload).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(optimizer_name, lr, model.parameters())
 
     def train_epoch():
@@ -229,7 +236,7 @@ def run_tinyvision(workload: str, epochs: int, data_dir: str, device: str, targe
             f"paths.data_dir={data_dir}", f"paths.output_dir={run_dir}",
             f"trainer.max_epochs={epochs}", f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
             f"data.test_every_epoch={target is not None}", *(CIFAR_SHAPED if cifar_shaped(workload) else []),
-            *overrides,
+            *WORKLOAD_OVERRIDES.get(workload, []), *overrides,
         ])
         if target is not None:
             from omegaconf import open_dict

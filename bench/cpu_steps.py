@@ -43,7 +43,7 @@ def compose(workload: str, data_dir: str, run_dir: str):
         return hydra_compose("train", overrides=[
             f"experiment={experiment}", "data=fashion", f"data.batch_size={batch}", f"paths.data_dir={data_dir}",
             f"paths.output_dir={run_dir}", "trainer.accelerator=cpu", "trainer.max_epochs=1000",
-            "trainer.limit_val_batches=0"])
+            "trainer.limit_val_batches=0", *bench.WORKLOAD_OVERRIDES.get(workload, [])])
 
 
 class StepClock:
@@ -68,7 +68,7 @@ class StepClock:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", default="lenet", choices=["lenet", "convnet"])
+    parser.add_argument("--workload", default="lenet", choices=["lenet", "convnet", "linear", "lenet_b512"])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
@@ -109,7 +109,7 @@ def main() -> None:
 
     # The raw loop's own model and data (bench.run_raw's CPU path).
     raw_x = ((images.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
-    raw_model = bench.make_model(architecture, "cpu").to(memory_format=torch.channels_last)
+    raw_model = bench.make_model(architecture, "cpu", workload=args.workload).to(memory_format=torch.channels_last)
     raw_opt = bench.make_optimizer(optimizer_name, lr, raw_model.parameters())
 
     def raw(steps: int) -> float:

@@ -38,7 +38,7 @@ import bench  # noqa: E402  (WORKLOADS, the raw loop's model and evaluation)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", default="lenet", choices=["lenet", "convnet"])
+    parser.add_argument("--workload", default="lenet", choices=["lenet", "convnet", "linear", "lenet_b512"])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", default=None, help="comma-separated variants to run (default: all)")
@@ -68,7 +68,7 @@ def main() -> None:
     loader = datamodule.test_dataloader()
 
     raw_x = ((images.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
-    raw_model = bench.make_model(architecture, "cpu").to(memory_format=torch.channels_last)
+    raw_model = bench.make_model(architecture, "cpu", workload=args.workload).to(memory_format=torch.channels_last)
 
     def raw(size: int) -> float:
         started = time.perf_counter()

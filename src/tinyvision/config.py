@@ -55,6 +55,9 @@ class TopLevelSettings(Section):
     hparams_search: dict[str, Any] | None = None
 
     tta: Literal[TTA_MODES] = spec(one_of(TTA_MODES), "flip", "none")
+    threads: Literal["auto"] | Annotated[int, Field(ge=1)] = spec(
+        "auto (this machine's cores shared among the runs training on them) or a number of threads, 1 or more", "auto",
+        "auto")
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = spec("a whole number from 0 to 4294967295", 42)
     resume: str | None = spec("the folder of a run under outputs/, or null", "outputs/runs/<run>", None)
     init_from: str | None = spec("null, the folder of a trained run, or a .ckpt file: its weights start this run",
@@ -85,6 +88,7 @@ class RunSettings:
     slurm: SlurmSettings
     seed: int
     tta: str
+    threads: int | str
     resume: str | None
     init_from: str | None
     config: dict[str, Any] = field(repr=False)
@@ -171,7 +175,7 @@ def validate_train(cfg: DictConfig, look_outside: bool = True, checked_by_caller
                           f"data.num_classes={data.num_classes}), e.g. loss.class_weights=auto")
     return RunSettings(model=model, data=data, optimizer=optimizer, scheduler=scheduler, loss=loss, trainer=trainer,
                        callbacks=callbacks, logger=loggers, search=search, paths=top.paths, slurm=top.slurm, seed=top.seed,
-                       tta=top.tta, resume=top.resume, init_from=top.init_from, config=values)
+                       tta=top.tta, threads=top.threads, resume=top.resume, init_from=top.init_from, config=values)
 
 
 def _monitor_is_logged_then(name: str, section: Mapping[str, Any], values: Mapping[str, Any]) -> None:

@@ -30,6 +30,7 @@ from tinyvision.callbacks import (
     RememberLoggerRuns,
     RunInterrupted,
     RunRecord,
+    ShareCores,
     StopOnSignal,
     TestReport,
     find_callback,
@@ -239,6 +240,7 @@ def _callbacks(settings: RunSettings, pruning, warning=None) -> list[L.Callback]
     callbacks.append(RememberLoggerRuns())
     callbacks.append(FitChecks())  # settings only the data's size can refuse, before the first step
     callbacks.append(StopOnSignal(warning))  # always: a stopped run must never look finished
+    callbacks.append(ShareCores(settings.threads))  # runs side by side share the cores instead of each taking all
     return callbacks + ([pruning] if pruning is not None else [])
 
 

@@ -11,6 +11,7 @@
 - hyperparameters.py: ``LogHyperparameters`` and ``RememberLoggerRuns``, what the loggers get beside metrics
 - lightning_settings.py: the settings checked of Lightning's ModelCheckpoint and EarlyStopping
 - fit_checks.py: ``FitChecks``, settings only the data's size can refuse, checked before the first step
+- share_cores.py: ``ShareCores``, PyTorch's threads set to this run's share of the cores other runs train on too
 """
 
 from tinyvision.callbacks.checkpoints import LastCheckpoint, ResumableRandomState
@@ -23,10 +24,11 @@ from tinyvision.callbacks.loss_check import StopOnNonFiniteLoss
 from tinyvision.callbacks.pictures import RunPictures, TensorBoardPictures
 from tinyvision.callbacks.progress import ProgressBar
 from tinyvision.callbacks.record import RunRecord, chance_warning
+from tinyvision.callbacks.share_cores import ShareCores
 from tinyvision.callbacks.stop_on_signal import RunInterrupted, StopOnSignal
 from tinyvision.callbacks.test_report import TestReport
 
 __all__ = ["EMA", "LIGHTNING_CALLBACK_SETTINGS", "FitChecks", "LastCheckpoint", "LogHyperparameters", "MonitorSettings", "ProgressBar",
-           "RememberLoggerRuns", "ResumableRandomState", "RunInterrupted", "RunPictures", "RunRecord", "StopOnNonFiniteLoss",
-           "StopOnSignal", "TensorBoardPictures", "TestReport", "WarmedUpDecay", "chance_warning", "exponential_moving_average",
-           "find_callback"]
+           "RememberLoggerRuns", "ResumableRandomState", "RunInterrupted", "RunPictures", "RunRecord", "ShareCores",
+           "StopOnNonFiniteLoss", "StopOnSignal", "TensorBoardPictures", "TestReport", "WarmedUpDecay", "chance_warning",
+           "exponential_moving_average", "find_callback"]
