@@ -40,10 +40,8 @@ def predict(cfg: DictConfig) -> list[dict]:
     output = predictions_file(cfg.output) if cfg.output else None
     if str(cfg.ckpt_path).endswith(".onnx"):  # exported by export.py, run by onnxruntime
         classifier = load_onnx(cfg.ckpt_path)
-        data = classifier.data
     else:
         classifier = load_classifier(cfg.ckpt_path)
-        data = classifier.hparams.data
     if not Path(cfg.inputs).exists():
         raise ConfigError(f"inputs={cfg.inputs} does not exist: give an image file or a folder of images, e.g. inputs=photos/")
     if not Path(cfg.inputs).is_dir() and not is_regular_file(cfg.inputs):  # a FIFO would block its reader forever
@@ -53,12 +51,12 @@ def predict(cfg: DictConfig) -> list[dict]:
     if not files:
         raise ConfigError(f"inputs={cfg.inputs} holds no image files: give a folder of PNG, JPEG, BMP, GIF, TIFF or WebP "
                           "images, e.g. inputs=photos/")
-    style = preparation_style(data.get("dataset")) if cfg.style == "auto" else cfg.style
+    style = preparation_style(classifier.input.dataset) if cfg.style == "auto" else cfg.style
     names = [str(n) for n in classifier.class_names]
     rows, problems = [], []
     for path in files:
         try:
-            image = prepare_image(path, data, style)
+            image = prepare_image(path, classifier.input, style)
         except Exception as error:  # unreadable, missing or not an image: report it and go on
             problems.append((path, image_problem(path, error)))
             rows.append({"file": str(path), "error": f"{type(error).__name__}: {error}"})

@@ -19,7 +19,6 @@ import torch
 from tinyvision.errors import ConfigError
 from tinyvision.files import PathsSettings, card_path, replacing, write_atomic
 from tinyvision.module import ImageClassifier
-from tinyvision.preprocessing import as_hw
 from tinyvision.schema import Section, one_of, spec
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
@@ -27,28 +26,27 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 
 def model_card(classifier: ImageClassifier, fmt: str, source: str | None = None) -> dict[str, Any]:
     """What the exported file expects and returns, for someone without tinyvision."""
-    data = dict(classifier.hparams.data)
-    height, width = as_hw(data["image_size"])
+    given = classifier.input
+    height, width = given.height_width
     return {
         "format": fmt,
-        "input": {"name": "images", "dtype": "uint8", "shape": ["batch", data["channels"], height, width],
+        "input": {"name": "images", "dtype": "uint8", "shape": ["batch", given.channels, height, width],
                   "range": [0, 255], "normalized_inside": fmt != "safetensors"},
-        "output": {"name": "logits", "shape": ["batch", data["num_classes"]], "softmax": "not applied"},
-        "channels": data["channels"],
+        "output": {"name": "logits", "shape": ["batch", given.num_classes], "softmax": "not applied"},
+        "channels": given.channels,
         "image_size": [height, width],
-        "mean": list(data["mean"]),  # on [0, 1] values: (image / 255 - mean) / std, per channel
-        "std": list(data["std"]),
+        "mean": list(given.mean),  # on [0, 1] values: (image / 255 - mean) / std, per channel
+        "std": list(given.std),
         "class_names": [str(name) for name in classifier.class_names],
-        "data": data,  # tinyvision's own data settings: predict.py prepares photos by them
+        "data": given.as_config(),  # tinyvision's input definition: predict.py prepares photos by it
         "model": dict(classifier.hparams.model),  # the architecture's settings, for safetensors
         "source": source,
     }
 
 
 def example_images(classifier: ImageClassifier, batch: int = 2) -> torch.Tensor:
-    data = classifier.hparams.data
-    height, width = as_hw(data["image_size"])
-    return torch.randint(0, 256, (batch, data["channels"], height, width), dtype=torch.uint8)
+    height, width = classifier.input.height_width
+    return torch.randint(0, 256, (batch, classifier.input.channels, height, width), dtype=torch.uint8)
 
 
 def export(classifier: ImageClassifier, fmt: str, path: Path, source: str | None = None) -> tuple[Path, Path]:

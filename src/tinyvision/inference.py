@@ -15,6 +15,7 @@ from tinyvision.data.datamodule import data_module_settings
 from tinyvision.errors import ConfigError
 from tinyvision.files import CARD_SUFFIX, PathsSettings, card_path
 from tinyvision.module import ImageClassifier
+from tinyvision.preprocessing import InputDefinition
 from tinyvision.schema import PositiveInt, Section, one_of, spec
 from tinyvision.trainer import EvalTrainerSettings
 from tinyvision.tta import MODES as TTA_MODES
@@ -76,7 +77,7 @@ def datamodule_for(classifier: ImageClassifier, data: dict[str, Any] | None, dat
     dataset config), either way with the checkpoint's channels, image size and normalization."""
     import hydra.utils
 
-    trained = classifier.hparams.data
+    trained = classifier.input.as_config()
     saved = (classifier.run_config or {}).get("data")
     settings = dict(data or saved or {})
     if not settings:
@@ -120,7 +121,7 @@ class OnnxClassifier:
             raise ConfigError(f"ckpt_path={path} cannot be read as an ONNX model ({reason}): is it truncated? export it again") from None
         try:
             self.card = json.loads(card.read_text())
-            self.data, self.class_names = self.card["data"], self.card["class_names"]
+            self.input, self.class_names = InputDefinition.from_config(self.card["data"]), self.card["class_names"]
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
             raise ConfigError(f"ckpt_path={path}: its card {card} is not an export card ({type(error).__name__}): "
                               "export the model again with export.py") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -16,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from tinyvision.errors import ConfigError
 from tinyvision.models import ModelSettings, build_model, head_of, model_settings
 from tinyvision.optim import Optimizer, WarmupOnly, optimizer_settings, scheduler_settings
-from tinyvision.preprocessing import Normalize, as_hw
+from tinyvision.preprocessing import InputDefinition, Normalize
 from tinyvision.schema import Section, Zero, check, spec
 from tinyvision.tta import probabilities as tta_probabilities
 
@@ -47,7 +48,7 @@ class ImageClassifier(L.LightningModule):
     def __init__(
         self,
         model: ModelSettings | Mapping[str, Any],
-        data: dict[str, Any],
+        data: InputDefinition | Mapping[str, Any],
         optimizer: Optimizer | Mapping[str, Any],
         scheduler: WarmupOnly | Mapping[str, Any] | None = None,
         loss: LossSettings | Mapping[str, Any] | None = None,
@@ -57,19 +58,21 @@ class ImageClassifier(L.LightningModule):
         self.optimizer_settings = optimizer if isinstance(optimizer, Optimizer) else optimizer_settings(optimizer)
         self.scheduler_settings = scheduler if isinstance(scheduler, WarmupOnly) else scheduler_settings(scheduler)
         self.loss_settings = loss if isinstance(loss, LossSettings) else check(LossSettings, loss or {}, "loss")
+        self.input = data if isinstance(data, InputDefinition) else InputDefinition.from_config(data)
         self.save_hyperparameters({
-            "model": self.model_settings.as_config(), "data": data, "optimizer": self.optimizer_settings.as_config(),
+            "model": self.model_settings.as_config(), "data": self.input.as_config(),
+            "optimizer": self.optimizer_settings.as_config(),
             "scheduler": self.scheduler_settings.as_config() if self.scheduler_settings is not None else None,
             "loss": self.loss_settings.as_config(),
         }, logger=False)
-        num_classes = data["num_classes"]
+        num_classes = self.input.num_classes
         self.label_smoothing = self.loss_settings.label_smoothing
         self.class_weights_setting = self.loss_settings.class_weights
         # "auto" weights are counted from the training split at every fit start (a resumed run's split is the
         # same), so the buffer is not saved: checkpoints of runs without weights load as before.
         weights = self.class_weights_setting if isinstance(self.class_weights_setting, list) else [1.0] * num_classes
         self.register_buffer("class_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
-        self.net = build_model(self.model_settings, data["channels"], num_classes, data["image_size"])
+        self.net = build_model(self.model_settings, self.input.channels, num_classes, self.input.image_size)
         if not any(True for _ in self.net.parameters()):  # the optimizer's "empty parameter list", 50 lines later
             raise ConfigError(f"model._target_={self.model_settings.target}: the network has no weights to train: give a "
                               "classifier whose constructor takes in_channels and num_classes, e.g. model=convnet")
@@ -77,21 +80,22 @@ class ImageClassifier(L.LightningModule):
         if pretrained is not None:
             # Pretrained weights expect the statistics they were trained with, not the dataset's; the
             # saved data settings say so, so a checkpoint and an export normalize the same way.
-            self.hparams.data["mean"], self.hparams.data["std"] = data["mean"], data["std"] = pretrained
-        self.normalize = Normalize(data["mean"], data["std"], data["channels"])
+            self.input = dataclasses.replace(self.input, mean=tuple(pretrained[0]), std=tuple(pretrained[1]))
+            self.hparams.data = self.input.as_config()
+        self.normalize = Normalize(self.input.mean, self.input.std, self.input.channels)
         # NHWC convolutions: measured faster on this CPU (BENCHMARKS.md), and the format tensor cores prefer.
         self.channels_last = self.model_settings.channels_last
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
         if self.model_settings.compile:
             self.net.compile()  # in place, so checkpoints keep the plain parameter names
-        self.class_names: list[str] = list(data.get("class_names") or range(num_classes))
+        self.class_names: list[str] = list(range(num_classes))  # the data module's names, when it has them (fit, test)
         self.run_config: dict[str, Any] | None = None  # the whole composed config, saved with each checkpoint
         self.test_tta = "none"  # the final test's test-time augmentation (set by the run; not a weight's concern)
         self._epoch_lr: float | None = None
-        height, width = as_hw(data["image_size"])
+        height, width = self.input.height_width
         if not self.model_settings.compile:  # a compiled net cannot be traced for the TensorBoard graph
-            self.example_input_array = torch.zeros(1, data["channels"], height, width, dtype=torch.uint8)
+            self.example_input_array = torch.zeros(1, self.input.channels, height, width, dtype=torch.uint8)
         # No argument checks in the per-step updates: each one reads a value back from the device (a host
         # sync per step on a GPU). Labels are checked when a dataset is loaded; a NaN loss is the
         # StopOnNonFiniteLoss callback's to catch.
@@ -214,7 +218,7 @@ class ImageClassifier(L.LightningModule):
     def on_fit_start(self) -> None:
         self._take_class_names()
         if self.class_weights_setting == "auto":
-            counts = class_counts(self.trainer.datamodule, self.hparams.data["num_classes"])
+            counts = class_counts(self.trainer.datamodule, self.input.num_classes)
             # sklearn's "balanced": N / (C × n_c); a class absent from the split gets no weight at all
             weights = counts.sum() / (len(counts) * counts.clamp(min=1))
             self.class_weights.copy_(torch.where(counts > 0, weights, torch.zeros_like(weights)))

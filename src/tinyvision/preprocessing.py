@@ -7,7 +7,9 @@ predict and an exported model therefore share one definition of the input.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,3 +36,40 @@ class Normalize(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return torch.addcmul(self.shift, images.float(), self.scale)
+
+
+@dataclass(frozen=True)
+class InputDefinition:
+    """What a classifier takes and gives: uint8 images of ``channels`` × ``image_size`` (an int, or (height, width)),
+    normalized inside by ``mean`` and ``std`` (on [0, 1] values: one for every channel, or one per channel), into
+    ``num_classes`` scores; ``dataset`` names the images it learned from (how a photo is prepared for it). Made once
+    from the data settings, carried by the classifier, saved in its checkpoint as the plain dict ``data``
+    (``as_config``), written on an export's card, and read back from either (``from_config``)."""
+
+    channels: int
+    image_size: int | tuple[int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dataset: str = "folder"
+
+    @property
+    def height_width(self) -> tuple[int, int]:
+        return as_hw(self.image_size)
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any]) -> InputDefinition:
+        """From a checkpoint's or a card's ``data`` (KeyError, TypeError or ValueError when it is not one)."""
+        size = data["image_size"]
+
+        def numbers(value: Any) -> tuple[float, ...]:
+            return tuple(float(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+
+        return cls(channels=int(data["channels"]), image_size=tuple(int(v) for v in size) if isinstance(size, (list, tuple))
+                   else int(size), num_classes=int(data["num_classes"]), mean=numbers(data["mean"]), std=numbers(data["std"]),
+                   dataset=str(data.get("dataset") or "folder"))  # a checkpoint from before datasets were named
+
+    def as_config(self) -> dict[str, Any]:
+        size = list(self.image_size) if isinstance(self.image_size, tuple) else self.image_size
+        return {"channels": self.channels, "image_size": size, "num_classes": self.num_classes, "mean": list(self.mean),
+                "std": list(self.std), "dataset": self.dataset}

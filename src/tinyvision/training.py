@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import json
 import logging
@@ -48,21 +47,19 @@ from tinyvision.trainer import first_line, make_trainer
 
 log = logging.getLogger(__name__)
 
-DATA_INFO_KEYS = ("channels", "image_size", "num_classes", "mean", "std")
 SWEEP_JOB_FOLDER = re.compile(r"\d+(_fold\d+)?")
 
 
 def build(settings: RunSettings) -> tuple[L.LightningDataModule, ImageClassifier]:
     """The data module and the classifier of a run's checked settings (``validate_train``)."""
-    data = settings.data
     classifier = ImageClassifier(  # the data's input definition is the classifier's: it normalizes uint8 images
         model=settings.model,
-        data={**{key: copy.deepcopy(getattr(data, key)) for key in DATA_INFO_KEYS}, "dataset": data.dataset or "folder"},
+        data=settings.data.input_definition(),
         optimizer=settings.optimizer,
         scheduler=settings.scheduler,
         loss=settings.loss,
     )
-    return data.build(), classifier
+    return settings.data.build(), classifier
 
 
 def train(cfg: DictConfig, sweep_job: bool = False) -> dict[str, Any]:

@@ -107,7 +107,7 @@ class RunRecord(L.Callback):
 
     def _chance(self, trainer, row: dict) -> str | None:
         ema = find_callback(trainer, EMA) is not None
-        return chance_warning(row, trainer.lightning_module.hparams.data["num_classes"], ema)
+        return chance_warning(row, trainer.lightning_module.input.num_classes, ema)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._add_pending_row(trainer)

@@ -21,7 +21,7 @@ from tinyvision.data.augment import AugmentSettings, mix_batch, padding_ltrb
 from tinyvision.data.batches import IndexSampler, TensorBatches
 from tinyvision.data.folds import stratified_folds
 from tinyvision.errors import ConfigError
-from tinyvision.preprocessing import as_hw
+from tinyvision.preprocessing import InputDefinition, as_hw
 from tinyvision.schema import ConfigValueError, PositiveInt, Section, locate, one_of, show, spec
 
 log = logging.getLogger("tinyvision")
@@ -486,6 +486,12 @@ class DataSettings(Section):
                                                     5, None)
     fold: int = spec("a whole number, 0 or more (the fold that validates)", 0, 0, ge=0)
     augment: AugmentSettings = Field(default_factory=AugmentSettings)
+
+    def input_definition(self) -> InputDefinition:
+        """What a classifier of this data takes: the images' shape, the classes, and the normalization it applies."""
+        size = tuple(self.image_size) if isinstance(self.image_size, list) else self.image_size
+        return InputDefinition(channels=self.channels, image_size=size, num_classes=self.num_classes, mean=tuple(self.mean),
+                               std=tuple(self.std), dataset=self.dataset or "folder")
 
     def build(self) -> L.LightningDataModule:
         """The data module these settings name; it hands over uint8 images (mean and std are the classifier's)."""

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
-from tinyvision.preprocessing import as_hw
+from tinyvision.preprocessing import InputDefinition, as_hw
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -49,22 +49,22 @@ def preparation_style(dataset: str | None) -> str:
     return {"mnist": "digit", "emnist": "digit", "kmnist": "digit", "fashion": "clothing"}.get(dataset or "", "plain")
 
 
-def prepare_image(path: Path, data: dict[str, Any], style: str) -> torch.Tensor:
+def prepare_image(path: Path, given: InputDefinition, style: str) -> torch.Tensor:
     """Read ``path`` and return a uint8 C×H×W tensor shaped like the model's training images."""
     with Image.open(path) as image:
         image.load()
         image = ImageOps.exif_transpose(image)
-    height, width = as_hw(data["image_size"])
+    height, width = given.height_width
     if style in ("digit", "clothing"):
         array = centred_like_mnist(eight_bit(image, 1), (height, width), box=0.72 if style == "digit" else 1.0,
                                    by_mass=style == "digit")
         tensor = torch.from_numpy(array).unsqueeze(0)
     else:
-        image = eight_bit(image, data["channels"]).resize((width, height), Image.BILINEAR)
+        image = eight_bit(image, given.channels).resize((width, height), Image.BILINEAR)
         tensor = torch.from_numpy(np.asarray(image).copy())
         tensor = tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1)
-    if tensor.shape[0] != data["channels"]:
-        tensor = tensor.expand(data["channels"], -1, -1).contiguous()
+    if tensor.shape[0] != given.channels:
+        tensor = tensor.expand(given.channels, -1, -1).contiguous()
     return tensor
 
 
