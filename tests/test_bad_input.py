@@ -143,7 +143,8 @@ CASES = [
      "trainer.limit_test_batches=0.001: less than one of the test's batches (You requested to check 0.001 of the"),
     ("eval", ["ckpt_path=x.ckpt", "++trainer.max_epochs=3"], "trainer.max_epochs=3: no such key"),
     ("predict", ["ckpt_path=x.ckpt", "inputs=photos", "+topk=3"], "topk=3: no such key; did you mean top_k?"),
-    ("train", ["+bacth_size=5"], "bacth_size=5: no such key"),
+    ("train", ["+bacth_size=5"], "bacth_size=5: no such key; did you mean data.batch_size?"),
+    ("train", ["modl=lenet", "--help"], "modl=lenet: no key 'modl' in the config; did you mean model?"),  # help for what?
     # a path longer than a file system allows: refused before anything reads or writes it
     ("train", ["resume=/tmp/" + "x" * 300], "resume=/tmp/" + "x" * 35 + "... : a name in it is 300 bytes, more than a file"),
     ("predict", [f"ckpt_path={CHECKPOINT}", "inputs=/tmp/" + "x" * 300 + ".png"], "inputs=/tmp/xxxx"),

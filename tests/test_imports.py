@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "tinyvision"
 
@@ -64,12 +66,17 @@ def test_nothing_below_the_scripts_entry_imports_it():
     assert not importers
 
 
-def test_a_typo_is_answered_before_torch_and_lightning_are_imported():
+@pytest.mark.parametrize(("script", "typo", "answer"), [
+    ("train", "optimzer.lr=0.1", "optimzer.lr=0.1: no key 'optimzer' in the config; did you mean optimizer.lr?"),
+    ("train", "+bacth_size=5", "bacth_size=5: no such key; did you mean data.batch_size?"),  # added keys too
+    ("eval", "++bacth_size=5", "bacth_size=5: no such key; did you mean batch_size?"),
+])
+def test_a_typo_is_answered_before_torch_and_lightning_are_imported(script, typo, answer):
     """The command line's check composes the config from YAML alone (the settings' defaults are generated files under
     conf/tinyvision/): a misspelt key is refused without loading torch, Lightning or the settings models."""
-    probe = ("import sys\nfrom tinyvision.cli import precheck\ntry:\n    precheck('train', ['optimzer.lr=0.1'])\n"
+    probe = (f"import sys\nfrom tinyvision.cli import precheck\ntry:\n    precheck({script!r}, [{typo!r}])\n"
              "except SystemExit as stop:\n    print(stop.code, sorted(m for m in ('torch', 'lightning', 'tinyvision.config') "
              "if m in sys.modules))\n")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.stdout.split("\n")[0] == "2 []", done.stdout + done.stderr[-2000:]
-    assert "did you mean optimizer.lr?" in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"error: {answer}"

@@ -249,10 +249,15 @@ def exit_without_teardown() -> None:
 def precheck(config_name: str, argv: list[str]) -> list[str]:
     """Compose the command line as Hydra will; exit 2 with one line if it cannot be composed. Returns the command
     line with the output folder pinned to one this process has created (``claim_output_dir``)."""
-    if any(arg in _INFO_FLAGS or arg.startswith(("--cfg", "-c", "--package", "-p", "--config")) for arg in argv):
-        return argv
     multirun = any(arg in ("-m", "--multirun") for arg in argv)
     overrides = [arg for arg in argv if not arg.startswith("-")]
+    if any(arg in _INFO_FLAGS or arg.startswith(("--cfg", "-c", "--package", "-p", "--config")) for arg in argv):
+        # nothing runs and nothing is written; an override Hydra cannot compose would still be its traceback
+        only_help = all(arg in ("--help", "-h") or not arg.startswith("-") for arg in argv)  # no flag takes a value
+        error = _composition_error(config_name, overrides) if only_help else None
+        if error is not None:
+            exit_bad_input(error)
+        return argv
     for override in overrides:
         error = _unreadable_value(override)
         if error is not None:
@@ -262,7 +267,7 @@ def precheck(config_name: str, argv: list[str]) -> list[str]:
     except ConfigError as error:
         exit_bad_input(error)
     for command_line in command_lines:
-        error = _composition_error(config_name, command_line)
+        error = _composition_error(config_name, command_line) or _added_top_level_key(config_name, command_line)
         if error is not None:
             exit_bad_input(error)
     if multirun and config_name == "train":  # a sweep's bad value is refused before its good values train
@@ -363,6 +368,43 @@ def _composition_error(config_name: str, overrides: list[str]) -> ConfigError | 
                 return _word_hydra_error(config_name, overrides, error)
     finally:
         GlobalHydra.instance().clear()
+    return None
+
+
+# Top-level keys a script takes although its config does not hold them: the settings word their own answer
+# (train.py's ckpt_path: continue a run with resume=).
+_ANSWERED_BY_THE_SETTINGS = {"train": ("ckpt_path",)}
+_CLOSED_TOP_LEVEL = ("train", "eval", "predict", "export", "lr_find")  # their settings refuse a key they do not know
+
+
+def _added_top_level_key(config_name: str, overrides: list[str]) -> ConfigError | None:
+    """A key added at the top with + or ++ that the script's config does not hold (+bacth_size=5): Hydra adds it, and
+    the script's settings refuse it only once torch and Lightning have loaded (about 5 s); the same line, now."""
+    added = [o for o in overrides if o.startswith("+") and "=" in o and "." not in o.lstrip("+").split("=", 1)[0]]
+    added = [o for o in added if o.lstrip("+").split("=", 1)[0] not in _ANSWERED_BY_THE_SETTINGS.get(config_name, ())]
+    if config_name not in _CLOSED_TOP_LEVEL or not added:
+        return None
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            known = compose(config_name, overrides=[o for o in overrides if o not in added])
+    finally:
+        GlobalHydra.instance().clear()
+    for override in added:
+        key, value = override.lstrip("+").split("=", 1)
+        if key in known or (CONF_DIR / key).is_dir():  # a group's option (+debug=fdr) is Hydra's to compose
+            continue
+        close = difflib.get_close_matches(key, list(known), n=1)
+        if not close:  # a key of a section given at the top (+bacth_size for data.batch_size)
+            inner = {f"{section}.{name}": name for section in known if hasattr(known[section], "keys")
+                     for name in known[section].keys()}
+            match = difflib.get_close_matches(key, list(inner.values()), n=1)
+            close = [next(full for full, name in inner.items() if name == match[0])] if match else []
+        hint = f"did you mean {close[0]}?" if close else f"the keys here are {', '.join(known)}"
+        return ConfigError(f"{key}={value}: no such key; {hint}")
     return None
 
 
