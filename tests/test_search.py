@@ -70,9 +70,9 @@ def test_a_search_space_that_cannot_work_is_refused_naming_it(params, message):
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"metric": "val/accuracy"}, "hparams_search.metric=val/accuracy: val/acc_best, val/acc, val/loss, test/acc or test/loss"),
-    ({"prune_on": "val/acc_best"}, "hparams_search.prune_on=val/acc_best: val/acc, val/loss"),
+    ({"prune_on": "val/acc_best"}, "hparams_search.prune_on=val/acc_best: auto, val/acc, val/loss"),
     ({"direction": "minimize"}, "hparams_search.metric=val/acc_best: it goes the other way than hparams_search.direction=minimize"),
-    ({"metric": "val/loss", "direction": "minimize"}, "hparams_search.prune_on=val/acc: it goes the other way"),
+    ({"metric": "val/loss", "direction": "minimize", "prune_on": "val/acc"}, "hparams_search.prune_on=val/acc: it goes the other way"),
     ({"direction": "up"}, "hparams_search.direction=up: maximize or minimize, e.g. hparams_search.direction=maximize"),
     ({"n_trials": 0}, "hparams_search.n_trials=0: a whole number, 1 or more, e.g. hparams_search.n_trials=4"),
     ({"n_jobs": 0}, "hparams_search.n_jobs=0: a whole number, 1 or more (-1: one per CPU core)"),

@@ -25,7 +25,7 @@ TRAINER_KEYS = ("max_epochs", "precision", "devices", "accumulate_grad_batches",
 HEADLINE = ("model", "data", "data/batch_size", "optimizer/lr", "seed")
 # The figures at the top of a finished run's metrics.json, which a search can optimize.
 SUMMARY_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss")
-PRUNE_ON = ("val/acc", "val/loss", None)  # logged every validation epoch; None: no reports, no pruning
+PRUNE_ON = ("auto", "val/acc", "val/loss", None)  # logged every validation epoch; auto: the study's way; None: no pruning
 # The figures a finished run has; HPARAMS reads each from the run's scalars of the same name.
 RESULT_METRICS = (*SUMMARY_METRICS, "run/train_seconds", "run/epochs")
 
@@ -93,7 +93,7 @@ class SearchSettings(Open):
 
     metric: Literal[SUMMARY_METRICS] = spec(one_of(SUMMARY_METRICS), "val/acc_best")
     direction: Literal["maximize", "minimize"] = spec("maximize or minimize", "maximize")
-    prune_on: Literal[PRUNE_ON] = spec(one_of(PRUNE_ON), "val/acc", None)
+    prune_on: Literal[PRUNE_ON] = spec(one_of(PRUNE_ON), "val/acc", "auto")
     n_trials: PositiveInt = spec("a whole number, 1 or more", 4)
     n_jobs: int = spec("a whole number, 1 or more (-1: one per CPU core)", 1, 1)
     params: dict[str, Any] = spec("key: range pairs", "{}", {})
@@ -112,7 +112,7 @@ class SearchSettings(Open):
         (``metric``), or prune the best (``prune_on``)."""
         for key in ("metric", "prune_on"):
             value = getattr(self, key)
-            if value and ("loss" in value) == (self.direction == "maximize"):
+            if value not in (None, "auto") and ("loss" in value) == (self.direction == "maximize"):
                 raise ConfigValueError(key, value, f"it goes the other way than hparams_search.direction={self.direction}: "
                                        "val/acc or val/acc_best when maximizing accuracy, val/loss when minimizing a loss",
                                        "val/loss" if self.direction == "minimize" else "val/acc")

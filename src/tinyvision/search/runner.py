@@ -52,9 +52,8 @@ class Study:
 
     def _sweep(self, arguments: list[str]) -> optuna.Study:
         search = OmegaConf.to_container(self.search, resolve=True)
-        explicit = any(_key(o) == "hparams_search.prune_on" for o in arguments)
-        search["prune_on"] = study_space.pruning_metric(search, explicit)
         study_space.check_settings(search)
+        search["prune_on"] = study_space.pruning_metric(search)
         fixed, command_space = study_space.split_overrides(arguments)
         space = {**study_space.search_space(search.get("params")), **command_space}
         if not space:

@@ -101,14 +101,13 @@ def refuse_picked_folds(folds: Any, overrides: list[str]) -> None:
                           f"to {folds - 1}): leave {' and '.join(picked)} out of the command")
 
 
-def pruning_metric(search: Mapping[str, Any], explicit: bool) -> str | None:
-    """What a study's trials report to the pruner: ``prune_on`` as given on the command line (``explicit``), else the one
-    that goes the study's way, val/loss when it minimizes and val/acc when it maximizes. The shipped searches set
-    val/acc, which a study minimizing val/loss would otherwise have to override by hand; null (no pruning) is kept."""
+def pruning_metric(search: Mapping[str, Any]) -> str | None:
+    """What a study's trials report to the pruner: ``prune_on``, where ``auto`` (the default) goes the study's way,
+    val/loss when it minimizes and val/acc when it maximizes; null: nothing."""
     value = search.get("prune_on")
-    if explicit or value is None or search.get("direction") not in ("maximize", "minimize"):
+    if value != "auto":
         return value
-    return "val/loss" if search["direction"] == "minimize" else "val/acc"
+    return "val/loss" if search.get("direction") == "minimize" else "val/acc"
 
 
 def check_settings(search: Mapping[str, Any]) -> None:
