@@ -272,3 +272,20 @@ def test_a_dataset_that_cannot_be_downloaded_here_is_named_without_trying(tmp_pa
                                         r"ossci-datasets.s3.amazonaws.com:443 does not answer \(Connection refused\); "
                                         r"yann.lecun.com:80 does not answer \(Connection refused\). To get them: "):
         sources.fetch("mnist", tmp_path / "data", [], download=True)
+
+
+@pytest.mark.parametrize(("section", "value", "message"), [
+    ("optimizer", None, "optimizer=null: a section of key: value settings"),
+    ("optimizer", [1, 2], "optimizer=[1,2]: a section of key: value settings"),
+    ("scheduler", "cosine", "scheduler=cosine: a section of key: value settings"),
+    ("data", {**GREY, "image_size": "big"}, "data={channels:1,image_size:big,"),
+    ("data", {**GREY, "mean": [0.1, 0.2, 0.3]}, "mean and std need one value, or one per channel (1)"),
+    ("model", {"_target_": "os.system"}, "_target_=os.system: Hydra refuses to call it"),
+])
+def test_a_checkpoints_settings_of_the_wrong_kind_are_one_line(section, value, message):
+    """What a hand-edited or foreign checkpoint hands the classifier: one line naming the section (eval, predict and
+    export word it as the checkpoint's), never a traceback, and never a call of a target Hydra's policy refuses."""
+    settings = {"model": {"_target_": "tinyvision.models.LeNet"}, "data": dict(GREY), "optimizer": SGD, section: value}
+    with pytest.raises(ConfigError) as refused:
+        ImageClassifier(**settings)
+    assert message in str(refused.value)

@@ -27,7 +27,7 @@ def machine(tmp_path, monkeypatch):
 def another_run(registry, cores) -> subprocess.Popen:
     """A live process registered as training on ``cores``."""
     process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    registry.mkdir(exist_ok=True)
+    registry.mkdir(mode=0o700, exist_ok=True)
     (registry / f"{process.pid}.cores").write_text(" ".join(map(str, cores)))
     return process
 
@@ -38,7 +38,7 @@ def test_a_run_takes_its_share_of_the_cores_and_takes_them_back_when_alone(machi
     try:
         callback.setup(None, None, "fit")
         assert torch.get_num_threads() == 2  # four cores, two runs
-        assert (machine / f"{share_cores.os.getpid()}.cores").read_text() == "0 1 2 3"
+        assert (machine / f"{share_cores.os.getpid()}.cores").read_text().split("\n")[0] == "0 1 2 3"
     finally:
         other.kill()
         other.wait()
@@ -81,6 +81,35 @@ def test_threads_is_checked(make_config):
     from tinyvision.config import validate_train
     from tinyvision.errors import ConfigError
 
-    assert validate_train(make_config("threads=2"), look_outside=False).threads == 2
-    with pytest.raises(ConfigError, match=r"^threads=0: auto \(this machine's cores shared"):
-        validate_train(make_config("threads=0"), look_outside=False)
+    assert validate_train(make_config("threads=1"), look_outside=False).threads == 1
+    for wrong in (0, 99999999999):  # torch.set_num_threads overflows, or fails to start that many threads
+        with pytest.raises(ConfigError, match=rf"^threads={wrong}: auto \(this machine's cores shared.* from 1 to "):
+            validate_train(make_config(f"threads={wrong}"), look_outside=False)
+
+
+def test_a_folder_another_user_could_have_made_or_a_link_is_not_used(machine):
+    machine.mkdir(mode=0o777)
+    machine.chmod(0o777)  # open to others: counts could be planted, files swapped for links
+    callback = ShareCores("auto")
+    torch.set_num_threads(1)
+    callback.setup(None, None, "fit")
+    assert torch.get_num_threads() == 1 and not list(machine.iterdir())
+    machine.chmod(0o700)
+    victim = machine.parent / "victim.txt"
+    victim.write_text("precious")
+    (machine / f"{share_cores.os.getpid()}.cores").symlink_to(victim)
+    callback.setup(None, None, "fit")
+    assert victim.read_text() == "precious" and callback._entry is None
+
+
+def test_a_later_process_with_a_killed_runs_pid_does_not_count(machine):
+    other = another_run(machine, [0, 1])
+    try:
+        (machine / f"{other.pid}.cores").write_text("0 1\n1")  # written by a process that started at tick 1
+        callback = ShareCores("auto")
+        callback.setup(None, None, "fit")
+        assert torch.get_num_threads() == 4 and not (machine / f"{other.pid}.cores").exists()
+        callback.teardown(None, None, "fit")
+    finally:
+        other.kill()
+        other.wait()

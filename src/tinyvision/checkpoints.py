@@ -69,10 +69,10 @@ def config_for_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     if missing:
         raise ConfigError(f"resume={run_dir}: checkpoints/last.ckpt holds a config that is not a tinyvision training run's "
                           f"(it lacks {', '.join(missing)}): it cannot be resumed; start a new run")
-    if any(key not in ("resume", CONTINUE_KEY) and not key.startswith("paths.") for key in keys):
+    if any(key not in ("resume", CONTINUE_KEY, *MACHINE_KEYS) and not key.startswith("paths.") for key in keys):
         current = OmegaConf.to_container(cfg, resolve=True)
         # the settings this command gives (a group chosen counts for its keys), not the defaults it did not repeat
-        given = tuple(key for key in keys if key not in ("resume", CONTINUE_KEY))
+        given = tuple(key for key in keys if key not in ("resume", CONTINUE_KEY, *MACHINE_KEYS))
         differences = [d for d in _differences(saved, current) if not d.startswith(f"{CONTINUE_KEY}:")
                        and any(d.split(":")[0] == key or d.startswith(f"{key}.") for key in given)]
         if differences:
@@ -92,10 +92,14 @@ def config_for_resume(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         resumed.trainer.max_epochs = max_epochs
     if "paths.data_dir" in keys:  # where this machine keeps the data: the machine's, not the run's
         resumed.paths.data_dir = cfg.paths.data_dir
+    for key in MACHINE_KEYS:
+        if key in keys:
+            resumed[key] = cfg[key]
     return resumed
 
 
 CONTINUE_KEY = "trainer.max_epochs"
+MACHINE_KEYS = ("threads",)  # how this machine runs the run, not what it trains: a resume may change them
 RUN_SECTIONS = ("model", "data", "optimizer", "trainer")  # what every run's saved config has
 
 

@@ -13,6 +13,7 @@ torch's signature) and can still be overridden without ``+``.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ from tinyvision.slurm import SlurmSettings
 from tinyvision.trainer import TrainerSettings
 from tinyvision.tta import MODES as TTA_MODES
 
+CORES = os.cpu_count() or 1
+
 
 class TopLevelSettings(Section):
     """The run's own keys (conf/train.yaml), and the groups, each checked by its owner's settings: a key at the top
@@ -55,9 +58,9 @@ class TopLevelSettings(Section):
     hparams_search: dict[str, Any] | None = None
 
     tta: Literal[TTA_MODES] = spec(one_of(TTA_MODES), "flip", "none")
-    threads: Literal["auto"] | Annotated[int, Field(ge=1)] = spec(
-        "auto (this machine's cores shared among the runs training on them) or a number of threads, 1 or more", "auto",
-        "auto")
+    threads: Literal["auto"] | Annotated[int, Field(ge=1, le=CORES)] = spec(
+        f"auto (this machine's cores shared among the runs training on them) or a number of threads, from 1 to {CORES} "
+        "(this machine's cores)", "auto", "auto")
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = spec("a whole number from 0 to 4294967295", 42)
     resume: str | None = spec("the folder of a run under outputs/, or null", "outputs/runs/<run>", None)
     init_from: str | None = spec("null, the folder of a trained run, or a .ckpt file: its weights start this run",

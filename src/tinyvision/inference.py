@@ -36,7 +36,8 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ConfigError(f"ckpt_path={path}: it is not a Lightning checkpoint (it has no state_dict); {CHECKPOINT_FIX}")
     settings = checkpoint.get("hyper_parameters", {})
-    if not {"model", "data", "optimizer"} <= set(settings):
+    if not isinstance(settings, dict) or not {"model", "data", "optimizer"} <= set(settings) or \
+            not isinstance(settings["model"], dict):
         raise ConfigError(f"ckpt_path={path} is not a tinyvision checkpoint (it has no model and data settings); {CHECKPOINT_FIX}")
     model = {key: (WEIGHT_SOURCES[key] if key in WEIGHT_SOURCES else value) for key, value in settings["model"].items()}
     try:

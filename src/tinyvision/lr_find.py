@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from pydantic import Field, model_validator
 from rich.console import Console
 
+from tinyvision.callbacks import ShareCores
 from tinyvision.config import RunSettings, validate_train
 from tinyvision.files import save_figure, write_json
 from tinyvision.schema import ConfigValueError, Section, check, spec
@@ -32,7 +33,8 @@ def find_lr(cfg: DictConfig) -> float | None:
     run_settings, settings = validate_lr_find(cfg)  # every train key, and min_lr < max_lr, 20 steps or more
     L.seed_everything(run_settings.seed, workers=True, verbose=False)
     datamodule, classifier = build(run_settings)
-    trainer = make_trainer(run_settings, [], [])  # no checkpoints, logs, loss stop or pictures: only the sweep
+    # no checkpoints, logs, loss stop or pictures: only the sweep, on this run's share of the cores
+    trainer = make_trainer(run_settings, [ShareCores(run_settings.threads)], [])
     run_dir = Path(cfg.paths.output_dir)
     result = Tuner(trainer).lr_find(classifier, datamodule=datamodule, min_lr=settings.min_lr, max_lr=settings.max_lr,
                                     num_training=settings.num_training, update_attr=False)

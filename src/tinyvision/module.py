@@ -18,7 +18,7 @@ from tinyvision.errors import ConfigError
 from tinyvision.models import ModelSettings, build_model, head_of, model_settings
 from tinyvision.optim import Optimizer, WarmupOnly, optimizer_settings, scheduler_settings
 from tinyvision.preprocessing import InputDefinition, Normalize
-from tinyvision.schema import Section, Zero, check, spec
+from tinyvision.schema import Section, Zero, check, show, spec
 from tinyvision.tta import probabilities as tta_probabilities
 
 # What ImageClassifier logs with self.log: per epoch, train/* at the end of the training epoch, val/* at the end of
@@ -58,7 +58,11 @@ class ImageClassifier(L.LightningModule):
         self.optimizer_settings = optimizer if isinstance(optimizer, Optimizer) else optimizer_settings(optimizer)
         self.scheduler_settings = scheduler if isinstance(scheduler, WarmupOnly) else scheduler_settings(scheduler)
         self.loss_settings = loss if isinstance(loss, LossSettings) else check(LossSettings, loss or {}, "loss")
-        self.input = data if isinstance(data, InputDefinition) else InputDefinition.from_config(data)
+        try:
+            self.input = data if isinstance(data, InputDefinition) else InputDefinition.from_config(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:  # a hand-edited or foreign checkpoint's
+            raise ConfigError(f"data={show(data)}: not an input definition (channels, image_size, num_classes, mean and "
+                              f"std; {type(error).__name__}: {error})") from None
         self.save_hyperparameters({
             "model": self.model_settings.as_config(), "data": self.input.as_config(),
             "optimizer": self.optimizer_settings.as_config(),

@@ -19,7 +19,7 @@ from tinyvision.schema import (
     Zero,
     by_target,
     check,
-    locate,
+    instantiate,
     spec,
     with_signature_defaults,
 )
@@ -36,7 +36,7 @@ class Optimizer(Open):
     def build(self, parameters) -> torch.optim.Optimizer:
         """The optimizer over ``parameters`` (tensors, or groups: the caller applies backbone_lr_scale)."""
         arguments = self.model_dump(exclude={"target", "partial", "backbone_lr_scale"})  # a user's class's keys too
-        return locate(self.target)(parameters, **arguments)
+        return instantiate(self.target, arguments, parameters)
 
 
 class SGD(Optimizer):
@@ -109,7 +109,7 @@ class Scheduler(WarmupOnly, Open):
         }
         arguments = self.model_dump(exclude={"target", "partial", "interval", "warmup_epochs"})
         arguments = {key: auto[key] if value == "auto" else value for key, value in arguments.items()}
-        schedule = {"scheduler": locate(self.target)(optimizer, **arguments), "interval": self.interval}
+        schedule = {"scheduler": instantiate(self.target, arguments, optimizer), "interval": self.interval}
         return [*super().build(optimizer, total_steps, max_epochs), schedule]
 
 
@@ -169,5 +169,5 @@ def scheduler_settings(section: Mapping[str, Any] | None, key: str = "scheduler"
     """A ``scheduler`` section checked by its schedule's settings; without ``_target_``, a constant lr (WarmupOnly)."""
     if not section:
         return None
-    fallback = Scheduler if section.get("_target_") else WarmupOnly
+    fallback = Scheduler if isinstance(section, Mapping) and section.get("_target_") else WarmupOnly
     return check(by_target(section, SCHEDULERS, fallback), section, key)

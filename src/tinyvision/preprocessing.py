@@ -65,9 +65,12 @@ class InputDefinition:
         def numbers(value: Any) -> tuple[float, ...]:
             return tuple(float(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
 
-        return cls(channels=int(data["channels"]), image_size=tuple(int(v) for v in size) if isinstance(size, (list, tuple))
-                   else int(size), num_classes=int(data["num_classes"]), mean=numbers(data["mean"]), std=numbers(data["std"]),
-                   dataset=str(data.get("dataset") or "folder"))  # a checkpoint from before datasets were named
+        given = cls(channels=int(data["channels"]), image_size=tuple(int(v) for v in size) if isinstance(size, (list, tuple))
+                    else int(size), num_classes=int(data["num_classes"]), mean=numbers(data["mean"]), std=numbers(data["std"]),
+                    dataset=str(data.get("dataset") or "folder"))  # a checkpoint from before datasets were named
+        if any(len(values) not in (1, given.channels) for values in (given.mean, given.std)):
+            raise ValueError(f"mean and std need one value, or one per channel ({given.channels})")
+        return given
 
     def as_config(self) -> dict[str, Any]:
         size = list(self.image_size) if isinstance(self.image_size, tuple) else self.image_size

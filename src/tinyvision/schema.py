@@ -123,6 +123,8 @@ def _lookup(values: Mapping[str, Any], keys: Sequence[str]) -> Any:
 
 def check(model: type[BaseModel], values: Mapping[str, Any], prefix: str) -> BaseModel:
     """Validate ``values`` (the config section at ``prefix``) or raise one ConfigError line."""
+    if not isinstance(values, Mapping):  # a section written as one value (a hand-edited checkpoint: optimizer: null)
+        raise ConfigError(f"{prefix or 'the config'}={show(values)}: a section of key: value settings, e.g. {prefix}.KEY=VALUE")
     try:
         return model.model_validate(dict(values))
     except ValidationError as error:
@@ -271,9 +273,26 @@ def locate(target: str) -> Any:
     return found
 
 
+def instantiate(target: str, arguments: Mapping[str, Any], *positional: Any) -> Any:
+    """``target`` called with ``positional`` and ``arguments``, through Hydra's instantiate: its policy refuses targets
+    that run code by themselves (os.system, eval, ...), which a checkpoint or a command line could name. The cause of
+    its InstantiationException is raised as it is, for the caller to word."""
+    import hydra.utils
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra.utils.instantiate({"_target_": target, **arguments}, *positional, _convert_="all")
+    except InstantiationException as error:
+        if error.__cause__ is not None:
+            raise error.__cause__ from None
+        reason = " ".join(str(error).split()).split(". ")[0]  # Hydra's policy, in one line (its own is four)
+        raise ConfigError(f"_target_={target}: Hydra refuses to call it ({reason}): name a class, e.g. a model class of "
+                          "tinyvision.models") from None
+
+
 def by_target(section: Mapping[str, Any], known: Mapping[str, type[BaseModel]], fallback: type[BaseModel]) -> type[BaseModel]:
     """The settings model of a section whose ``_target_`` names the class it configures."""
-    return known.get(section.get("_target_"), fallback)
+    return known.get(section.get("_target_") if isinstance(section, Mapping) else None, fallback)
 
 
 def with_signature_defaults(settings: type[BaseModel], function: Any) -> type[BaseModel]:

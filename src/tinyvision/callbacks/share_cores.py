@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -33,14 +34,34 @@ def own_cores() -> frozenset[int]:
     return frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset(range(os.cpu_count() or 1))
 
 
-def _alive(pid: int) -> bool:
+def _started(pid: int) -> str:
+    """When process ``pid`` started (clock ticks after boot, from /proc), or "" where that cannot be read: with the pid
+    it names one process, so a killed run's file is not taken for a later process given the same pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _alive(pid: int, started: str) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process with the same pid: alive, not ours
-        return True
-    return True
+    except PermissionError:  # another user's process with the same pid: not the run that wrote the file
+        return False
+    return not started or _started(pid) in ("", started)
+
+
+def private_folder(folder: Path) -> bool:
+    """``folder`` made if missing, and this user's alone: a folder in /tmp that another user made first (or a link)
+    could feed this run false counts, or turn its writes into writes to another file."""
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(folder)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
 
 
 def sharing(cores: frozenset[int], folder: Path) -> int:
@@ -50,10 +71,11 @@ def sharing(cores: frozenset[int], folder: Path) -> int:
     for entry in folder.glob("*.cores"):
         try:
             pid = int(entry.stem)
-            theirs = {int(core) for core in entry.read_text().split()}
+            cores_line, _, started = entry.read_text().partition("\n")
+            theirs = {int(core) for core in cores_line.split()}
         except (ValueError, OSError):  # a file being written, or not ours
             continue
-        if not _alive(pid):
+        if not _alive(pid, started.strip()):
             with contextlib.suppress(OSError):
                 entry.unlink()
             continue
@@ -82,13 +104,16 @@ class ShareCores(L.Callback):
             if isinstance(self.threads, int):
                 torch.set_num_threads(self.threads)
             return
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            entry = self.folder / f"{os.getpid()}.cores"
-            entry.write_text(" ".join(map(str, sorted(self.cores))))
-            self._entry = entry
-        except OSError:  # a temporary folder that cannot be written: the run keeps PyTorch's threads
+        if not private_folder(self.folder):  # the run keeps PyTorch's threads
             return
+        entry = self.folder / f"{os.getpid()}.cores"
+        try:  # never through a link
+            descriptor = os.open(entry, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(descriptor, "w") as file:
+                file.write(" ".join(map(str, sorted(self.cores))) + "\n" + _started(os.getpid()))
+        except OSError:
+            return
+        self._entry = entry
         self.share()
 
     def share(self) -> int:

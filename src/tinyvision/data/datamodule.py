@@ -22,7 +22,7 @@ from tinyvision.data.batches import IndexSampler, TensorBatches
 from tinyvision.data.folds import stratified_folds
 from tinyvision.errors import ConfigError
 from tinyvision.preprocessing import InputDefinition, as_hw
-from tinyvision.schema import ConfigValueError, PositiveInt, Section, locate, one_of, show, spec
+from tinyvision.schema import ConfigValueError, PositiveInt, Section, instantiate, one_of, show, spec
 
 log = logging.getLogger("tinyvision")
 
@@ -496,7 +496,7 @@ class DataSettings(Section):
     def build(self) -> L.LightningDataModule:
         """The data module these settings name; it hands over uint8 images (mean and std are the classifier's)."""
         arguments = {key: value for key, value in self.as_config().items() if key not in ("_target_", "mean", "std")}
-        return locate(self.target)(**arguments)
+        return instantiate(self.target, arguments)
 
     @field_validator("mean", "std", mode="before")
     @classmethod

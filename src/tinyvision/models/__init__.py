@@ -17,7 +17,7 @@ from tinyvision.models.lenet import LeNet
 from tinyvision.models.mlp import MLP
 from tinyvision.models.registry import MODELS, ModelSettings, model_settings, register_model
 from tinyvision.models.vgg import VGG16
-from tinyvision.schema import locate, show
+from tinyvision.schema import instantiate, show
 
 __all__ = ["MLP", "MODELS", "VGG16", "CifarNet", "CifarNetV3", "ConvNet", "FastNet", "LeNet", "ModelSettings", "TimmModel",
            "TorchvisionModel", "build_model", "head_of", "model_settings", "register_model"]
@@ -32,7 +32,8 @@ def build_model(model: ModelSettings | Mapping[str, Any], in_channels: int, num_
     settings = model if isinstance(model, ModelSettings) else model_settings(model)
     arguments = settings.model_dump(exclude=COMMON_KEYS)  # the architecture's own (a user's class's: its other keys)
     try:
-        net = locate(settings.target)(in_channels=in_channels, num_classes=num_classes, image_size=image_size, **arguments)
+        net = instantiate(settings.target, {**arguments, "in_channels": in_channels, "num_classes": num_classes,
+                                            "image_size": image_size})
     except TypeError as error:
         unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
         if not unexpected:
